@@ -1,0 +1,4 @@
+//! tracemesh agent: a traceroute engine that matches scamper hop for hop, and (later) the
+//! session that runs coordinated campaigns for a coordinator.
+
+pub mod probe;

@@ -1,0 +1,302 @@
+//! `tracemesh-agent`: standalone traceroutes today; the coordinator session joins later.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use tracemesh_agent::probe::denylist::DenyList;
+use tracemesh_agent::probe::driver::{self, Needs};
+use tracemesh_agent::probe::engine::RequestError;
+use tracemesh_agent::probe::{
+    Engine, EngineConfig, Proto, StopReason, TraceParams, TraceRequest, TraceResult,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "tracemesh-agent", version, about = "tracemesh probing agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run traceroutes locally and print one JSON object per target (like scamper).
+    Trace(TraceArgs),
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
+    /// Probe method (all Paris-style: constant flow identifiers per trace).
+    #[arg(long, default_value = "icmp")]
+    proto: Proto,
+    /// Resolve host names to IPv6 and refuse IPv4 targets.
+    #[arg(short = '6')]
+    ipv6: bool,
+    /// Global cap on probes per second.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: u32,
+    /// Cap on probes per second toward any one destination.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    per_dst_rate: u32,
+    /// Traces probing at once.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    window: u32,
+    /// Probes per hop before it counts as silent.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=10))]
+    attempts: u8,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=255))]
+    first_ttl: u8,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u8).range(1..=255))]
+    max_ttl: u8,
+    /// How long to wait for each probe's reply.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    wait_ms: u64,
+    /// Stop after this many consecutive silent hops.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=255))]
+    gap_limit: u8,
+    /// Lift the deny-list for a range (repeatable), e.g. --allow 10.0.0.0/8.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<IpNet>,
+    /// Read targets from a file, one per line ('#' starts a comment).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Print a traceroute-style table instead of JSON lines.
+    #[arg(long, conflicts_with = "json")]
+    text: bool,
+    /// JSON lines on stdout (the default).
+    #[arg(long)]
+    json: bool,
+    /// Target addresses or host names.
+    targets: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,tracemesh_agent=info".into()),
+        )
+        .init();
+    let outcome = match cli.command {
+        Command::Trace(args) => trace(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn resolve(target: &str, v6_only: bool) -> Result<IpAddr> {
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        if v6_only && ip.is_ipv4() {
+            bail!("-6 was given but target {ip} is IPv4");
+        }
+        return Ok(ip);
+    }
+    let addrs: Vec<IpAddr> = (target, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve target {target:?}"))?
+        .map(|a| a.ip())
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv6() == v6_only)
+        .copied()
+        .with_context(|| {
+            format!(
+                "target {target:?} has no IPv{} address",
+                if v6_only { 6 } else { 4 }
+            )
+        })
+}
+
+fn read_targets(args: &TraceArgs) -> Result<Vec<String>> {
+    let mut targets = args.targets.clone();
+    if let Some(path) = &args.file {
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open target file {}", path.display()))?;
+        for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line =
+                line.with_context(|| format!("reading {} line {}", path.display(), n + 1))?;
+            let t = line.split('#').next().unwrap_or("").trim();
+            if !t.is_empty() {
+                targets.push(t.to_string());
+            }
+        }
+    }
+    if targets.is_empty() {
+        bail!("no targets: give addresses or -f FILE");
+    }
+    Ok(targets)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn trace(args: TraceArgs) -> Result<ExitCode> {
+    let targets = read_targets(&args)?;
+    let params = TraceParams {
+        proto: args.proto,
+        first_ttl: args.first_ttl,
+        max_ttl: args.max_ttl,
+        attempts: args.attempts,
+        wait: Duration::from_millis(args.wait_ms),
+        gap_limit: args.gap_limit,
+    };
+    if args.first_ttl > args.max_ttl {
+        bail!(
+            "--first-ttl {} is above --max-ttl {}",
+            args.first_ttl,
+            args.max_ttl
+        );
+    }
+    // Distinct per process, so two agents (or scamper) on one host ignore each other.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let cookie = (std::process::id() as u16) ^ (nanos as u16) ^ ((nanos >> 16) as u16);
+    let cfg = EngineConfig {
+        rate_pps: args.rate,
+        per_dst_pps: args.per_dst_rate,
+        window: args.window as usize,
+        cookie,
+        denylist: DenyList::with_allowed(args.allow.iter().copied()),
+    };
+    let mut engine = Engine::new(cfg, Instant::now(), unix_now());
+    let mut needs = Needs::default();
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut failures = 0usize;
+    let mut queued = 0usize;
+    for t in &targets {
+        let dst = match resolve(t, args.ipv6) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failures += 1;
+                continue;
+            }
+        };
+        let src = match driver::source_for(dst) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: no route to {dst}: {e}");
+                failures += 1;
+                continue;
+            }
+        };
+        match engine.add(TraceRequest { dst, src, params }) {
+            Ok(()) => {
+                needs.add(dst, args.proto);
+                queued += 1;
+            }
+            Err(RequestError::Denied(d)) => {
+                eprintln!("error: {d}");
+                failures += 1;
+                let denied = TraceResult {
+                    dst,
+                    src: Some(src),
+                    proto: args.proto,
+                    stop_reason: StopReason::Denied,
+                    start: unix_now(),
+                    hops: vec![],
+                    probes_sent: 0,
+                };
+                emit(&mut out, &denied, args.text).map_err(anyhow::Error::msg)?;
+            }
+            Err(e) => {
+                eprintln!("error: {dst}: {e}");
+                failures += 1;
+            }
+        }
+    }
+    if queued > 0 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let total = queued;
+        let t0 = Instant::now();
+        let stats = rt.block_on(driver::run(
+            &mut engine,
+            &needs,
+            |r| emit(&mut out, &r, args.text),
+            |e, elapsed| {
+                tracing::info!(
+                    done = e.stats().traces_done,
+                    total,
+                    active = e.active(),
+                    probes = e.stats().probes_sent,
+                    pps = (e.stats().probes_sent as f64 / elapsed.as_secs_f64()) as u64,
+                    "tracing"
+                );
+            },
+        ))?;
+        let secs = t0.elapsed().as_secs_f64();
+        tracing::info!(
+            traces = stats.traces_done,
+            probes = stats.probes_sent,
+            matched = stats.replies_matched,
+            seconds = format!("{secs:.3}"),
+            pps = (stats.probes_sent as f64 / secs) as u64,
+            "done"
+        );
+    }
+    out.flush().context("writing results")?;
+    Ok(if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn emit(out: &mut impl Write, r: &TraceResult, text: bool) -> Result<(), String> {
+    let res = if text {
+        write_text(out, r)
+    } else {
+        serde_json::to_writer(&mut *out, r)
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.write_all(b"\n"))
+    };
+    res.map_err(|e| format!("writing results: {e}"))
+}
+
+fn write_text(out: &mut impl Write, r: &TraceResult) -> std::io::Result<()> {
+    let src = r.src.map_or_else(|| "?".to_string(), |s| s.to_string());
+    writeln!(
+        out,
+        "trace to {} from {} ({}): {:?}, {} probes",
+        r.dst,
+        src,
+        r.proto.as_str(),
+        r.stop_reason,
+        r.probes_sent
+    )?;
+    for h in &r.hops {
+        match (h.addr, h.rtt_ms) {
+            (Some(a), Some(rtt)) => {
+                write!(out, "{:3}  {a}  {rtt:.3} ms", h.ttl)?;
+                if !h.mpls.is_empty() {
+                    let labels: Vec<String> = h.mpls.iter().map(|l| l.label.to_string()).collect();
+                    write!(out, "  [MPLS {}]", labels.join(","))?;
+                }
+                writeln!(out)?;
+            }
+            _ => writeln!(out, "{:3}  *", h.ttl)?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The thin tokio driver around [`Engine`]: raw sockets, kernel timestamps, timers.
+//!
+//! One task per receiving socket parses replies and stamps them with the kernel's
+//! receive time; the main loop feeds them to the engine, sends whatever the engine
+//! allows, and sleeps until the engine's next deadline or the next reply.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use socket2::Socket;
+use thiserror::Error;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::engine::{Engine, EngineStats};
+use super::model::{Proto, TraceResult};
+use super::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Reply, parse_v4, parse_v6};
+use super::sys;
+
+#[derive(Debug, Error)]
+pub enum DriverError {
+    #[error("cannot open a raw {what} socket: {source} (tracing needs root or CAP_NET_RAW)")]
+    Socket {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("sending a probe to {dst}: {source}")]
+    Send { dst: IpAddr, source: io::Error },
+    #[error("result sink failed: {0}")]
+    Sink(String),
+}
+
+/// Which families and methods the run needs sockets for.
+#[derive(Debug, Default, Clone)]
+pub struct Needs {
+    pub v4: bool,
+    pub v6: bool,
+    pub protos: HashSet<Proto>,
+}
+
+impl Needs {
+    pub fn add(&mut self, dst: IpAddr, proto: Proto) {
+        if dst.is_ipv4() {
+            self.v4 = true;
+        } else {
+            self.v6 = true;
+        }
+        self.protos.insert(proto);
+    }
+}
+
+struct Senders {
+    v4: Option<AsyncFd<Socket>>,
+    v6: Option<AsyncFd<Socket>>,
+}
+
+#[allow(unsafe_code)]
+fn open(what: &'static str, r: io::Result<Socket>) -> Result<AsyncFd<Socket>, DriverError> {
+    let sock = r.map_err(|source| DriverError::Socket { what, source })?;
+    // SAFETY: `Socket` owns its descriptor, keeps it open until dropped and always returns
+    // the same one from `as_raw_fd`; the AsyncFd takes ownership of the Socket.
+    unsafe { AsyncFd::register(sock) }.map_err(|e| DriverError::Socket {
+        what,
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+/// Runs the engine until it is idle, handing each finished trace to `sink`.
+/// `progress` is called about once a second with the engine's counters.
+pub async fn run(
+    engine: &mut Engine,
+    needs: &Needs,
+    mut sink: impl FnMut(TraceResult) -> Result<(), String>,
+    mut progress: impl FnMut(&Engine, Duration),
+) -> Result<EngineStats, DriverError> {
+    let senders = Senders {
+        v4: needs
+            .v4
+            .then(|| open("IPv4", sys::open_sender(false)))
+            .transpose()?,
+        v6: needs
+            .v6
+            .then(|| open("IPv6", sys::open_sender(true)))
+            .transpose()?,
+    };
+    let (tx, mut rx) = mpsc::channel::<(Reply, Instant)>(65536);
+    let mut receivers: Vec<JoinHandle<()>> = Vec::new();
+    let tcp = needs.protos.contains(&Proto::Tcp);
+    let mut spawn = |v6: bool, proto: u8, what: &'static str| -> Result<(), DriverError> {
+        let fd = open(what, sys::open_receiver(v6, proto))?;
+        receivers.push(tokio::spawn(receive(fd, v6, proto, tx.clone())));
+        Ok(())
+    };
+    // ICMP errors answer every method, so the ICMP socket is always needed.
+    if needs.v4 {
+        spawn(false, IPPROTO_ICMP, "ICMP")?;
+        if tcp {
+            spawn(false, IPPROTO_TCP, "TCP")?;
+        }
+    }
+    if needs.v6 {
+        spawn(true, IPPROTO_ICMPV6, "ICMPv6")?;
+        if tcp {
+            spawn(true, IPPROTO_TCP, "TCPv6")?;
+        }
+    }
+    drop(tx);
+
+    let result = main_loop(engine, &senders, &mut rx, &mut sink, &mut progress).await;
+    for r in receivers {
+        r.abort();
+    }
+    result.map(|()| engine.stats())
+}
+
+async fn main_loop(
+    engine: &mut Engine,
+    senders: &Senders,
+    rx: &mut mpsc::Receiver<(Reply, Instant)>,
+    sink: &mut impl FnMut(TraceResult) -> Result<(), String>,
+    progress: &mut impl FnMut(&Engine, Duration),
+) -> Result<(), DriverError> {
+    let mut buf = Vec::with_capacity(128);
+    let started = Instant::now();
+    let mut next_progress = started + Duration::from_secs(1);
+    loop {
+        let now = Instant::now();
+        engine.handle_timeout(now);
+        while let Some(t) = engine.poll_transmit(now, &mut buf) {
+            let sock = if t.dst.is_ipv4() {
+                senders.v4.as_ref()
+            } else {
+                senders.v6.as_ref()
+            };
+            let Some(sock) = sock else {
+                // `Needs` was built from the same requests; a miss is a caller bug.
+                return Err(DriverError::Send {
+                    dst: t.dst,
+                    source: io::Error::other("no socket opened for this family"),
+                });
+            };
+            send(sock, &buf, t.dst).await?;
+        }
+        while let Some(r) = engine.poll_result() {
+            sink(r).map_err(DriverError::Sink)?;
+        }
+        if engine.is_idle() {
+            return Ok(());
+        }
+        if now >= next_progress {
+            progress(engine, now.duration_since(started));
+            next_progress = now + Duration::from_secs(1);
+        }
+        let deadline = engine
+            .poll_timeout(now)
+            .unwrap_or(now + Duration::from_millis(100));
+        tokio::select! {
+            biased;
+            got = rx.recv() => {
+                let Some((reply, at)) = got else {
+                    // Every receiver died: nothing more can be matched, let timeouts run.
+                    tokio::time::sleep_until(deadline.into()).await;
+                    continue;
+                };
+                engine.handle_reply(&reply, at);
+                // Drain what else is queued so a burst is handled in one pass.
+                for _ in 0..4096 {
+                    match rx.try_recv() {
+                        Ok((reply, at)) => { engine.handle_reply(&reply, at); }
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+}
+
+async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<(), DriverError> {
+    // A full queue (EAGAIN/ENOBUFS) waits for room; any other error is fatal, since it
+    // would hit every probe alike (no permission, no route for the family).
+    for _ in 0..100 {
+        match sock
+            .async_io(Interest::WRITABLE, |s| sys::send_to(s, packet, dst))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            // The destination is unreachable from this host: the probe is lost like any
+            // unanswered one and the trace's timeouts take it from there.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES)
+                ) =>
+            {
+                tracing::debug!(%dst, error = %e, "probe not sent");
+                return Ok(());
+            }
+            Err(source) => return Err(DriverError::Send { dst, source }),
+        }
+    }
+    tracing::warn!(%dst, "send queue stayed full; probe dropped");
+    Ok(())
+}
+
+async fn receive(fd: AsyncFd<Socket>, v6: bool, proto: u8, tx: mpsc::Sender<(Reply, Instant)>) {
+    let mut buf = sys::recv_buffer();
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        loop {
+            match guard.try_io(|s| sys::recv(s.get_ref(), &mut buf)) {
+                Ok(Ok(meta)) => {
+                    let at = rx_instant(meta.timestamp);
+                    let bytes = &buf[..meta.len];
+                    let parsed = match (v6, meta.from) {
+                        (false, _) => parse_v4(bytes),
+                        (true, IpAddr::V6(from)) => {
+                            parse_v6(from, meta.hop_limit.unwrap_or(0), proto, bytes)
+                        }
+                        (true, IpAddr::V4(_)) => continue,
+                    };
+                    match parsed {
+                        Ok(reply) => {
+                            if tx.send((reply, at)).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Other traffic shares these sockets; it is not an error.
+                        Err(e) => tracing::trace!(error = %e, "ignored packet"),
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "receive failed");
+                    break;
+                }
+                Err(_would_block) => break,
+            }
+        }
+    }
+}
+
+/// Converts a kernel receive timestamp (realtime) to the monotonic clock the engine uses,
+/// so an RTT does not include the time a reply sat in the socket queue.
+fn rx_instant(ts: Option<SystemTime>) -> Instant {
+    let now = Instant::now();
+    match ts.and_then(|ts| SystemTime::now().duration_since(ts).ok()) {
+        Some(age) if age < Duration::from_secs(10) => now.checked_sub(age).unwrap_or(now),
+        _ => now,
+    }
+}
+
+/// The source address the kernel picks toward `dst` (nothing is sent).
+pub fn source_for(dst: IpAddr) -> io::Result<IpAddr> {
+    sys::source_for(dst)
+}
