@@ -109,9 +109,9 @@ pub struct Engine {
 impl Engine {
     /// `wall_now` is the Unix time (seconds) at `now`.
     pub fn new(cfg: EngineConfig, now: Instant, wall_now: f64) -> Self {
-        // A burst of 5 ms worth of tokens lets a driver that wakes on a coarse timer keep
-        // up with the rate without ever exceeding it over any second.
-        let burst = (cfg.rate_pps / 200).max(1);
+        // A burst of 2 ms worth of tokens lets a driver that wakes on a 1 ms timer keep up
+        // with the rate, without bursts that overflow queues on the way.
+        let burst = (cfg.rate_pps / 500).max(1);
         Engine {
             global: TokenBucket::new(cfg.rate_pps, burst, now),
             cfg,
