@@ -2,3 +2,4 @@
 //! session that runs coordinated campaigns for a coordinator.
 
 pub mod probe;
+pub mod session;

@@ -27,6 +27,47 @@ struct Cli {
 enum Command {
     /// Run traceroutes locally and print one JSON object per target (like scamper).
     Trace(TraceArgs),
+    /// Join a coordinator: enrol once with a token, then run its campaigns.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Directory for the agent's key, certificate, campaigns and result spool.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Coordinator address (host:port); defaults to the one in the token or state.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// One-time enrolment token from `tracemesh token create` (first start only).
+    #[arg(long, env = "TRACEMESH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Lift the deny-list for a range (repeatable).
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<IpNet>,
+    /// Global cap on probes per second.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: Option<u32>,
+    /// Cap on probes per second toward any one destination.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    per_dst_rate: Option<u32>,
+    /// TOML file with the same settings (state, coordinator, token, allow, rate,
+    /// per_dst_rate); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// `tracemesh-agent run --config FILE`: what cloud-init writes.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state: Option<PathBuf>,
+    coordinator: Option<String>,
+    token: Option<String>,
+    #[serde(default)]
+    allow: Vec<IpNet>,
+    rate: Option<u32>,
+    per_dst_rate: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -86,12 +127,79 @@ fn main() -> ExitCode {
         .init();
     let outcome = match cli.command {
         Command::Trace(args) => trace(args),
+        Command::Run(args) => run(args),
     };
     match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "config {}: {}",
+                    p.display(),
+                    e.message().lines().next().unwrap_or("invalid")
+                )
+            })?
+        }
+        None => FileConfig::default(),
+    };
+    let state_dir = args
+        .state
+        .or(file.state)
+        .context("--state DIR is required (or `state` in --config)")?;
+    let mut allow = file.allow;
+    allow.extend(args.allow);
+    let cfg = tracemesh_agent::session::RunConfig {
+        state_dir,
+        coordinator: args.coordinator.or(file.coordinator),
+        token: args.token.or(file.token),
+        allow,
+        rate_pps: args.rate.or(file.rate).unwrap_or(1000).clamp(1, 1_000_000),
+        per_dst_pps: args
+            .per_dst_rate
+            .or(file.per_dst_rate)
+            .unwrap_or(100)
+            .clamp(1, 1_000_000),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        tokio::select! {
+            r = tracemesh_agent::session::run(cfg) => r.map_err(anyhow::Error::from),
+            _ = shutdown_signal() => {
+                tracing::info!("stopping; results not yet acknowledged stay in the spool");
+                Ok(())
+            }
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT from a terminal or SIGTERM from systemd.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -69,52 +69,103 @@ fn open(what: &'static str, r: io::Result<Socket>) -> Result<AsyncFd<Socket>, Dr
     })
 }
 
-/// Runs the engine until it is idle, handing each finished trace to `sink`.
-/// `progress` is called about once a second with the engine's counters.
+/// Raw sockets opened and listening, ready for [`Sockets::run`]. Opening ahead of time
+/// lets a scheduled round start on its instant instead of after socket setup.
+#[derive(Debug)]
+pub struct Sockets {
+    senders: Senders,
+    rx: mpsc::Receiver<(Reply, Instant)>,
+    receivers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Senders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Senders")
+            .field("v4", &self.v4.is_some())
+            .field("v6", &self.v6.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        for r in &self.receivers {
+            r.abort();
+        }
+    }
+}
+
+impl Sockets {
+    /// Opens what `needs` asks for; must run inside a tokio runtime.
+    pub fn open(needs: &Needs) -> Result<Sockets, DriverError> {
+        let senders = Senders {
+            v4: needs
+                .v4
+                .then(|| open("IPv4", sys::open_sender(false)))
+                .transpose()?,
+            v6: needs
+                .v6
+                .then(|| open("IPv6", sys::open_sender(true)))
+                .transpose()?,
+        };
+        let (tx, rx) = mpsc::channel::<(Reply, Instant)>(65536);
+        let mut receivers: Vec<JoinHandle<()>> = Vec::new();
+        let tcp = needs.protos.contains(&Proto::Tcp);
+        let mut spawn = |v6: bool, proto: u8, what: &'static str| -> Result<(), DriverError> {
+            let fd = open(what, sys::open_receiver(v6, proto))?;
+            receivers.push(tokio::spawn(receive(fd, v6, proto, tx.clone())));
+            Ok(())
+        };
+        // ICMP errors answer every method, so the ICMP socket is always needed.
+        if needs.v4 {
+            spawn(false, IPPROTO_ICMP, "ICMP")?;
+            if tcp {
+                spawn(false, IPPROTO_TCP, "TCP")?;
+            }
+        }
+        if needs.v6 {
+            spawn(true, IPPROTO_ICMPV6, "ICMPv6")?;
+            if tcp {
+                spawn(true, IPPROTO_TCP, "TCPv6")?;
+            }
+        }
+        Ok(Sockets {
+            senders,
+            rx,
+            receivers,
+        })
+    }
+
+    /// Runs the engine until it is idle, handing each finished trace to `sink`.
+    /// `progress` is called about once a second with the engine's counters.
+    pub async fn run(
+        mut self,
+        engine: &mut Engine,
+        mut sink: impl FnMut(TraceResult) -> Result<(), String>,
+        mut progress: impl FnMut(&Engine, Duration),
+    ) -> Result<EngineStats, DriverError> {
+        // Replies that arrived before the run belong to nobody in this engine.
+        while self.rx.try_recv().is_ok() {}
+        main_loop(
+            engine,
+            &self.senders,
+            &mut self.rx,
+            &mut sink,
+            &mut progress,
+        )
+        .await?;
+        Ok(engine.stats())
+    }
+}
+
+/// Opens sockets for `needs` and runs the engine until it is idle.
 pub async fn run(
     engine: &mut Engine,
     needs: &Needs,
-    mut sink: impl FnMut(TraceResult) -> Result<(), String>,
-    mut progress: impl FnMut(&Engine, Duration),
+    sink: impl FnMut(TraceResult) -> Result<(), String>,
+    progress: impl FnMut(&Engine, Duration),
 ) -> Result<EngineStats, DriverError> {
-    let senders = Senders {
-        v4: needs
-            .v4
-            .then(|| open("IPv4", sys::open_sender(false)))
-            .transpose()?,
-        v6: needs
-            .v6
-            .then(|| open("IPv6", sys::open_sender(true)))
-            .transpose()?,
-    };
-    let (tx, mut rx) = mpsc::channel::<(Reply, Instant)>(65536);
-    let mut receivers: Vec<JoinHandle<()>> = Vec::new();
-    let tcp = needs.protos.contains(&Proto::Tcp);
-    let mut spawn = |v6: bool, proto: u8, what: &'static str| -> Result<(), DriverError> {
-        let fd = open(what, sys::open_receiver(v6, proto))?;
-        receivers.push(tokio::spawn(receive(fd, v6, proto, tx.clone())));
-        Ok(())
-    };
-    // ICMP errors answer every method, so the ICMP socket is always needed.
-    if needs.v4 {
-        spawn(false, IPPROTO_ICMP, "ICMP")?;
-        if tcp {
-            spawn(false, IPPROTO_TCP, "TCP")?;
-        }
-    }
-    if needs.v6 {
-        spawn(true, IPPROTO_ICMPV6, "ICMPv6")?;
-        if tcp {
-            spawn(true, IPPROTO_TCP, "TCPv6")?;
-        }
-    }
-    drop(tx);
-
-    let result = main_loop(engine, &senders, &mut rx, &mut sink, &mut progress).await;
-    for r in receivers {
-        r.abort();
-    }
-    result.map(|()| engine.stats())
+    Sockets::open(needs)?.run(engine, sink, progress).await
 }
 
 async fn main_loop(

@@ -1,0 +1,249 @@
+//! Campaign decisions as pure functions of the spec, the agent's metadata and `now`:
+//! validating a spec, expanding targets, which vantages a selector picks, a campaign's
+//! state, and whether an agent still needs to hear of it.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use tracemesh_proto::schedule;
+use tracemesh_proto::v1::{self, CampaignState};
+
+use crate::store::AgentMeta;
+
+/// Round 0 starts this long after creation unless the operator says otherwise, so that
+/// every connected agent has the instruction before the first instant.
+pub const DEFAULT_START_LEAD_NS: i64 = 5_000_000_000;
+/// A campaign probes at most this many addresses (a /16), to keep a typo from becoming
+/// a scan of the Internet.
+pub const MAX_TARGETS: usize = 65_536;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CampaignError {
+    #[error("invalid agent selector {0:?}: expected all, name:X, country:CC, asn:N or tag:T")]
+    BadSelector(String),
+    #[error("invalid target {0:?}: expected an IP address or a CIDR prefix")]
+    BadTarget(String),
+    #[error("too many targets: {0} addresses (at most {MAX_TARGETS})")]
+    TooManyTargets(usize),
+    #[error("invalid campaign: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    All,
+    Name(String),
+    Country(String),
+    Asn(u32),
+    Tag(String),
+}
+
+impl FromStr for Selector {
+    type Err = CampaignError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || CampaignError::BadSelector(s.to_string());
+        if s == "all" {
+            return Ok(Selector::All);
+        }
+        let (kind, value) = s.split_once(':').ok_or_else(bad)?;
+        if value.is_empty() {
+            return Err(bad());
+        }
+        Ok(match kind {
+            "name" => Selector::Name(value.to_string()),
+            "country" => Selector::Country(value.to_ascii_uppercase()),
+            "asn" => Selector::Asn(value.trim_start_matches("AS").parse().map_err(|_| bad())?),
+            "tag" => Selector::Tag(value.to_string()),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl Selector {
+    pub fn matches(&self, meta: &AgentMeta) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Name(n) => meta.name == *n,
+            Selector::Country(c) => meta.country.eq_ignore_ascii_case(c),
+            Selector::Asn(a) => meta.asn == Some(*a),
+            Selector::Tag(t) => meta.tags.iter().any(|x| x == t),
+        }
+    }
+}
+
+/// Selectors are OR-ed: an agent takes part if any selects it.
+pub fn selects(selectors: &[String], meta: &AgentMeta) -> bool {
+    selectors
+        .iter()
+        .filter_map(|s| s.parse::<Selector>().ok())
+        .any(|s| s.matches(meta))
+}
+
+/// Addresses and prefixes → addresses, deduplicated, in the given order. Prefixes expand
+/// to every address in them (for IPv4 /31 and /32 included; network and broadcast
+/// addresses are probed too: they are routable destinations for traceroute purposes).
+pub fn expand_targets(targets: &[String]) -> Result<Vec<String>, CampaignError> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in targets {
+        let t = t.trim();
+        if let Ok(ip) = t.parse::<IpAddr>() {
+            if seen.insert(ip) {
+                out.push(ip.to_string());
+            }
+            continue;
+        }
+        let net: ipnet::IpNet = t
+            .parse()
+            .map_err(|_| CampaignError::BadTarget(t.to_string()))?;
+        let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+        if host_bits > 16 || out.len() + (1usize << host_bits) > MAX_TARGETS {
+            let n = if host_bits >= 63 {
+                usize::MAX
+            } else {
+                1usize << host_bits
+            };
+            return Err(CampaignError::TooManyTargets(out.len().saturating_add(n)));
+        }
+        for ip in net.hosts_inclusive() {
+            if seen.insert(ip) {
+                out.push(ip.to_string());
+            }
+        }
+    }
+    if out.len() > MAX_TARGETS {
+        return Err(CampaignError::TooManyTargets(out.len()));
+    }
+    Ok(out)
+}
+
+trait HostsInclusive {
+    fn hosts_inclusive(&self) -> Box<dyn Iterator<Item = IpAddr>>;
+}
+
+impl HostsInclusive for ipnet::IpNet {
+    fn hosts_inclusive(&self) -> Box<dyn Iterator<Item = IpAddr>> {
+        match self.trunc() {
+            ipnet::IpNet::V4(n) => {
+                let lo = u32::from(n.network());
+                let hi = u32::from(n.broadcast());
+                Box::new((lo..=hi).map(|a| IpAddr::V4(a.into())))
+            }
+            ipnet::IpNet::V6(n) => {
+                let lo = u128::from(n.network());
+                let hi = u128::from(n.broadcast());
+                Box::new((lo..=hi).map(|a| IpAddr::V6(a.into())))
+            }
+        }
+    }
+}
+
+/// Checks a spec and builds the campaign record: targets expanded, start resolved.
+pub fn build(
+    id: &str,
+    spec: &v1::CampaignSpec,
+    now_ns: i64,
+) -> Result<v1::Campaign, CampaignError> {
+    let invalid = |m: &str| CampaignError::Invalid(m.to_string());
+    if spec.targets.is_empty() {
+        return Err(invalid("no targets"));
+    }
+    if spec.agents.is_empty() {
+        return Err(invalid("no agent selector (use \"all\" for every agent)"));
+    }
+    for s in &spec.agents {
+        s.parse::<Selector>()?;
+    }
+    let method = spec
+        .method
+        .as_ref()
+        .ok_or_else(|| invalid("no probe method"))?;
+    match v1::ProbeProtocol::try_from(method.proto) {
+        Ok(v1::ProbeProtocol::Icmp | v1::ProbeProtocol::Udp | v1::ProbeProtocol::Tcp) => {}
+        _ => return Err(invalid("probe protocol must be icmp, udp or tcp")),
+    }
+    if !(1..=16).contains(&method.attempts) {
+        return Err(invalid("attempts must be between 1 and 16"));
+    }
+    if !(1..=255).contains(&method.max_ttl) {
+        return Err(invalid("max_ttl must be between 1 and 255"));
+    }
+    if spec.rounds == 0 {
+        return Err(invalid("rounds must be at least 1"));
+    }
+    if spec.rounds > 1 && spec.every_s == 0 {
+        return Err(invalid(
+            "a campaign of several rounds needs an interval (every) of at least 1 s",
+        ));
+    }
+    let start_at_ns = if spec.start_at_ns == 0 {
+        now_ns.saturating_add(DEFAULT_START_LEAD_NS)
+    } else {
+        spec.start_at_ns
+    };
+    if schedule::last_round_start_ns(start_at_ns, spec.every_s, spec.rounds) < now_ns {
+        return Err(invalid(
+            "every round of this campaign would start in the past",
+        ));
+    }
+    let expanded_targets = expand_targets(&spec.targets)?;
+    let mut c = v1::Campaign {
+        id: id.to_string(),
+        spec: Some(spec.clone()),
+        expanded_targets,
+        created_at_ns: now_ns,
+        start_at_ns,
+        ..Default::default()
+    };
+    c.state = state(&c, now_ns) as i32;
+    Ok(c)
+}
+
+fn every_and_rounds(c: &v1::Campaign) -> (u32, u32) {
+    c.spec
+        .as_ref()
+        .map(|s| (s.every_s, s.rounds))
+        .unwrap_or((0, 0))
+}
+
+/// Scheduled before round 0, running until the last round has started plus one interval
+/// (the agents' time to finish it), finished after; cancelled overrides.
+pub fn state(c: &v1::Campaign, now_ns: i64) -> CampaignState {
+    if c.cancelled_at_ns.is_some() {
+        return CampaignState::Cancelled;
+    }
+    if now_ns < c.start_at_ns {
+        return CampaignState::Scheduled;
+    }
+    let (every, rounds) = every_and_rounds(c);
+    let grace_ns = i64::from(every.max(30)) * 1_000_000_000;
+    let last = schedule::last_round_start_ns(c.start_at_ns, every, rounds);
+    if now_ns <= last.saturating_add(grace_ns) {
+        CampaignState::Running
+    } else {
+        CampaignState::Finished
+    }
+}
+
+/// Does this agent still need the instruction? Only while some round is yet to start.
+pub fn should_push(c: &v1::Campaign, meta: &AgentMeta, now_ns: i64) -> bool {
+    let Some(spec) = &c.spec else { return false };
+    c.cancelled_at_ns.is_none()
+        && selects(&spec.agents, meta)
+        && schedule::next_round(c.start_at_ns, spec.every_s, spec.rounds, now_ns).is_some()
+}
+
+pub fn instruction(c: &v1::Campaign) -> v1::CampaignInstruction {
+    let spec = c.spec.clone().unwrap_or_default();
+    v1::CampaignInstruction {
+        id: c.id.clone(),
+        targets: c.expanded_targets.clone(),
+        method: spec.method,
+        every_s: spec.every_s,
+        rounds: spec.rounds,
+        start_at_ns: c.start_at_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests;

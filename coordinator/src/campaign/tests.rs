@@ -1,0 +1,137 @@
+use super::*;
+
+const S: i64 = 1_000_000_000;
+
+fn meta() -> AgentMeta {
+    AgentMeta {
+        name: "tor-1".into(),
+        country: "CA".into(),
+        city: "Toronto".into(),
+        loc: None,
+        asn: Some(812),
+        tags: vec!["core".into()],
+    }
+}
+
+fn spec(targets: &[&str], agents: &[&str], every_s: u32, rounds: u32) -> v1::CampaignSpec {
+    v1::CampaignSpec {
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+        agents: agents.iter().map(|s| s.to_string()).collect(),
+        method: Some(v1::ProbeMethod {
+            proto: v1::ProbeProtocol::Icmp as i32,
+            attempts: 2,
+            max_ttl: 30,
+            wait_ms: 0,
+            flow_id: 0,
+        }),
+        every_s,
+        rounds,
+        start_at_ns: 0,
+    }
+}
+
+#[test]
+fn selectors_parse_and_match() {
+    let m = meta();
+    for (s, hit) in [
+        ("all", true),
+        ("name:tor-1", true),
+        ("name:tor-2", false),
+        ("country:ca", true),
+        ("country:US", false),
+        ("asn:812", true),
+        ("asn:AS812", true),
+        ("asn:13335", false),
+        ("tag:core", true),
+        ("tag:edge", false),
+    ] {
+        assert_eq!(s.parse::<Selector>().unwrap().matches(&m), hit, "{s}");
+    }
+    for bad in ["", "name:", "asn:x", "city:Toronto", "everyone"] {
+        assert!(bad.parse::<Selector>().is_err(), "{bad}");
+    }
+    assert!(selects(&["country:US".into(), "tag:core".into()], &m));
+    assert!(!selects(&["country:US".into()], &m));
+}
+
+#[test]
+fn targets_expand_and_deduplicate() {
+    let t = expand_targets(&[
+        "192.0.2.0/30".into(),
+        "192.0.2.1".into(),
+        "2001:db8::1".into(),
+    ])
+    .unwrap();
+    assert_eq!(
+        t,
+        [
+            "192.0.2.0",
+            "192.0.2.1",
+            "192.0.2.2",
+            "192.0.2.3",
+            "2001:db8::1"
+        ]
+    );
+    assert_eq!(
+        expand_targets(&["10.0.0.0/16".into()]).unwrap().len(),
+        65_536
+    );
+    assert!(matches!(
+        expand_targets(&["10.0.0.0/8".into()]),
+        Err(CampaignError::TooManyTargets(_))
+    ));
+    assert!(matches!(
+        expand_targets(&["2001:db8::/32".into()]),
+        Err(CampaignError::TooManyTargets(_))
+    ));
+    assert_eq!(
+        expand_targets(&["example.com".into()]),
+        Err(CampaignError::BadTarget("example.com".into()))
+    );
+}
+
+#[test]
+fn build_resolves_start_and_validates() {
+    let now = 1_000 * S;
+    let c = build("c1", &spec(&["192.0.2.1"], &["all"], 10, 3), now).unwrap();
+    assert_eq!(c.start_at_ns, now + DEFAULT_START_LEAD_NS);
+    assert_eq!(state(&c, now), CampaignState::Scheduled);
+    assert!(build("c", &spec(&[], &["all"], 10, 3), now).is_err());
+    assert!(build("c", &spec(&["192.0.2.1"], &[], 10, 3), now).is_err());
+    assert!(build("c", &spec(&["192.0.2.1"], &["bogus"], 10, 3), now).is_err());
+    assert!(build("c", &spec(&["192.0.2.1"], &["all"], 0, 3), now).is_err());
+    assert!(build("c", &spec(&["192.0.2.1"], &["all"], 10, 0), now).is_err());
+    let mut past = spec(&["192.0.2.1"], &["all"], 10, 3);
+    past.start_at_ns = now - 100 * S;
+    assert!(build("c", &past, now).is_err());
+    let mut no_proto = spec(&["192.0.2.1"], &["all"], 10, 3);
+    no_proto.method.as_mut().unwrap().proto = 0;
+    assert!(build("c", &no_proto, now).is_err());
+}
+
+#[test]
+fn state_and_push_follow_the_clock() {
+    let now = 1_000 * S;
+    let mut s = spec(&["192.0.2.1"], &["country:CA"], 10, 3);
+    s.start_at_ns = now + 10 * S;
+    let mut c = build("c1", &s, now).unwrap();
+    let m = meta();
+    assert!(should_push(&c, &m, now));
+    assert_eq!(state(&c, now + 10 * S), CampaignState::Running);
+    // Last round starts at +30 s; an agent connecting at +25 s still has it to run.
+    assert!(should_push(&c, &m, now + 25 * S));
+    assert!(!should_push(&c, &m, now + 31 * S));
+    assert_eq!(state(&c, now + 31 * S), CampaignState::Running);
+    assert_eq!(state(&c, now + 61 * S), CampaignState::Finished);
+    let other = AgentMeta {
+        country: "US".into(),
+        ..meta()
+    };
+    assert!(!should_push(&c, &other, now));
+    c.cancelled_at_ns = Some(now);
+    assert!(!should_push(&c, &m, now));
+    assert_eq!(state(&c, now), CampaignState::Cancelled);
+    let i = instruction(&c);
+    assert_eq!(i.targets, vec!["192.0.2.1".to_string()]);
+    assert_eq!((i.every_s, i.rounds, i.start_at_ns), (10, 3, now + 10 * S));
+}

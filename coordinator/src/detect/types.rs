@@ -1,0 +1,170 @@
+//! Inputs and outputs of the detector, in the shapes the coordinator stores and the
+//! `tracemesh diversions --json` contract (scenarios/FORMAT.md) prescribes.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::geo::GeoPoint;
+
+/// One hop of a traceroute; unknown fields (icmp type, mpls, ...) are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceHop {
+    pub ttl: u8,
+    #[serde(default)]
+    pub addr: Option<IpAddr>,
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+}
+
+/// One traceroute of one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub round: u64,
+    pub vantage: String,
+    pub dst: IpAddr,
+    /// Unix seconds at which the round's probing started.
+    pub start: f64,
+    #[serde(default)]
+    pub hops: Vec<TraceHop>,
+}
+
+/// What an agent declared at enrolment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VantageInfo {
+    pub name: String,
+    #[serde(default)]
+    pub loc: Option<GeoPoint>,
+    #[serde(default)]
+    pub country: Option<String>,
+    #[serde(default)]
+    pub asn: Option<u32>,
+}
+
+/// Whose networks count as the adversary's: AS numbers and/or registration countries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adversary {
+    #[serde(default)]
+    pub asns: BTreeSet<u32>,
+    /// ISO 3166 alpha-2, upper case.
+    #[serde(default)]
+    pub countries: BTreeSet<String>,
+}
+
+impl Adversary {
+    pub fn from_asns(asns: impl IntoIterator<Item = u32>) -> Self {
+        Adversary {
+            asns: asns.into_iter().collect(),
+            countries: BTreeSet::new(),
+        }
+    }
+
+    pub fn with_countries<S: AsRef<str>>(mut self, cc: impl IntoIterator<Item = S>) -> Self {
+        self.countries.extend(
+            cc.into_iter()
+                .map(|c| c.as_ref().trim().to_ascii_uppercase()),
+        );
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.asns.is_empty() && self.countries.is_empty()
+    }
+
+    pub fn has_country(&self, cc: Option<&str>) -> bool {
+        cc.is_some_and(|c| self.countries.iter().any(|x| x.eq_ignore_ascii_case(c)))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandoffRef {
+    pub addr: Option<IpAddr>,
+    pub asn: Option<u32>,
+    pub as_name: Option<String>,
+    pub ttl: Option<u8>,
+    /// How the hand-off was found: `answered` (seen leaving the learned normal path),
+    /// `filled-from-normal-path` (silent now, named by the learned path at that TTL),
+    /// `no-history` (last non-adversary hop before the ingress), `other-pair` (taken
+    /// from another destination's path of the same vantage).
+    pub method: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IngressRef {
+    pub addr: IpAddr,
+    pub asn: u32,
+    pub as_name: Option<String>,
+    /// Multilaterated position; never taken from configuration.
+    pub loc: Option<GeoPoint>,
+    pub radius_km: Option<f64>,
+    pub city: Option<String>,
+    pub city_country: Option<String>,
+    /// Number of RTT constraints behind `loc`.
+    pub constraints: usize,
+    /// True when the ingress itself never answered and was inferred from other paths.
+    pub inferred: bool,
+    /// The exchange when the ingress answered from an IXP peering LAN address.
+    pub ixp: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    /// Origin ASes along the diverted path, consecutive duplicates removed.
+    pub as_path: Vec<u32>,
+    pub normal_as_path: Vec<u32>,
+    pub rtt_handoff_ms: Option<f64>,
+    pub rtt_ingress_ms: Option<f64>,
+    pub rtt_dst_ms: Option<f64>,
+    pub normal_rtt_dst_ms: Option<f64>,
+    /// Extra round-trip time of the diverted path over the normal one.
+    pub detour_ms: Option<f64>,
+    /// Largest RTT step between consecutive answering hops after the ingress.
+    pub max_rtt_jump_ms: Option<f64>,
+    /// The ingress answered faster than light could reach the adversary's home country
+    /// from this vantage: it is a point of presence abroad.
+    pub ingress_abroad: Option<bool>,
+    pub adversary_hops: usize,
+}
+
+/// One record of `{"diversions": [...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiversionRecord {
+    pub vantage: String,
+    pub target: IpAddr,
+    pub adversary_asn: u32,
+    pub adversary_name: Option<String>,
+    pub handoff: HandoffRef,
+    pub ingress: IngressRef,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    pub rounds: u32,
+    pub first_round: u64,
+    pub last_round: u64,
+    /// Still diverted in the pair's latest observed round.
+    pub active: bool,
+    pub incident: usize,
+    pub evidence: Evidence,
+}
+
+/// Records grouped across vantages and destinations by adversary and ingress PoP.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    pub id: usize,
+    pub adversary_asn: u32,
+    pub ingress: IpAddr,
+    pub ingress_loc: Option<GeoPoint>,
+    pub ingress_city: Option<String>,
+    pub handoffs: Vec<IpAddr>,
+    pub vantages: Vec<String>,
+    pub targets: Vec<IpAddr>,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    pub records: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DiversionReport {
+    pub diversions: Vec<DiversionRecord>,
+    pub incidents: Vec<Incident>,
+}

@@ -1,0 +1,8 @@
+//! placeholder until this crate lands
+pub mod annotate;
+pub mod ca;
+pub mod campaign;
+pub mod detect;
+pub mod geo;
+pub mod server;
+pub mod store;

@@ -1,0 +1,339 @@
+//! `AgentService`: enrolment with a one-time token, and the long-lived session stream.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracemesh_proto::token::EnrolToken;
+use tracemesh_proto::v1::{self, agent_message::Msg as Up, coordinator_message::Msg as Down};
+
+use super::auth::authorize;
+use super::state::{Coordinator, now_ns};
+use crate::ca::{CaError, Role, cert_fingerprint};
+use crate::store::{AgentRecord, IngestOutcome, StoreError, TokenRejection};
+
+/// How often agents should send a heartbeat (told in Welcome).
+const HEARTBEAT_INTERVAL_S: u32 = 15;
+/// Largest batch accepted in one message; bigger batches are the agent's bug.
+const MAX_BATCH: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct AgentSvc {
+    c: Arc<Coordinator>,
+}
+
+impl AgentSvc {
+    pub fn new(c: Arc<Coordinator>) -> Self {
+        AgentSvc { c }
+    }
+}
+
+fn internal(e: StoreError) -> Status {
+    tracing::error!(error = %super::client::error_chain(&e), "store failure");
+    Status::internal(super::client::error_chain(&e))
+}
+
+pub fn secret_hash(secret: &str) -> String {
+    cert_fingerprint(secret.as_bytes())
+}
+
+fn pem_first_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
+    let end = pem[start..].find("-----END CERTIFICATE-----")? + start;
+    let body: String = pem[start..end].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+fn down(msg: Down) -> Result<v1::CoordinatorMessage, Status> {
+    Ok(v1::CoordinatorMessage { msg: Some(msg) })
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::agent_service_server::AgentService for AgentSvc {
+    async fn enrol(
+        &self,
+        req: Request<v1::EnrolRequest>,
+    ) -> Result<Response<v1::EnrolResponse>, Status> {
+        let req = req.into_inner();
+        let token =
+            EnrolToken::decode(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Sign before burning the token, so a malformed CSR does not waste it.
+        let cert_pem = self
+            .c
+            .ca
+            .sign_agent_csr(&token.name, &req.csr_pem)
+            .map_err(|e| match e {
+                CaError::BadCsr(_) | CaError::BadName(_) => Status::invalid_argument(e.to_string()),
+                other => Status::internal(other.to_string()),
+            })?;
+        let now = now_ns();
+        let store = self.c.store.clone();
+        let hash = secret_hash(&token.secret);
+        let record = tokio::task::spawn_blocking(move || store.consume_token(&hash, now))
+            .await
+            .map_err(|e| Status::internal(super::client::error_chain(&e)))?
+            .map_err(internal)?;
+        let record = match record {
+            Ok(r) => r,
+            Err(rej) => {
+                tracing::warn!(name = %token.name, reason = %rej, "enrolment refused");
+                return Err(match rej {
+                    TokenRejection::Unknown => Status::unauthenticated(rej.to_string()),
+                    TokenRejection::Expired | TokenRejection::AlreadyUsed => {
+                        Status::permission_denied(rej.to_string())
+                    }
+                });
+            }
+        };
+        if record.meta.name != token.name {
+            return Err(Status::permission_denied(
+                "enrolment token does not match its record",
+            ));
+        }
+        let fingerprint = pem_first_der(&cert_pem)
+            .map(|d| cert_fingerprint(&d))
+            .unwrap_or_default();
+        let agent = AgentRecord {
+            meta: record.meta.clone(),
+            enrolled_at_ns: now,
+            cert_sha256: fingerprint,
+            agent_version: req.agent_version,
+            hostname: req.hostname,
+            last_seen_ns: None,
+        };
+        let store = self.c.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.put_agent(&agent)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| Status::internal(super::client::error_chain(&e)))?
+        .map_err(internal)?;
+        tracing::info!(name = %record.meta.name, "agent enrolled");
+        Ok(Response::new(v1::EnrolResponse {
+            agent_name: record.meta.name,
+            cert_chain_pem: cert_pem,
+            ca_pem: self.c.ca.cert_pem().to_string(),
+            coordinator: self.c.advertise.clone(),
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let name = authorize(&req, Role::Agent)?;
+        let agent = self
+            .c
+            .store
+            .get_agent(&name)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::permission_denied(format!("agent {name:?} is not enrolled here"))
+            })?;
+        // Re-enrolling a name issues a new certificate; the old one stops working here,
+        // which is how an operator revokes a lost or cloned agent.
+        let presented = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|d| cert_fingerprint(d)))
+            .unwrap_or_default();
+        if !agent.cert_sha256.is_empty() && presented != agent.cert_sha256 {
+            return Err(Status::permission_denied(format!(
+                "certificate of agent {name:?} was superseded by a later enrolment"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let session = self.c.connect(&name, tx.clone(), now_ns());
+        tracing::info!(%name, session, "agent connected");
+        let c = self.c.clone();
+        let inbound = req.into_inner();
+        tokio::spawn(async move {
+            let mut s = Session {
+                c: c.clone(),
+                name: name.clone(),
+                session,
+                tx,
+                meta: agent.meta,
+            };
+            let end = tokio::select! {
+                r = s.run(inbound) => r,
+                _ = c.shutdown_signal() => Ok(()),
+            };
+            if let Err(e) = end {
+                tracing::info!(%name, session, error = %e, "session ended with error");
+            }
+            if let Some(live) = c.disconnect(&name, session) {
+                let store = c.store.clone();
+                let name2 = name.clone();
+                let persisted = tokio::task::spawn_blocking(move || {
+                    if let Some(mut rec) = store.get_agent(&name2)? {
+                        rec.last_seen_ns = Some(live.last_seen_ns);
+                        rec.agent_version = live.agent_version;
+                        store.put_agent(&rec)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await;
+                if let Ok(Err(e)) = persisted {
+                    tracing::warn!(%name, error = %e, "could not record last_seen");
+                }
+            }
+            tracing::info!(%name, session, "agent disconnected");
+        });
+        let shutdown = self.c.shutdown_signal();
+        let out = ReceiverStream::new(rx).take_until(shutdown);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+struct Session {
+    c: Arc<Coordinator>,
+    name: String,
+    session: u64,
+    tx: super::state::Outbound,
+    meta: crate::store::AgentMeta,
+}
+
+impl Session {
+    async fn send(&self, msg: Down) -> Result<(), Status> {
+        self.tx
+            .send(down(msg))
+            .await
+            .map_err(|_| Status::cancelled("agent stream closed"))
+    }
+
+    async fn run(&mut self, mut inbound: Streaming<v1::AgentMessage>) -> Result<(), Status> {
+        while let Some(m) = inbound.message().await? {
+            let now = now_ns();
+            self.c
+                .update_live(&self.name, self.session, |l| l.last_seen_ns = now);
+            match m.msg {
+                Some(Up::Hello(h)) => self.hello(h, now).await?,
+                Some(Up::Heartbeat(hb)) => {
+                    self.c.update_live(&self.name, self.session, |l| {
+                        if hb.clock_rtt_ns > 0 || hb.clock_offset_ns != 0 {
+                            l.clock_offset_ns = Some(hb.clock_offset_ns);
+                            l.clock_rtt_ns = Some(hb.clock_rtt_ns);
+                        }
+                        l.spooled_results = hb.spooled_results;
+                    });
+                }
+                Some(Up::ClockSample(cs)) => {
+                    self.send(Down::ClockEcho(v1::ClockEcho {
+                        t1_ns: cs.t1_ns,
+                        t2_ns: now,
+                        t3_ns: now_ns(),
+                    }))
+                    .await?
+                }
+                Some(Up::TraceBatch(b)) => self.ingest(b.results, now).await?,
+                None => return Err(Status::invalid_argument("empty agent message")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn hello(&mut self, h: v1::Hello, now: i64) -> Result<(), Status> {
+        let state = h.state.unwrap_or_default();
+        self.c.update_live(&self.name, self.session, |l| {
+            l.agent_version = h.agent_version.clone();
+            l.spooled_results = state.spooled_results;
+        });
+        self.send(Down::Welcome(v1::Welcome {
+            agent_name: self.name.clone(),
+            server_time_ns: now_ns(),
+            heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+        }))
+        .await?;
+        // The agent's metadata may have changed since the session opened (re-enrolment).
+        if let Some(rec) = self.c.store.get_agent(&self.name).map_err(internal)? {
+            self.meta = rec.meta;
+        }
+        let held: HashSet<&str> = state.campaign_ids.iter().map(String::as_str).collect();
+        for id in &held {
+            let keep = self
+                .c
+                .store
+                .get_campaign(id)
+                .map_err(internal)?
+                .is_some_and(|c| c.cancelled_at_ns.is_none());
+            if !keep {
+                self.send(Down::CancelCampaign(v1::CancelCampaign {
+                    campaign_id: id.to_string(),
+                }))
+                .await?;
+            }
+        }
+        let mut pushed = Vec::new();
+        for c in self.c.campaigns_for(&self.meta, now).map_err(internal)? {
+            if held.contains(c.id.as_str()) {
+                continue;
+            }
+            self.send(Down::Campaign(crate::campaign::instruction(&c)))
+                .await?;
+            pushed.push(c.id);
+        }
+        for id in pushed {
+            self.c
+                .record_pushed(&id, std::slice::from_ref(&self.name))
+                .await
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    async fn ingest(&mut self, results: Vec<v1::TraceRecord>, now: i64) -> Result<(), Status> {
+        if results.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "trace batch of {} results exceeds {MAX_BATCH}",
+                results.len()
+            )));
+        }
+        let store = self.c.store.clone();
+        let name = self.name.clone();
+        let (acked, fresh) = tokio::task::spawn_blocking(move || {
+            let mut acked = Vec::with_capacity(results.len());
+            let mut fresh = Vec::new();
+            for mut r in results {
+                // The vantage is who the certificate says, never what the agent claims.
+                r.vantage = name.clone();
+                r.received_at_ns = now;
+                match store.ingest(&r) {
+                    Ok(IngestOutcome::Stored) => {
+                        acked.push(r.result_id.clone());
+                        fresh.push(r);
+                    }
+                    Ok(IngestOutcome::Duplicate) => acked.push(r.result_id),
+                    // A record that can never be stored is acknowledged and dropped, or it
+                    // would sit in the agent's spool and be re-sent forever.
+                    Err(StoreError::Invalid { detail, .. }) => {
+                        tracing::warn!(vantage = %name, result_id = %r.result_id, %detail, "dropping invalid trace");
+                        acked.push(r.result_id);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // Acks promise durability: flush before sending them.
+            store.flush()?;
+            Ok((acked, fresh))
+        })
+        .await
+        .map_err(|e| Status::internal(super::client::error_chain(&e)))?
+        .map_err(internal)?;
+        tracing::debug!(vantage = %self.name, acked = acked.len(), new = fresh.len(), "ingested batch");
+        self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
+        for t in fresh {
+            self.c.publish_trace(t);
+        }
+        Ok(())
+    }
+}

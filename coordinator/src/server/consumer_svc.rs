@@ -1,0 +1,360 @@
+//! `ConsumerService`: tokens, agents, campaigns, trace queries and subscriptions. Every
+//! call requires the admin role.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use futures::{Stream, StreamExt as _};
+use rand::RngCore as _;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tonic::{Request, Response, Status};
+use tracemesh_proto::token::EnrolToken;
+use tracemesh_proto::v1;
+
+use super::agent_svc::secret_hash;
+use super::auth::authorize;
+use super::state::{Coordinator, now_ns};
+use crate::ca::{Role, valid_name};
+use crate::campaign;
+use crate::store::{AgentMeta, StoreError, TokenRecord, TraceQuery};
+
+const DEFAULT_TOKEN_TTL_S: u32 = 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSvc {
+    c: Arc<Coordinator>,
+}
+
+impl ConsumerSvc {
+    pub fn new(c: Arc<Coordinator>) -> Self {
+        ConsumerSvc { c }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.c.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| Status::internal(super::client::error_chain(&e)))?
+            .map_err(|e| {
+                tracing::error!(error = %super::client::error_chain(&e), "store failure");
+                Status::internal(super::client::error_chain(&e))
+            })
+    }
+
+    /// The stored campaign with its live fields (state, trace count) filled in.
+    fn present(&self, mut c: v1::Campaign, now: i64) -> Result<v1::Campaign, StoreError> {
+        c.state = campaign::state(&c, now) as i32;
+        c.traces_stored = self.c.store.count_traces(&c.id)?;
+        Ok(c)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn validate_meta(m: &v1::AgentMetadata) -> Result<(), Status> {
+    if !valid_name(&m.name) {
+        return Err(Status::invalid_argument(format!(
+            "invalid agent name {:?}: use 1-64 characters from [A-Za-z0-9._-]",
+            m.name
+        )));
+    }
+    let country_ok = m.country.is_empty()
+        || (m.country.len() == 2 && m.country.chars().all(|c| c.is_ascii_alphabetic()));
+    if !country_ok {
+        return Err(Status::invalid_argument(format!(
+            "invalid country {:?}: expected an ISO 3166 alpha-2 code",
+            m.country
+        )));
+    }
+    if let (Some(lat), Some(lon)) = (m.lat, m.lon)
+        && !((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon))
+    {
+        return Err(Status::invalid_argument(format!(
+            "invalid location {lat},{lon}"
+        )));
+    }
+    if m.lat.is_some() != m.lon.is_some() {
+        return Err(Status::invalid_argument(
+            "location needs both latitude and longitude",
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
+    async fn create_token(
+        &self,
+        req: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        authorize(&req, Role::Admin)?;
+        let req = req.into_inner();
+        let mut meta = req
+            .metadata
+            .ok_or_else(|| Status::invalid_argument("token needs agent metadata"))?;
+        meta.country = meta.country.to_ascii_uppercase();
+        validate_meta(&meta)?;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let now = now_ns();
+        let ttl_s = if req.ttl_s == 0 {
+            DEFAULT_TOKEN_TTL_S
+        } else {
+            req.ttl_s
+        };
+        let expires_at_ns = now.saturating_add(i64::from(ttl_s) * 1_000_000_000);
+        let record = TokenRecord {
+            meta: AgentMeta::from_proto(&meta),
+            created_at_ns: now,
+            expires_at_ns,
+            used_at_ns: None,
+        };
+        let hash = secret_hash(&secret);
+        self.blocking(move |s| {
+            s.put_token(&hash, &record)?;
+            s.flush()
+        })
+        .await?;
+        let token = EnrolToken {
+            coordinator: self.c.advertise.clone(),
+            name: meta.name.clone(),
+            secret,
+            ca_pem: self.c.ca.cert_pem().to_string(),
+            expires_at: expires_at_ns / 1_000_000_000,
+        };
+        tracing::info!(name = %meta.name, ttl_s, "token created");
+        Ok(Response::new(v1::CreateTokenResponse {
+            token: token.encode(),
+            expires_at_ns,
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        authorize(&req, Role::Admin)?;
+        let records = self.blocking(|s| s.list_agents()).await?;
+        let agents = records
+            .into_iter()
+            .map(|r| {
+                let live = self.c.live(&r.meta.name);
+                v1::AgentInfo {
+                    metadata: Some(r.meta.to_proto()),
+                    connected: live.is_some(),
+                    enrolled_at_ns: r.enrolled_at_ns,
+                    last_seen_ns: live.as_ref().map(|l| l.last_seen_ns).or(r.last_seen_ns),
+                    clock_offset_ns: live.as_ref().and_then(|l| l.clock_offset_ns),
+                    clock_rtt_ns: live.as_ref().and_then(|l| l.clock_rtt_ns),
+                    agent_version: live
+                        .as_ref()
+                        .map(|l| l.agent_version.clone())
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or(r.agent_version),
+                    spooled_results: live.map(|l| l.spooled_results).unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ListAgentsResponse { agents }))
+    }
+
+    async fn create_campaign(
+        &self,
+        req: Request<v1::CreateCampaignRequest>,
+    ) -> Result<Response<v1::Campaign>, Status> {
+        authorize(&req, Role::Admin)?;
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("campaign spec missing"))?;
+        let id = self.blocking(|s| s.next_campaign_id()).await?;
+        let now = now_ns();
+        let c = campaign::build(&id, &spec, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let stored = c.clone();
+        self.blocking(move |s| {
+            s.put_campaign(&stored)?;
+            s.flush()
+        })
+        .await?;
+        let sent = self
+            .c
+            .push_campaign(&c)
+            .await
+            .map_err(|e| Status::internal(super::client::error_chain(&e)))?;
+        tracing::info!(id = %c.id, targets = c.expanded_targets.len(), pushed = sent.len(), "campaign created");
+        let c = self
+            .blocking(move |s| s.get_campaign(&id))
+            .await?
+            .unwrap_or(c);
+        Ok(Response::new(self.present(c, now).map_err(|e| {
+            Status::internal(super::client::error_chain(&e))
+        })?))
+    }
+
+    async fn list_campaigns(
+        &self,
+        req: Request<v1::ListCampaignsRequest>,
+    ) -> Result<Response<v1::ListCampaignsResponse>, Status> {
+        authorize(&req, Role::Admin)?;
+        let now = now_ns();
+        let list = self.blocking(|s| s.list_campaigns()).await?;
+        let campaigns = list
+            .into_iter()
+            .map(|c| self.present(c, now))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Status::internal(super::client::error_chain(&e)))?;
+        Ok(Response::new(v1::ListCampaignsResponse { campaigns }))
+    }
+
+    async fn get_campaign(
+        &self,
+        req: Request<v1::GetCampaignRequest>,
+    ) -> Result<Response<v1::Campaign>, Status> {
+        authorize(&req, Role::Admin)?;
+        let id = req.into_inner().id;
+        let c = self
+            .blocking({
+                let id = id.clone();
+                move |s| s.get_campaign(&id)
+            })
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no campaign {id:?}")))?;
+        Ok(Response::new(self.present(c, now_ns()).map_err(|e| {
+            Status::internal(super::client::error_chain(&e))
+        })?))
+    }
+
+    async fn cancel_campaign(
+        &self,
+        req: Request<v1::CancelCampaignRequest>,
+    ) -> Result<Response<v1::Campaign>, Status> {
+        authorize(&req, Role::Admin)?;
+        let id = req.into_inner().id;
+        let now = now_ns();
+        let c = {
+            let _guard = self.c.campaign_lock.lock().await;
+            let mut c = self
+                .c
+                .store
+                .get_campaign(&id)
+                .map_err(|e| Status::internal(super::client::error_chain(&e)))?
+                .ok_or_else(|| Status::not_found(format!("no campaign {id:?}")))?;
+            if c.cancelled_at_ns.is_none() {
+                c.cancelled_at_ns = Some(now);
+                let stored = c.clone();
+                self.blocking(move |s| {
+                    s.put_campaign(&stored)?;
+                    s.flush()
+                })
+                .await?;
+            }
+            c
+        };
+        let msg = v1::CoordinatorMessage {
+            msg: Some(v1::coordinator_message::Msg::CancelCampaign(
+                v1::CancelCampaign {
+                    campaign_id: id.clone(),
+                },
+            )),
+        };
+        for (_, live) in self.c.live_all() {
+            // An agent that misses this learns it from its next Hello (held campaigns that
+            // are cancelled get a CancelCampaign).
+            super::state::send_or_give_up(&live.tx, msg.clone()).await;
+        }
+        tracing::info!(%id, "campaign cancelled");
+        Ok(Response::new(self.present(c, now).map_err(|e| {
+            Status::internal(super::client::error_chain(&e))
+        })?))
+    }
+
+    type QueryTracesStream = BoxStream<v1::TraceRecord>;
+
+    async fn query_traces(
+        &self,
+        req: Request<v1::QueryTracesRequest>,
+    ) -> Result<Response<Self::QueryTracesStream>, Status> {
+        authorize(&req, Role::Admin)?;
+        let r = req.into_inner();
+        let q = TraceQuery {
+            campaign_id: r.campaign_id,
+            vantage: r.vantage,
+            dst: r.dst,
+            since_ns: r.since_ns,
+            until_ns: r.until_ns,
+            limit: r.limit as usize,
+        };
+        // Stream from the store as it is read, so a large campaign is never held in memory
+        // whole; the bounded channel paces the store walk to the client.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::TraceRecord, Status>>(256);
+        let store = self.c.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let res = store.for_each_trace(&q, &mut |t| tx.blocking_send(Ok(t)).is_ok());
+            if let Err(e) = res {
+                tracing::error!(error = %super::client::error_chain(&e), "trace query failed");
+                let _ = tx.blocking_send(Err(Status::internal(super::client::error_chain(&e))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SubscribeTracesStream = BoxStream<v1::TraceRecord>;
+
+    async fn subscribe_traces(
+        &self,
+        req: Request<v1::SubscribeTracesRequest>,
+    ) -> Result<Response<Self::SubscribeTracesStream>, Status> {
+        authorize(&req, Role::Admin)?;
+        let r = req.into_inner();
+        let rx = BroadcastStream::new(self.c.subscribe_traces());
+        let out = rx
+            .filter_map(move |item| {
+                let keep = match item {
+                    Ok(t) => {
+                        let ok = r.campaign_id.as_ref().is_none_or(|c| *c == t.campaign_id)
+                            && r.vantage.as_ref().is_none_or(|v| *v == t.vantage);
+                        ok.then_some(Ok(t))
+                    }
+                    // A subscriber too slow to keep up is told, not silently starved.
+                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
+                        format!("subscriber fell behind; {n} traces skipped (query them back)"),
+                    ))),
+                };
+                futures::future::ready(keep)
+            })
+            .take_until(self.c.shutdown_signal());
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    type SubscribeDiversionsStream = BoxStream<v1::Diversion>;
+
+    async fn subscribe_diversions(
+        &self,
+        req: Request<v1::SubscribeDiversionsRequest>,
+    ) -> Result<Response<Self::SubscribeDiversionsStream>, Status> {
+        authorize(&req, Role::Admin)?;
+        let vantage = req.into_inner().vantage;
+        let rx = BroadcastStream::new(self.c.subscribe_diversions());
+        let out = rx
+            .filter_map(move |item| {
+                futures::future::ready(match item {
+                    Ok(d) => vantage
+                        .as_ref()
+                        .is_none_or(|v| *v == d.vantage)
+                        .then_some(Ok(d)),
+                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
+                        format!("subscriber fell behind; {n} diversions skipped"),
+                    ))),
+                })
+            })
+            .take_until(self.c.shutdown_signal());
+        Ok(Response::new(Box::pin(out)))
+    }
+}

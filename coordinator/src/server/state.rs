@@ -1,0 +1,238 @@
+//! Shared coordinator state: store, CA, the registry of live agent sessions, and the
+//! broadcast channels that feed subscriptions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::Status;
+use tracemesh_proto::v1;
+
+use crate::ca::Ca;
+use crate::campaign;
+use crate::store::{AgentMeta, Store, StoreError};
+
+pub type Outbound = mpsc::Sender<Result<v1::CoordinatorMessage, Status>>;
+
+/// How long a fan-out waits on one agent's full session queue before giving up on it.
+const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Queues `msg` on a session; false if the session is gone or stuck. A stuck agent is
+/// dropped by HTTP/2 keepalive and gets what it missed in its next Hello exchange, so one
+/// slow agent must not hold up everyone else's instructions.
+pub async fn send_or_give_up(tx: &Outbound, msg: v1::CoordinatorMessage) -> bool {
+    matches!(
+        tokio::time::timeout(PUSH_TIMEOUT, tx.send(Ok(msg))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Unix nanoseconds now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the registry knows of a connected agent beyond its stored record.
+#[derive(Debug, Clone)]
+pub struct LiveAgent {
+    pub session: u64,
+    pub tx: Outbound,
+    pub connected_at_ns: i64,
+    pub last_seen_ns: i64,
+    pub agent_version: String,
+    pub clock_offset_ns: Option<i64>,
+    pub clock_rtt_ns: Option<i64>,
+    pub spooled_results: u64,
+}
+
+pub struct Coordinator {
+    pub store: Arc<dyn Store>,
+    pub ca: Arc<Ca>,
+    /// host:port that tokens tell agents to dial.
+    pub advertise: String,
+    registry: Mutex<HashMap<String, LiveAgent>>,
+    next_session: AtomicU64,
+    traces: broadcast::Sender<v1::TraceRecord>,
+    diversions: broadcast::Sender<v1::Diversion>,
+    shutdown: watch::Receiver<bool>,
+    /// Serialises read-modify-write of campaign records (push bookkeeping vs cancel).
+    pub campaign_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("advertise", &self.advertise)
+            .field("connected", &self.registry().len())
+            .finish()
+    }
+}
+
+impl Coordinator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ca: Arc<Ca>,
+        advertise: String,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Coordinator {
+            store,
+            ca,
+            advertise,
+            registry: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            traces: broadcast::channel(4096).0,
+            diversions: broadcast::channel(1024).0,
+            shutdown,
+            campaign_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<String, LiveAgent>> {
+        // A panic while holding this lock leaves a map that is still consistent.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves when the server is shutting down.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    /// Registers a session, replacing any previous session of the same agent (its old
+    /// stream is left to end on its own; [`Coordinator::disconnect`] ignores it).
+    pub fn connect(&self, name: &str, tx: Outbound, now: i64) -> u64 {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.registry().insert(
+            name.to_string(),
+            LiveAgent {
+                session,
+                tx,
+                connected_at_ns: now,
+                last_seen_ns: now,
+                agent_version: String::new(),
+                clock_offset_ns: None,
+                clock_rtt_ns: None,
+                spooled_results: 0,
+            },
+        );
+        session
+    }
+
+    pub fn disconnect(&self, name: &str, session: u64) -> Option<LiveAgent> {
+        let mut reg = self.registry();
+        if reg.get(name).is_some_and(|l| l.session == session) {
+            reg.remove(name)
+        } else {
+            None
+        }
+    }
+
+    /// Applies `f` to the live entry of `name` if `session` is still the current one.
+    pub fn update_live(&self, name: &str, session: u64, f: impl FnOnce(&mut LiveAgent)) {
+        if let Some(l) = self.registry().get_mut(name)
+            && l.session == session
+        {
+            f(l);
+        }
+    }
+
+    pub fn live(&self, name: &str) -> Option<LiveAgent> {
+        self.registry().get(name).cloned()
+    }
+
+    pub fn live_all(&self) -> Vec<(String, LiveAgent)> {
+        self.registry()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn subscribe_traces(&self) -> broadcast::Receiver<v1::TraceRecord> {
+        self.traces.subscribe()
+    }
+
+    pub fn publish_trace(&self, t: v1::TraceRecord) {
+        // No subscriber is not an error.
+        let _ = self.traces.send(t);
+    }
+
+    pub fn subscribe_diversions(&self) -> broadcast::Receiver<v1::Diversion> {
+        self.diversions.subscribe()
+    }
+
+    /// For the detector: announce a diversion to every `SubscribeDiversions` stream.
+    pub fn publish_diversion(&self, d: v1::Diversion) {
+        let _ = self.diversions.send(d);
+    }
+
+    /// Sends the campaign to every connected agent it selects that still has rounds to
+    /// run, and records who got it.
+    pub async fn push_campaign(&self, c: &v1::Campaign) -> Result<Vec<String>, StoreError> {
+        let now = now_ns();
+        let mut targets = Vec::new();
+        for (name, live) in self.live_all() {
+            let Some(rec) = self.store.get_agent(&name)? else {
+                continue;
+            };
+            if campaign::should_push(c, &rec.meta, now) {
+                targets.push((name, live.tx));
+            }
+        }
+        let msg = v1::CoordinatorMessage {
+            msg: Some(v1::coordinator_message::Msg::Campaign(
+                campaign::instruction(c),
+            )),
+        };
+        let mut sent = Vec::new();
+        for (name, tx) in targets {
+            if send_or_give_up(&tx, msg.clone()).await {
+                sent.push(name);
+            } else {
+                tracing::warn!(agent = %name, campaign = %c.id, "agent not reading its session; it will get the campaign when it reconnects");
+            }
+        }
+        self.record_pushed(&c.id, &sent).await?;
+        Ok(sent)
+    }
+
+    pub async fn record_pushed(&self, id: &str, names: &[String]) -> Result<(), StoreError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.campaign_lock.lock().await;
+        if let Some(mut c) = self.store.get_campaign(id)? {
+            let before = c.pushed_to.len();
+            for n in names {
+                if !c.pushed_to.contains(n) {
+                    c.pushed_to.push(n.clone());
+                }
+            }
+            if c.pushed_to.len() != before {
+                c.pushed_to.sort();
+                self.store.put_campaign(&c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Campaigns an agent should hold right now, given its metadata.
+    pub fn campaigns_for(
+        &self,
+        meta: &AgentMeta,
+        now: i64,
+    ) -> Result<Vec<v1::Campaign>, StoreError> {
+        Ok(self
+            .store
+            .list_campaigns()?
+            .into_iter()
+            .filter(|c| campaign::should_push(c, meta, now))
+            .collect())
+    }
+}

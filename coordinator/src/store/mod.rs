@@ -1,0 +1,155 @@
+//! Persistence behind a narrow trait: agents, enrolment tokens, campaigns and traces.
+//!
+//! Traces are keyed so that ingest is idempotent — one record per
+//! (campaign, round, vantage, destination), and a re-uploaded `result_id` maps to the
+//! record already stored — and so the queries that matter (by campaign, by vantage, by
+//! destination, by time) are range scans, not full scans.
+
+use serde::{Deserialize, Serialize};
+use tracemesh_proto::v1;
+
+pub mod keys;
+mod sled_store;
+pub mod token;
+
+pub use sled_store::SledStore;
+pub use token::{TokenRecord, TokenRejection, check_token};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store (sled)")]
+    Sled(#[from] sled::Error),
+    #[error("store {path} is locked: is another coordinator running on this data directory?")]
+    Locked { path: String },
+    #[error("store: corrupt {what} record at key {key:?}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        key: String,
+        detail: String,
+    },
+    #[error("store: cannot store {what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+}
+
+/// An enrolled agent, as the registry remembers it across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub meta: AgentMeta,
+    pub enrolled_at_ns: i64,
+    /// SHA-256 (hex) of the certificate issued at enrolment.
+    pub cert_sha256: String,
+    pub agent_version: String,
+    pub hostname: String,
+    /// Last time a session of this agent was seen, unix ns.
+    #[serde(default)]
+    pub last_seen_ns: Option<i64>,
+}
+
+/// Operator-chosen metadata of a vantage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentMeta {
+    pub name: String,
+    #[serde(default)]
+    pub country: String,
+    #[serde(default)]
+    pub city: String,
+    #[serde(default)]
+    pub loc: Option<(f64, f64)>,
+    #[serde(default)]
+    pub asn: Option<u32>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl AgentMeta {
+    pub fn to_proto(&self) -> v1::AgentMetadata {
+        v1::AgentMetadata {
+            name: self.name.clone(),
+            country: self.country.clone(),
+            city: self.city.clone(),
+            lat: self.loc.map(|l| l.0),
+            lon: self.loc.map(|l| l.1),
+            asn: self.asn,
+            tags: self.tags.clone(),
+        }
+    }
+
+    pub fn from_proto(m: &v1::AgentMetadata) -> Self {
+        AgentMeta {
+            name: m.name.clone(),
+            country: m.country.clone(),
+            city: m.city.clone(),
+            loc: m.lat.zip(m.lon),
+            asn: m.asn,
+            tags: m.tags.clone(),
+        }
+    }
+}
+
+/// Whether an ingest stored something new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Stored,
+    Duplicate,
+}
+
+/// Filters for [`Store::query_traces`]; at least one of campaign, vantage, dst, or a time
+/// bound should be set, otherwise everything is scanned in time order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceQuery {
+    pub campaign_id: Option<String>,
+    pub vantage: Option<String>,
+    pub dst: Option<String>,
+    /// Inclusive bounds on the trace's start, unix ns.
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    /// 0 = unlimited.
+    pub limit: usize,
+}
+
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    fn get_agent(&self, name: &str) -> Result<Option<AgentRecord>, StoreError>;
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Stores a token under the SHA-256 of its secret (the secret itself is never stored).
+    fn put_token(&self, secret_sha256: &str, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Atomically checks and burns a token: at most one caller ever gets `Ok(Ok(_))`.
+    fn consume_token(
+        &self,
+        secret_sha256: &str,
+        now_ns: i64,
+    ) -> Result<Result<TokenRecord, TokenRejection>, StoreError>;
+
+    /// A fresh, never-reused campaign id.
+    fn next_campaign_id(&self) -> Result<String, StoreError>;
+    fn put_campaign(&self, campaign: &v1::Campaign) -> Result<(), StoreError>;
+    fn get_campaign(&self, id: &str) -> Result<Option<v1::Campaign>, StoreError>;
+    fn list_campaigns(&self) -> Result<Vec<v1::Campaign>, StoreError>;
+
+    /// Stores a trace uploaded by `record.vantage` unless that (campaign, round, vantage,
+    /// dst) or that agent's `result_id` is already stored.
+    fn ingest(&self, record: &v1::TraceRecord) -> Result<IngestOutcome, StoreError>;
+    /// Calls `f` with each matching trace, in key order (by campaign: round, vantage,
+    /// dst; otherwise by start time), until it returns false or `q.limit` is reached.
+    fn for_each_trace(
+        &self,
+        q: &TraceQuery,
+        f: &mut dyn FnMut(v1::TraceRecord) -> bool,
+    ) -> Result<(), StoreError>;
+    fn query_traces(&self, q: &TraceQuery) -> Result<Vec<v1::TraceRecord>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_trace(q, &mut |t| {
+            out.push(t);
+            true
+        })?;
+        Ok(out)
+    }
+    fn count_traces(&self, campaign_id: &str) -> Result<u64, StoreError>;
+
+    /// Makes everything written so far durable; callers flush before acknowledging.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests;

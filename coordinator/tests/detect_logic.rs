@@ -1,0 +1,462 @@
+//! Detector logic on small inline paths (no files needed).
+
+// Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+
+use tracemesh::annotate::{Annotator, IxpLan, Origin, split_name_country};
+use tracemesh::detect::{
+    Adversary, Detector, DiversionReport, Trace, TraceHop, VantageInfo, detect,
+};
+use tracemesh::geo::{Gazetteer, GeoPoint, great_circle_km};
+
+const T0: f64 = 1_700_000_000.0;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Rogers (CA) → Telia → KT (KR), with China Telecom (CN) as the adversary.
+fn annotator() -> Annotator {
+    let mut a = Annotator::new();
+    for (p, asn, name) in [
+        ("24.114.0.0/16", 812, "ROGERS, CA"),
+        ("62.115.0.0/16", 1299, "TELIANET, SE"),
+        ("211.192.0.0/13", 4766, "KT, KR"),
+        ("202.97.0.0/16", 4134, "CHINANET, CN"),
+        ("218.30.53.0/24", 4134, "CHINANET, CN"),
+        ("198.32.0.0/16", 4134, "CHINANET, CN"),
+        ("60.32.0.0/12", 9999, "SOMEWHERE, CN"),
+    ] {
+        a.insert_prefix(p.parse().unwrap(), Origin::Single(asn));
+        a.set_as_info(asn, split_name_country(name));
+    }
+    // An IXP LAN inside a prefix that an adversary AS also announces.
+    a.add_ixp_lan(&IxpLan {
+        prefix: "198.32.176.0/24".parse().unwrap(),
+        ix_name: "Test-IX".into(),
+        country: Some("US".into()),
+        city: None,
+    });
+    a
+}
+
+fn vantages() -> Vec<VantageInfo> {
+    vec![
+        VantageInfo {
+            name: "ottawa".into(),
+            loc: Some(GeoPoint::new(45.42, -75.70)),
+            country: Some("CA".into()),
+            asn: Some(812),
+        },
+        VantageInfo {
+            name: "toronto".into(),
+            loc: Some(GeoPoint::new(43.65, -79.38)),
+            country: Some("CA".into()),
+            asn: Some(812),
+        },
+        VantageInfo {
+            name: "beijing".into(),
+            loc: Some(GeoPoint::new(39.90, 116.40)),
+            country: Some("CN".into()),
+            asn: Some(4134),
+        },
+    ]
+}
+
+fn trace(round: u64, vantage: &str, dst: &str, hops: &[(Option<&str>, f64)]) -> Trace {
+    Trace {
+        round,
+        vantage: vantage.into(),
+        dst: ip(dst),
+        start: T0 + round as f64 * 10.0,
+        hops: hops
+            .iter()
+            .enumerate()
+            .map(|(i, (a, r))| TraceHop {
+                ttl: i as u8 + 1,
+                addr: a.map(ip),
+                rtt_ms: a.map(|_| *r),
+            })
+            .collect(),
+    }
+}
+
+const DST: &str = "211.192.1.10";
+
+fn normal(round: u64, v: &str) -> Trace {
+    trace(
+        round,
+        v,
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (Some("62.115.10.1"), 13.0),
+            (Some("211.192.255.1"), 150.0),
+            (Some(DST), 150.4),
+        ],
+    )
+}
+
+fn diverted(round: u64, v: &str, handoff_silent: bool) -> Trace {
+    trace(
+        round,
+        v,
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (
+                if handoff_silent {
+                    None
+                } else {
+                    Some("24.114.255.2")
+                },
+                5.7,
+            ),
+            (Some("202.97.10.1"), 5.8),
+            (Some("202.97.10.5"), 66.0),
+            (Some("202.97.33.1"), 190.0),
+            (Some("211.192.255.1"), 200.0),
+            (Some(DST), 200.4),
+        ],
+    )
+}
+
+fn run(traces: &[Trace]) -> DiversionReport {
+    detect(
+        traces,
+        &vantages(),
+        &Adversary::from_asns([4134]),
+        &annotator(),
+        &Gazetteer::builtin(),
+        T0 + 1e6,
+    )
+}
+
+#[test]
+fn diversion_after_clean_history_is_one_episode_with_handoff_and_ingress() {
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
+    ts.extend((6..8).map(|r| normal(r, "ottawa")));
+    ts.push(diverted(8, "ottawa", false));
+    let rep = run(&ts);
+    assert_eq!(rep.diversions.len(), 2, "{:#?}", rep.diversions);
+    let d = &rep.diversions[0];
+    assert_eq!((d.first_round, d.last_round, d.rounds), (3, 5, 3));
+    assert_eq!(d.first_seen, T0 + 30.0);
+    assert_eq!(d.last_seen, T0 + 50.0);
+    assert_eq!(d.adversary_asn, 4134);
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+    assert_eq!(d.handoff.asn, Some(812));
+    assert_eq!(d.handoff.method, "answered");
+    assert_eq!(d.ingress.addr, ip("202.97.10.1"));
+    assert_eq!(d.evidence.as_path, vec![812, 4134, 4766]);
+    assert_eq!(d.evidence.normal_as_path, vec![812, 1299, 4766]);
+    assert!((d.evidence.detour_ms.unwrap() - 50.0).abs() < 1e-9);
+    // 5.8 ms from Ottawa cannot reach China: a PoP abroad.
+    assert_eq!(d.evidence.ingress_abroad, Some(true));
+    assert!(!d.active);
+    assert!(rep.diversions[1].active);
+    assert_eq!(rep.incidents.len(), 2, "separate in time");
+}
+
+#[test]
+fn first_round_without_history_still_names_the_handoff() {
+    let rep = run(&[diverted(0, "ottawa", false)]);
+    assert_eq!(rep.diversions.len(), 1);
+    let d = &rep.diversions[0];
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+    assert_eq!(d.handoff.method, "no-history");
+}
+
+#[test]
+fn silent_handoff_is_named_from_the_normal_path() {
+    let mut ts: Vec<Trace> = (0..2).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((2..4).map(|r| diverted(r, "ottawa", true)));
+    let d = &run(&ts).diversions[0];
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+    assert_eq!(d.handoff.method, "filled-from-normal-path");
+    assert_eq!(d.ingress.addr, ip("202.97.10.1"));
+}
+
+#[test]
+fn silent_handoff_without_history_uses_a_later_clean_round_or_other_pairs() {
+    // Diverted from the first round with the hand-off silent; a clean path learned
+    // afterwards still names it.
+    let mut ts: Vec<Trace> = (0..2).map(|r| diverted(r, "ottawa", true)).collect();
+    ts.push(normal(2, "ottawa"));
+    let d = &run(&ts).diversions[0];
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+
+    // No clean round for this pair at all, but another destination shares the stretch.
+    let mut ts: Vec<Trace> = (0..2).map(|r| diverted(r, "ottawa", true)).collect();
+    ts.push(trace(
+        0,
+        "ottawa",
+        "62.115.99.1",
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (Some("62.115.99.1"), 9.0),
+        ],
+    ));
+    let d = &run(&ts).diversions[0];
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+    assert_eq!(d.handoff.method, "other-pair");
+}
+
+#[test]
+fn legitimate_adversary_ends_and_benign_reroutes_are_not_diversions() {
+    // Destination inside the adversary.
+    let to_cn = trace(
+        0,
+        "ottawa",
+        "218.30.53.10",
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("202.97.10.1"), 5.8),
+            (Some("218.30.53.10"), 190.0),
+        ],
+    );
+    // Vantage inside the adversary.
+    let from_cn = trace(
+        0,
+        "beijing",
+        DST,
+        &[(Some("202.97.33.1"), 0.4), (Some("211.192.255.1"), 40.0)],
+    );
+    // A benign change of transit.
+    let reroute = trace(
+        1,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (Some("62.115.10.9"), 60.0),
+            (Some(DST), 170.0),
+        ],
+    );
+    // A hop on an IXP LAN whose covering prefix an adversary AS announces.
+    let via_ixp = trace(
+        2,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("198.32.176.5"), 9.0),
+            (Some(DST), 160.0),
+        ],
+    );
+    // A destination in another AS of the adversary's country (AS9999 is CN-registered
+    // but not an adversary here): reaching it through China Telecom is the normal route.
+    let to_cn_customer = trace(
+        0,
+        "ottawa",
+        "60.33.1.1",
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("202.97.10.1"), 5.8),
+            (Some("60.33.1.1"), 190.0),
+        ],
+    );
+    let rep = run(&[
+        normal(0, "ottawa"),
+        to_cn,
+        from_cn,
+        reroute,
+        via_ixp,
+        to_cn_customer,
+    ]);
+    assert!(rep.diversions.is_empty(), "{:#?}", rep.diversions);
+}
+
+#[test]
+fn adversary_by_country_and_position_from_two_vantages() {
+    // AS9999 is only identified as adversarial by its registration country.
+    let a = annotator();
+    let mut det = Detector::new(Adversary::default().with_countries(["cn"]));
+    for v in vantages() {
+        det.set_vantage(v);
+    }
+    let hops = |h: f64| {
+        vec![
+            (Some("24.114.255.2"), h),
+            (Some("60.32.0.1"), h + 0.2),
+            (Some(DST), 200.0),
+        ]
+    };
+    det.ingest(&trace(0, "toronto", DST, &hops(0.3)), &a);
+    det.ingest(&trace(0, "ottawa", DST, &hops(5.6)), &a);
+    let rep = det.report(&a, &Gazetteer::builtin(), T0 + 100.0);
+    assert_eq!(rep.diversions.len(), 2);
+    let d = &rep.diversions[0];
+    assert_eq!(d.adversary_asn, 9999);
+    let loc = d.ingress.loc.unwrap();
+    let toronto = GeoPoint::new(43.68, -79.63);
+    assert!(great_circle_km(loc, toronto) < 80.0, "{loc:?}");
+    assert!(d.ingress.radius_km.unwrap() <= 60.0);
+    assert_eq!(d.ingress.city.as_deref(), Some("Toronto"));
+    assert_eq!(rep.incidents.len(), 1);
+    assert_eq!(rep.incidents[0].vantages.len(), 2);
+}
+
+#[test]
+fn silent_ingress_is_inferred_from_another_vantage() {
+    let a = annotator();
+    let mut det = Detector::new(Adversary::from_asns([4134]));
+    for v in vantages() {
+        det.set_vantage(v);
+    }
+    // Toronto sees the Toronto PoP answer; Ottawa's path has it silent.
+    det.ingest(&diverted(0, "toronto", false), &a);
+    let mut t = diverted(0, "ottawa", false);
+    t.hops[2].addr = None;
+    det.ingest(&t, &a);
+    let rep = det.report(&a, &Gazetteer::builtin(), T0 + 100.0);
+    let d = rep
+        .diversions
+        .iter()
+        .find(|d| d.vantage == "ottawa")
+        .unwrap();
+    assert_eq!(d.ingress.addr, ip("202.97.10.1"));
+    assert!(d.ingress.inferred);
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+}
+
+#[test]
+fn arrival_order_does_not_matter_and_now_hides_the_future() {
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
+    let forward = serde_json::to_value(run(&ts)).unwrap();
+    ts.reverse();
+    let backward = serde_json::to_value(run(&ts)).unwrap();
+    assert_eq!(forward, backward);
+
+    let a = annotator();
+    let mut det = Detector::new(Adversary::from_asns([4134]));
+    for t in &ts {
+        det.ingest(t, &a);
+    }
+    assert!(
+        det.report(&a, &Gazetteer::builtin(), T0 + 25.0)
+            .diversions
+            .is_empty()
+    );
+    assert_eq!(
+        det.report(&a, &Gazetteer::builtin(), T0 + 35.0).diversions[0].rounds,
+        1
+    );
+}
+
+#[test]
+fn report_serialises_to_the_format_contract() {
+    let v =
+        serde_json::to_value(run(&[normal(0, "ottawa"), diverted(1, "ottawa", false)])).unwrap();
+    let d = &v["diversions"][0];
+    for key in [
+        "vantage",
+        "target",
+        "adversary_asn",
+        "handoff",
+        "ingress",
+        "first_seen",
+        "last_seen",
+        "rounds",
+    ] {
+        assert!(!d[key].is_null(), "missing {key}: {d}");
+    }
+    assert_eq!(d["target"], DST);
+    assert_eq!(d["handoff"]["addr"], "24.114.255.2");
+    assert_eq!(d["handoff"]["asn"], 812);
+    assert_eq!(d["ingress"]["asn"], 4134);
+    assert!(d["ingress"]["loc"].as_array().is_some_and(|l| l.len() == 2));
+    assert!(d["ingress"]["radius_km"].is_number());
+    assert!(d["ingress"]["city"].is_string());
+}
+
+#[test]
+fn hops_hidden_by_mpls_do_not_misplace_the_handoff() {
+    // In the diverted rounds an MPLS tunnel hides the first Rogers core router, so
+    // every TTL after it shifts by one; alignment by address still finds the hand-off.
+    let mut ts: Vec<Trace> = (0..2).map(|r| normal(r, "ottawa")).collect();
+    ts.push(trace(
+        2,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.2"), 5.7),
+            (Some("202.97.10.1"), 5.8),
+            (Some("202.97.33.1"), 190.0),
+            (Some(DST), 200.4),
+        ],
+    ));
+    let d = &run(&ts).diversions[0];
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+    assert_eq!(d.handoff.method, "answered");
+}
+
+#[test]
+fn adversary_port_on_an_exchange_lan_is_the_ingress() {
+    let mut ts: Vec<Trace> = (0..2).map(|r| normal(r, "ottawa")).collect();
+    ts.push(trace(
+        2,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (Some("198.32.176.9"), 5.8),
+            (Some("202.97.10.5"), 66.0),
+            (Some(DST), 200.4),
+        ],
+    ));
+    let d = &run(&ts).diversions[0];
+    assert_eq!(d.ingress.addr, ip("198.32.176.9"));
+    assert_eq!(d.ingress.ixp.as_deref(), Some("Test-IX"));
+    assert_eq!(d.adversary_asn, 4134);
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+}
+
+#[test]
+fn many_pairs_and_rounds_stay_fast_and_exact() {
+    // 200 destinations x 2 vantages x 50 rounds = 20,000 traces of 6 hops; a quarter of
+    // the destinations are diverted in rounds 20..30.
+    let a = annotator();
+    let mut det = Detector::new(Adversary::from_asns([4134]));
+    for v in vantages() {
+        det.set_vantage(v);
+    }
+    let t = std::time::Instant::now();
+    for round in 0..50u64 {
+        for v in ["ottawa", "toronto"] {
+            for d in 0..200u32 {
+                let dst = format!("211.192.{}.{}", d / 250 + 1, d % 250 + 1);
+                let divert = d % 4 == 0 && (20..30).contains(&round);
+                let mut tr = if divert {
+                    diverted(round, v, false)
+                } else {
+                    normal(round, v)
+                };
+                tr.dst = ip(&dst);
+                if let Some(last) = tr.hops.last_mut() {
+                    last.addr = Some(tr.dst);
+                }
+                det.ingest(&tr, &a);
+            }
+        }
+    }
+    let ingest = t.elapsed();
+    let rep = det.report(&a, &Gazetteer::builtin(), T0 + 1e6);
+    println!("ingest {ingest:?}, report {:?}", t.elapsed() - ingest);
+    assert_eq!(rep.diversions.len(), 100);
+    assert!(
+        rep.diversions
+            .iter()
+            .all(|d| d.rounds == 10 && d.first_round == 20)
+    );
+    assert_eq!(rep.incidents.len(), 1);
+    assert_eq!(rep.incidents[0].records, 100);
+}

@@ -1,0 +1,316 @@
+//! Development oracle loop: for every shared scenario (and ours in tests/scenarios/),
+//! take the ground-truth hop lists from `scenario.py --json`, synthesise the traces a
+//! lab run would collect, run the detector, and score its report with `score.py`.
+//! Runs only where /work/shared exists (CI and the development VM).
+
+// Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use tracemesh::annotate::Annotator;
+use tracemesh::detect::{Adversary, Detector, Trace, TraceHop, VantageInfo};
+use tracemesh::geo::{Gazetteer, GeoPoint};
+
+const SHARED: &str = "/work/shared";
+const T0: f64 = 1_795_400_000.25;
+
+fn python_json(args: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+/// Scenario facts the lab hands the coordinator: prefix table, AS names, vantage
+/// metadata, probed addresses. Router positions are deliberately not extracted.
+fn scenario_inputs(file: &Path) -> Value {
+    let script = format!(
+        r#"
+import sys, json
+sys.path.insert(0, "{SHARED}/tools")
+from scenario import Scenario
+s = Scenario(sys.argv[1])
+print(json.dumps({{
+  "adversary_asns": sorted(s.adversary_asns),
+  "ases": [{{"asn": a["asn"], "name": a["name"], "country": a["country"], "prefixes": a["prefixes"]}} for a in s.ases.values()],
+  "vantages": [{{"name": v["name"], "loc": v["loc"], "country": v["country"], "asn": v["asn"]}} for v in s.vantages.values()],
+  "targets": {{t["name"]: t["probe"] for t in s.targets.values()}},
+}}))
+"#
+    );
+    python_json(&["-c", &script, file.to_str().expect("utf-8 path")])
+}
+
+/// Deterministic stand-in for the emulator's up-to-0.2 ms jitter.
+fn jitter(seed: u64) -> f64 {
+    let x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((x >> 33) % 200) as f64 / 1000.0
+}
+
+/// The built-in gazetteer, with exchange counts from PeeringDB as a deployment that
+/// loads PeeringDB would have them.
+fn gazetteer() -> Gazetteer {
+    let mut g = Gazetteer::builtin();
+    if std::env::var_os("TRACEMESH_ORACLE_NO_PEERINGDB").is_some() {
+        return g;
+    }
+    let ixp = Path::new(SHARED).join("data/ixp");
+    if let Ok(lans) = tracemesh::annotate::load_peeringdb(
+        &ixp.join("peeringdb-2016-10-19-ix.json"),
+        &ixp.join("peeringdb-2016-10-19-ixlan.json"),
+        &ixp.join("peeringdb-2016-10-19-ixpfx.json"),
+    ) {
+        let cities = tracemesh::annotate::exchange_cities(&lans);
+        g.add_exchange_cities(cities.iter().map(|(c, cc)| (c.as_str(), cc.as_str())));
+    }
+    g
+}
+
+struct Scored {
+    name: String,
+    metrics: Value,
+}
+
+fn run_scenario(file: &Path) -> Scored {
+    let truth = python_json(&[
+        &format!("{SHARED}/tools/scenario.py"),
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let inputs = scenario_inputs(file);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The lab loads the scenario's prefixes the way a user loads pfx2as: do the same.
+    let mut pfx2as = String::new();
+    let mut names = serde_json::Map::new();
+    for a in inputs["ases"].as_array().unwrap() {
+        let asn = a["asn"].as_u64().unwrap();
+        for p in a["prefixes"].as_array().unwrap() {
+            let (addr, len) = p.as_str().unwrap().split_once('/').unwrap();
+            pfx2as.push_str(&format!("{addr}\t{len}\t{asn}\n"));
+        }
+        names.insert(
+            asn.to_string(),
+            Value::String(format!(
+                "{}, {}",
+                a["name"].as_str().unwrap(),
+                a["country"].as_str().unwrap()
+            )),
+        );
+    }
+    std::fs::write(dir.path().join("pfx2as.txt"), pfx2as).unwrap();
+    std::fs::write(
+        dir.path().join("asnames.json"),
+        Value::Object(names).to_string(),
+    )
+    .unwrap();
+    let mut annot = Annotator::new();
+    annot
+        .load_prefix_file(&dir.path().join("pfx2as.txt"))
+        .unwrap();
+    annot
+        .load_asnames(&dir.path().join("asnames.json"))
+        .unwrap();
+
+    let adversary = Adversary::from_asns(
+        inputs["adversary_asns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_u64().unwrap() as u32),
+    );
+    let mut det = Detector::new(adversary);
+    for v in inputs["vantages"].as_array().unwrap() {
+        let loc = v["loc"].as_array().unwrap();
+        det.set_vantage(VantageInfo {
+            name: v["name"].as_str().unwrap().to_owned(),
+            loc: Some(GeoPoint::new(
+                loc[0].as_f64().unwrap(),
+                loc[1].as_f64().unwrap(),
+            )),
+            country: v["country"].as_str().map(str::to_owned),
+            asn: v["asn"].as_u64().map(|a| a as u32),
+        });
+    }
+
+    let duration = truth["duration_s"].as_f64().unwrap();
+    let round_s = truth["round_s"].as_f64().unwrap();
+    let mut edges: Vec<(f64, &serde_json::Map<String, Value>)> = truth["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(t, p)| (t.parse::<f64>().unwrap(), p.as_object().unwrap()))
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let targets: BTreeMap<String, Vec<IpAddr>> = inputs["targets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().parse().unwrap())
+                    .collect(),
+            )
+        })
+        .collect();
+
+    let mut round = 0u64;
+    let mut seed = 0u64;
+    let mut traces = 0usize;
+    while (round as f64) * round_s < duration {
+        let t = round as f64 * round_s;
+        // Paths are piecewise constant between event edges.
+        let paths = edges.iter().rev().find(|(e, _)| *e <= t).unwrap().1;
+        for (pair, hops) in paths {
+            let (vantage, tname) = pair.split_once('>').unwrap();
+            for dst in &targets[tname] {
+                let hops = hops
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| {
+                        seed += 1;
+                        let addr = match h[1].as_str() {
+                            Some("DEST") => Some(*dst),
+                            Some(a) => Some(a.parse().unwrap()),
+                            None => None,
+                        };
+                        TraceHop {
+                            ttl: h[0].as_u64().unwrap() as u8,
+                            addr,
+                            rtt_ms: addr.map(|_| h[2].as_f64().unwrap() + jitter(seed)),
+                        }
+                    })
+                    .collect();
+                det.ingest(
+                    &Trace {
+                        round,
+                        vantage: vantage.to_owned(),
+                        dst: *dst,
+                        start: T0 + t + jitter(seed) / 10.0,
+                        hops,
+                    },
+                    &annot,
+                );
+                traces += 1;
+            }
+        }
+        round += 1;
+    }
+    let report = det.report(&annot, &gazetteer(), T0 + duration);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("diversions.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        out.join("lab.json"),
+        serde_json::json!({ "t0": T0 }).to_string(),
+    )
+    .unwrap();
+    if std::env::var_os("TRACEMESH_ORACLE_DUMP").is_some() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.diversions).unwrap()
+        );
+    }
+    let metrics = python_json(&[
+        &format!("{SHARED}/tools/score.py"),
+        file.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    println!(
+        "{}: {traces} traces, {} records -> {metrics}",
+        file.display(),
+        report.diversions.len()
+    );
+    Scored {
+        name: truth["name"].as_str().unwrap().to_owned(),
+        metrics,
+    }
+}
+
+fn scenario_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [
+        PathBuf::from(format!("{SHARED}/scenarios")),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios"),
+    ] {
+        let mut here: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        here.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+        here.sort();
+        files.extend(here);
+    }
+    files
+}
+
+fn f(m: &Value, k: &str) -> f64 {
+    m[k].as_f64().unwrap_or(f64::NAN)
+}
+
+#[test]
+fn oracle_scenarios_score_within_bounds() {
+    if !Path::new(SHARED).join("tools/score.py").exists() {
+        println!("skipped: {SHARED} not present (oracle loop needs scenario.py and score.py)");
+        return;
+    }
+    let files = scenario_files();
+    assert!(files.len() >= 2, "no scenarios found");
+    let mut failures = Vec::new();
+    let mut all_errs_ok = true;
+    for file in &files {
+        let s = run_scenario(file);
+        let m = &s.metrics;
+        let round_s = python_json(&[
+            &format!("{SHARED}/tools/scenario.py"),
+            file.to_str().unwrap(),
+            "--json",
+        ])["round_s"]
+            .as_f64()
+            .unwrap();
+        let mut check = |ok: bool, what: &str| {
+            if !ok {
+                failures.push(format!("{}: {what} ({m})", s.name));
+            }
+        };
+        check(f(m, "recall") >= 0.99, "recall");
+        check(f(m, "precision") >= 0.99, "precision");
+        if m["expected"].as_u64().unwrap_or(0) > 0 {
+            check(f(m, "ingress_addr") >= 0.99, "ingress addr");
+            check(f(m, "handoff_addr") >= 0.95, "hand-off addr");
+            check(f(m, "adversary_asn") >= 0.99, "adversary asn");
+            check(f(m, "onset_s_median") <= round_s, "onset");
+            check(f(m, "ingress_km_median") <= 100.0, "ingress km median");
+            check(f(m, "ingress_km_p90") <= 500.0, "ingress km p90");
+        }
+        all_errs_ok &= failures.is_empty();
+    }
+    assert!(
+        failures.is_empty(),
+        "oracle failures:\n{}",
+        failures.join("\n")
+    );
+    assert!(all_errs_ok);
+}

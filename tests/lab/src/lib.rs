@@ -1,0 +1,13 @@
+//! The tracemesh lab: a small emulated internet answering real probes from real agents.
+//!
+//! - [`scenario`]: scenario format v1 and its routing semantics (pure).
+//! - [`respond`]: the answers to one probe packet (pure).
+//! - [`wheel`]: the timing wheel that releases answers at their instant (pure).
+//! - [`net`]: namespaces, TUN devices and the emulator threads.
+//! - [`run`]: `tracemesh-lab run`, the whole lab with the real coordinator and agents.
+
+pub mod net;
+pub mod respond;
+pub mod run;
+pub mod scenario;
+pub mod wheel;

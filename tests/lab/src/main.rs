@@ -1,0 +1,167 @@
+//! `tracemesh-lab`: check scenarios, run the emulated internet, run a whole lab.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracemesh_lab::net::{Emulator, Topology};
+use tracemesh_lab::run::{self, RunOptions};
+use tracemesh_lab::scenario::World;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tracemesh-lab",
+    version,
+    about = "The tracemesh lab: an emulated internet for real agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Validate a scenario and print its expected paths.
+    Check {
+        scenario: PathBuf,
+        /// Seconds after campaign start (default: 0 and every event edge).
+        #[arg(long)]
+        at: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the scenario's namespaces and run the emulator (poke at it with
+    /// `ip netns exec NAME ...`); Ctrl-C tears it down.
+    Emulate {
+        scenario: PathBuf,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+    },
+    /// The whole lab: namespaces, emulator, the real coordinator and one real agent per
+    /// vantage, the scenario's campaign; writes lab.json, traces.jsonl, diversions.json.
+    Run {
+        scenario: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Probe rate cap of each agent (packets per second).
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    run::install_signal_handlers();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Check { scenario, at, json } => {
+            let w = World::load(&scenario)?;
+            let times = at.map_or_else(|| w.edges(), |t| vec![t]);
+            let mut paths = serde_json::Map::new();
+            for t in &times {
+                let mut pairs = serde_json::Map::new();
+                for (vi, v) in w.s.vantages.iter().enumerate() {
+                    for (ti, tg) in w.s.targets.iter().enumerate() {
+                        let hops = w.hops(vi, ti, *t).context("no path")?;
+                        let hops: Vec<serde_json::Value> = hops
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (ttl, addr, rtt))| {
+                                let a = if i + 1 == hops.len() {
+                                    serde_json::Value::from("DEST")
+                                } else {
+                                    addr.map_or(serde_json::Value::Null, |a| a.to_string().into())
+                                };
+                                serde_json::json!([ttl, a, (rtt * 1000.0).round() / 1000.0])
+                            })
+                            .collect();
+                        pairs.insert(format!("{}>{}", v.name, tg.name), hops.into());
+                    }
+                }
+                paths.insert(t.to_string(), pairs.into());
+            }
+            if json {
+                println!("{}", serde_json::json!({"name": w.s.name, "paths": paths}));
+            } else {
+                println!(
+                    "{}: {} ASes, {} routers, {} links, {} vantages, {} targets, {} events",
+                    w.s.name,
+                    w.s.ases.len(),
+                    w.s.routers.len(),
+                    w.s.links.len(),
+                    w.s.vantages.len(),
+                    w.s.targets.len(),
+                    w.s.events.len()
+                );
+                for (t, pairs) in &paths {
+                    println!("t={t}s");
+                    for (pair, hops) in pairs.as_object().into_iter().flatten() {
+                        let h: Vec<String> = hops
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|h| format!("{}({})", h[1].as_str().unwrap_or("*"), h[2]))
+                            .collect();
+                        println!("  {pair}: {}", h.join(" "));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Emulate { scenario, duration } => {
+            let w = std::sync::Arc::new(World::load(&scenario)?);
+            let topo = Topology::build(&w)?;
+            let emu = Emulator::spawn(w.clone(), &topo)?;
+            println!("control namespace: {}", topo.control);
+            for (v, ns) in w.s.vantages.iter().zip(&topo.vantages) {
+                println!("vantage {} ({}): ip netns exec {ns} ...", v.name, v.addr);
+            }
+            let _ =
+                run::sleep_interruptible(Duration::from_secs_f64(duration.clamp(0.0, 86_400.0)));
+            let s = &emu.stats;
+            eprintln!(
+                "emulator: {} packets in, {} answers",
+                s.packets_in.load(std::sync::atomic::Ordering::Relaxed),
+                s.answers.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            emu.stop();
+            drop(topo);
+            Ok(())
+        }
+        Cmd::Run {
+            scenario,
+            out,
+            rate,
+        } => {
+            let lab = run::run(&RunOptions {
+                scenario,
+                out: out.clone(),
+                rate,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&lab)?);
+            eprintln!(
+                "wrote {}/lab.json, traces.jsonl, diversions.json",
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}

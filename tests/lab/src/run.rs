@@ -1,0 +1,444 @@
+//! `tracemesh-lab run`: the scenario's internet in namespaces, the real coordinator in
+//! the control namespace, one real agent per vantage, the scenario's campaign, and the
+//! files a run leaves behind (`lab.json`, `traces.jsonl`, `diversions.json`).
+//!
+//! The coordinator gets what a user would give it: a prefix-to-AS table and AS names
+//! generated from the scenario's `[[as]]`, and the adversary ASNs. Router positions,
+//! names and events never leave this process.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::net::{COORDINATOR_ADDR, Emulator, Topology, in_netns, unix_ns};
+use crate::scenario::World;
+
+/// Set by SIGINT/SIGTERM: the run stops and tears down.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+#[allow(unsafe_code)]
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// Sleeps `d`, waking early (with an error) on Ctrl-C.
+pub fn sleep_interruptible(d: Duration) -> Result<()> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(100)));
+    }
+    Ok(())
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+struct Proc(Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SIGTERM first: the coordinator flushes its store, agents keep their spool.
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
+    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    Ok(Proc(Some(child)))
+}
+
+/// The workspace binaries sit next to this one (or in `$TRACEMESH_BIN_DIR`).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Ok(d) = std::env::var("TRACEMESH_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().context("locating tracemesh-lab")?;
+    let mut dir = exe
+        .parent()
+        .context("tracemesh-lab has no directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+fn need_bin(dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found: build the workspace first (cargo build --release), or set TRACEMESH_BIN_DIR",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: PathBuf,
+    pub out: PathBuf,
+    /// Agent probe rate cap (pps).
+    pub rate: u32,
+}
+
+/// RFC 3339 (UTC) for a Unix time: the coordinator's `--start-at` format.
+pub fn rfc3339(unix_s: f64) -> String {
+    let secs = unix_s.floor() as i64;
+    let millis = ((unix_s - secs as f64) * 1000.0).round() as i64;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// The coordinator's inputs a user would download, generated from the scenario.
+fn write_tables(world: &World, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let pfx = dir.join("pfx2as.txt");
+    let mut text = String::new();
+    for a in &world.s.ases {
+        for p in &a.prefixes {
+            let _ = writeln!(text, "{p}\t{}", a.asn);
+        }
+    }
+    std::fs::write(&pfx, text)?;
+    let names = dir.join("asnames.json");
+    let map: serde_json::Map<String, serde_json::Value> = world
+        .as_table()
+        .into_iter()
+        .map(|(asn, (name, cc))| (asn.to_string(), format!("{name}, {cc}").into()))
+        .collect();
+    std::fs::write(&names, serde_json::to_vec_pretty(&map)?)?;
+    Ok((pfx, names))
+}
+
+fn output(mut cmd: Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn help_mentions(bin: &Path, args: &[&str], needle: &str) -> bool {
+    Command::new(bin)
+        .args(args)
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(needle))
+        .unwrap_or(false)
+}
+
+/// Runs a scenario end to end. Everything it starts is stopped and every namespace is
+/// deleted on return, whether it succeeds, fails or is interrupted.
+pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
+    let world = Arc::new(World::load(&opts.scenario)?);
+    let bins = bin_dir()?;
+    let coordinator_bin = need_bin(&bins, "tracemesh")?;
+    let agent_bin = need_bin(&bins, "tracemesh-agent")?;
+    let out = &opts.out;
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let data = out.join("coordinator");
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(out.join("agents"));
+    let (pfx, names) = write_tables(&world, &out.join("inputs"))?;
+
+    tracing::info!(scenario = %world.s.name, vantages = world.s.vantages.len(), "building the lab");
+    let topo = Topology::build(&world)?;
+    let emu = Emulator::spawn(world.clone(), &topo)?;
+
+    let listen = format!("{COORDINATOR_ADDR}:7443");
+    let mut serve = in_netns(&topo.control, &coordinator_bin);
+    serve
+        .args(["serve", "--data"])
+        .arg(&data)
+        .args(["--listen", &listen]);
+    // Annotation inputs, as a user would pass them, where this coordinator takes them.
+    if help_mentions(&coordinator_bin, &["serve"], "--pfx2as") {
+        serve.arg("--pfx2as").arg(&pfx);
+    }
+    if help_mentions(&coordinator_bin, &["serve"], "--asnames") {
+        serve.arg("--asnames").arg(&names);
+    }
+    let adversaries: Vec<String> = world
+        .s
+        .adversary_asns
+        .iter()
+        .flat_map(|a| ["--adversary".to_string(), a.to_string()])
+        .collect();
+    if help_mentions(&coordinator_bin, &["serve"], "--adversary") {
+        serve.args(&adversaries);
+    }
+    let _coordinator = spawn_logged(serve, &out.join("logs/coordinator.log"))?;
+    let cli = |args: &[&str]| {
+        let mut c = in_netns(&topo.control, &coordinator_bin);
+        c.arg("--data").arg(&data).args(args);
+        c
+    };
+    let started = Instant::now();
+    while output(cli(&["agents", "--json"])).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the coordinator did not come up; see {}",
+                out.join("logs/coordinator.log").display()
+            );
+        }
+        sleep_interruptible(Duration::from_millis(200))?;
+    }
+
+    let mut agents = Vec::new();
+    for (i, v) in world.s.vantages.iter().enumerate() {
+        let mut args: Vec<String> = vec![
+            "token".into(),
+            "create".into(),
+            "--name".into(),
+            v.name.clone(),
+        ];
+        if let Some(c) = &v.country {
+            args.extend(["--country".into(), c.clone()]);
+        }
+        if let Some(c) = &v.city {
+            args.extend(["--city".into(), c.clone()]);
+        }
+        if let Some([lat, lon]) = v.loc {
+            args.extend(["--loc".into(), format!("{lat},{lon}")]);
+        }
+        if let Some(a) = v.asn {
+            args.extend(["--asn".into(), a.to_string()]);
+        }
+        for t in &v.tags {
+            args.extend(["--tag".into(), t.clone()]);
+        }
+        let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+        let token = output(cli(&args_ref))?.trim().to_string();
+        let mut run = in_netns(&topo.vantages[i], &agent_bin);
+        run.args(["run", "--state"])
+            .arg(out.join("agents").join(&v.name))
+            .args([
+                "--token",
+                &token,
+                "--coordinator",
+                &listen,
+                "--rate",
+                &opts.rate.to_string(),
+            ]);
+        // The scenario's destinations are the agent's to probe, whatever range they are in.
+        for t in &world.s.targets {
+            run.args(["--allow", &t.prefix.to_string()]);
+        }
+        for w in &world.s.vantages {
+            run.args(["--allow", &ipnet::IpNet::from(w.addr).to_string()]);
+        }
+        agents.push(spawn_logged(
+            run,
+            &out.join(format!("logs/agent-{}.log", v.name)),
+        )?);
+    }
+    let want = world.s.vantages.len();
+    let started = Instant::now();
+    loop {
+        let listing: serde_json::Value =
+            serde_json::from_str(&output(cli(&["agents", "--json"]))?)?;
+        let n = listing["agents"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| x["connected"] == true).count());
+        if n == want {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "only {n} of {want} agents connected; see {}",
+                out.join("logs").display()
+            );
+        }
+        sleep_interruptible(Duration::from_millis(200))?;
+    }
+    tracing::info!(agents = want, "every agent connected");
+
+    let round_s = world.s.round_s;
+    if round_s.fract() != 0.0 || round_s < 1.0 {
+        bail!("round_s {round_s} must be a whole number of seconds for the coordinator");
+    }
+    let rounds = (world.s.duration_s / round_s).ceil().max(1.0) as u64;
+    let t0 = (unix_ns() as f64 / 1e9 + 4.0).floor();
+    emu.set_t0(t0);
+    let mut targets: Vec<String> = Vec::new();
+    for p in &world.probes {
+        targets.extend(p.iter().map(|a| a.to_string()));
+    }
+    let mut campaigns = Vec::new();
+    for proto in &world.s.protocols {
+        let mut args: Vec<String> = vec!["campaign".into(), "create".into(), "--targets".into()];
+        args.extend(targets.iter().cloned());
+        args.extend([
+            "--proto".into(),
+            proto.clone(),
+            "--every".into(),
+            format!("{}s", round_s as u64),
+            "--rounds".into(),
+            rounds.to_string(),
+            "--attempts".into(),
+            "2".into(),
+            "--wait-ms".into(),
+            "1000".into(),
+            "--start-at".into(),
+            rfc3339(t0),
+            "--json".into(),
+        ]);
+        let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+        let c: serde_json::Value = serde_json::from_str(&output(cli(&args_ref))?)?;
+        let id = c["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("campaign without id: {c}"))?;
+        campaigns.push(id.to_string());
+    }
+    tracing::info!(?campaigns, rounds, round_s, "campaign scheduled");
+    let end = t0 + rounds as f64 * round_s;
+    loop {
+        let now = unix_ns() as f64 / 1e9;
+        if now >= end + 5.0 {
+            break;
+        }
+        let elapsed = (now - t0).max(0.0);
+        tracing::info!(
+            "t = {elapsed:.0} s of {:.0} s; emulator answered {} of {} packets",
+            rounds as f64 * round_s,
+            emu.stats.answers.load(Ordering::Relaxed),
+            emu.stats.packets_in.load(Ordering::Relaxed)
+        );
+        sleep_interruptible(Duration::from_secs_f64((end + 5.0 - now).clamp(0.1, 5.0)))?;
+    }
+    // Let the last uploads land: stop when the count is complete or stops growing.
+    let expected = rounds as usize * want * targets.len() * campaigns.len();
+    let mut lines = String::new();
+    let started = Instant::now();
+    let mut last = 0;
+    loop {
+        lines.clear();
+        for id in &campaigns {
+            lines.push_str(&output(cli(&["traces", "--campaign", id, "--json"]))?);
+        }
+        let n = lines.lines().count();
+        if n >= expected
+            || (n == last && started.elapsed() > Duration::from_secs(10))
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break;
+        }
+        last = n;
+        sleep_interruptible(Duration::from_secs(1))?;
+    }
+    let stored = lines.lines().count();
+    std::fs::write(out.join("traces.jsonl"), &lines)?;
+    let diversions = if help_mentions(&coordinator_bin, &["diversions"], "--json") {
+        let mut c = cli(&["diversions", "--json"]);
+        c.arg("--pfx2as")
+            .arg(&pfx)
+            .arg("--asnames")
+            .arg(&names)
+            .args(&adversaries);
+        output(c)?
+    } else {
+        tracing::warn!("this coordinator has no `diversions` command; writing an empty report");
+        "{\"diversions\": []}\n".to_string()
+    };
+    std::fs::write(out.join("diversions.json"), diversions)?;
+
+    let s = &emu.stats;
+    let answers = s.answers.load(Ordering::Relaxed);
+    let lab = serde_json::json!({
+        "t0": t0,
+        "scenario": world.s.name,
+        "campaigns": campaigns,
+        "rounds": rounds,
+        "round_s": round_s,
+        "traces_expected": expected,
+        "traces_stored": stored,
+        "emulator": {
+            "packets_in": s.packets_in.load(Ordering::Relaxed),
+            "answers": answers,
+            "dropped": s.dropped.load(Ordering::Relaxed),
+            "mean_send_late_us": if answers > 0 { s.late_ns_sum.load(Ordering::Relaxed) as f64 / answers as f64 / 1e3 } else { 0.0 },
+            "max_send_late_us": s.late_ns_max.load(Ordering::Relaxed) as f64 / 1e3,
+        },
+    });
+    let mut f = std::fs::File::create(out.join("lab.json"))?;
+    f.write_all(serde_json::to_string_pretty(&lab)?.as_bytes())?;
+    f.write_all(b"\n")?;
+    drop(agents);
+    drop(_coordinator);
+    emu.stop();
+    drop(topo);
+    Ok(lab)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_400_000.5), "2026-11-23T01:33:20.500Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
+    }
+}
