@@ -1,4 +1,4 @@
-//! Annotation against the real data in /work/shared/data (skipped elsewhere).
+//! Annotation against the real data in ../shared/data beside the repository (skipped elsewhere).
 
 // Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -9,7 +9,8 @@ use std::path::Path;
 
 use tracemesh::annotate::{AnnotateError, Annotator, load_mrt_file, load_peeringdb};
 
-const DATA: &str = "/work/shared/data";
+/// `shared/data` beside the repository, as on the development machine and in CI.
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data");
 
 fn have_data() -> bool {
     let ok = Path::new(DATA).join("asn/ipasn_20140513.dat.gz").exists();

@@ -1,7 +1,7 @@
-//! Development oracle loop: for every shared scenario (and ours in tests/scenarios/),
+//! Development oracle loop: for every shared scenario (and the project's own in scenarios/),
 //! take the ground-truth hop lists from `scenario.py --json`, synthesise the traces a
 //! lab run would collect, run the detector, and score its report with `score.py`.
-//! Runs only where /work/shared exists (CI and the development VM).
+//! Runs only where ../shared exists beside the repository (CI and the development machine).
 
 // Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -16,7 +16,8 @@ use tracemesh::annotate::Annotator;
 use tracemesh::detect::{Adversary, Detector, Trace, TraceHop, VantageInfo};
 use tracemesh::geo::{Gazetteer, GeoPoint};
 
-const SHARED: &str = "/work/shared";
+/// `shared/` beside the repository, as on the development machine and in CI.
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
 const T0: f64 = 1_795_400_000.25;
 
 fn python_json(args: &[&str]) -> Value {
@@ -254,7 +255,7 @@ fn scenario_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in [
         PathBuf::from(format!("{SHARED}/scenarios")),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios"),
     ] {
         let mut here: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())

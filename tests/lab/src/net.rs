@@ -247,43 +247,23 @@ impl Topology {
             // The emulated internet: everything else goes into the TUN.
             let tun = open_tun_in(&ns, "tun0")?;
             topo.tuns.push(tun);
-            let a4 = format!("{}/32", v.addr);
-            ip(&["-n", &ns, "addr", "add", &a4, "dev", "tun0"])?;
             ip(&["-n", &ns, "link", "set", "tun0", "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "dev",
-                "tun0",
-                "src",
-                &v.addr.to_string(),
-            ])?;
-            if let Some(a6) = v.addr6 {
+            for a in [Some(v.addr), v.addr6].into_iter().flatten() {
+                let (family, host) = if a.is_ipv6() {
+                    ("-6", "128")
+                } else {
+                    ("-4", "32")
+                };
+                let cidr = format!("{a}/{host}");
+                let mut add = vec!["-n", ns.as_str(), family, "addr", "add", cidr.as_str()];
+                add.extend(["dev", "tun0"]);
+                if a.is_ipv6() {
+                    add.push("nodad");
+                }
+                ip(&add)?;
+                let src = a.to_string();
                 ip(&[
-                    "-n",
-                    &ns,
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{a6}/128"),
-                    "dev",
-                    "tun0",
-                    "nodad",
-                ])?;
-                ip(&[
-                    "-n",
-                    &ns,
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "dev",
-                    "tun0",
-                    "src",
-                    &a6.to_string(),
+                    "-n", &ns, family, "route", "add", "default", "dev", "tun0", "src", &src,
                 ])?;
             }
         }

@@ -146,12 +146,14 @@ impl<'w> Responder<'w> {
                 return Err(Dropped::Silent);
             }
             let router = &w.s.routers[r];
-            let from = if ip.v6 {
-                router.addr6
-            } else {
-                Some(router.addr)
-            };
-            let Some(from) = from.filter(|a| a.is_ipv6() == ip.v6) else {
+            // A router answers from the address of the probe's family: `addr6`, or `addr`
+            // itself where that is IPv6 (IPv6-only scenarios).
+            let from = [Some(router.addr), router.addr6]
+                .into_iter()
+                .flatten()
+                .filter(|a| a.is_ipv6() == ip.v6)
+                .next_back();
+            let Some(from) = from else {
                 return Err(Dropped::Silent);
             };
             let rtt = 2.0 * w.one_way_to_hop(v, &path, ttl);

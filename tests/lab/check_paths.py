@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Checks a lab run's traces against the oracle: every hop of traces.jsonl must match
+scenario.py's expected path at the instant the trace was taken (address per TTL; RTT
+within 10% + 0.5 ms), except in rounds that straddle an event edge.
+
+usage: check_paths.py SCENARIO OUT_DIR [--oracle DIR] [--min-share F]
+The oracle directory defaults to ../shared/tools beside the repository.
+Prints the share of hops matched and exits 1 if it is below --min-share (default 0.99).
+"""
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario")
+    ap.add_argument("out_dir")
+    ap.add_argument("--oracle", default=os.path.join(HERE, "..", "..", "..", "shared", "tools"))
+    ap.add_argument("--min-share", type=float, default=0.99)
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.abspath(args.oracle))
+    from scenario import Scenario  # noqa: E402
+
+    s = Scenario(args.scenario)
+    lab = json.load(open(os.path.join(args.out_dir, "lab.json")))
+    t0 = float(lab["t0"])
+    edges = [float(e[k]) for e in s.events for k in ("start_s", "end_s")]
+    probe_to_target = {p: name for name, tg in s.targets.items() for p in tg["probe"]}
+    hops_total = hops_ok = skipped = traces = 0
+    bad = []
+    for line in open(os.path.join(args.out_dir, "traces.jsonl")):
+        tr = json.loads(line)
+        traces += 1
+        t = float(tr["start"]) - t0
+        # One round around an edge is ambiguous: the path may change mid-trace.
+        if any(abs(t - e) < s.round_s for e in edges):
+            skipped += 1
+            continue
+        tname = probe_to_target[tr["dst"]]
+        expected = s.hops(tr["vantage"], tname, t)
+        got = {h["ttl"]: h for h in tr["hops"]}
+        for ttl, addr, rtt in expected:
+            hops_total += 1
+            h = got.get(ttl)
+            want_addr = tr["dst"] if addr == "DEST" else addr
+            if want_addr is None:
+                ok = h is None or h.get("addr") is None
+            else:
+                ok = (h is not None and h.get("addr") == want_addr
+                      and abs(h["rtt_ms"] - rtt) <= 0.1 * rtt + 0.5)
+            if ok:
+                hops_ok += 1
+            elif len(bad) < 10:
+                bad.append(f"{tr['vantage']}>{tr['dst']} round {tr['round']} t={t:.1f}s ttl {ttl}: "
+                           f"want {want_addr} {rtt} ms, got {h and h.get('addr')} "
+                           f"{h and h.get('rtt_ms')}")
+    share = hops_ok / hops_total if hops_total else 0.0
+    print(f"{s.name}: {hops_ok}/{hops_total} hops match the oracle ({share:.4f}) over "
+          f"{traces - skipped} traces; {skipped} traces within one round of an event edge skipped")
+    for b in bad:
+        print("  mismatch:", b)
+    if share < args.min_share:
+        sys.exit(f"error: only {share:.4f} of hops match (need {args.min_share})")
+
+
+if __name__ == "__main__":
+    main()
