@@ -151,8 +151,7 @@ impl<'w> Responder<'w> {
             let from = [Some(router.addr), router.addr6]
                 .into_iter()
                 .flatten()
-                .filter(|a| a.is_ipv6() == ip.v6)
-                .next_back();
+                .rfind(|a| a.is_ipv6() == ip.v6);
             let Some(from) = from else {
                 return Err(Dropped::Silent);
             };
