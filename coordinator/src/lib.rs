@@ -2,6 +2,7 @@
 pub mod annotate;
 pub mod ca;
 pub mod campaign;
+pub mod deploy;
 pub mod detect;
 pub mod geo;
 pub mod server;

@@ -65,6 +65,44 @@ pub enum Command {
     /// Find diversions through an adversary's networks in stored traces (the detector runs
     /// here, over the traces and vantages fetched from the coordinator).
     Diversions(DiversionsArgs),
+    /// Deploy agents on cloud VMs.
+    #[command(subcommand)]
+    Deploy(DeployCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCmd {
+    /// Write one cloud-init user-data file per inventory agent (OUT/NAME.yaml), each with
+    /// a fresh one-time token minted by the running coordinator.
+    Render(DeployRenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployRenderArgs {
+    /// Inventory (TOML): `coordinator = "HOST:PORT"` and one [[agent]] per VM.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Directory for the user-data files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Where VMs download the agent binary (with --binary-sha256).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "binary_sha256",
+        conflicts_with = "embed_binary"
+    )]
+    pub binary_url: Option<String>,
+    /// SHA-256 of the binary at --binary-url; anything else is refused on the VM.
+    #[arg(long, value_name = "HEX", requires = "binary_url")]
+    pub binary_sha256: Option<String>,
+    /// Carry this agent binary inside the user-data (gzip + base64); for NoCloud seeds and
+    /// providers without a small user-data cap.
+    #[arg(long, value_name = "PATH")]
+    pub embed_binary: Option<PathBuf>,
+    /// Token validity, e.g. 30m, 24h, 7d: the VMs must boot within it.
+    #[arg(long, default_value = "24h", value_parser = parse::duration_s)]
+    pub ttl: u32,
 }
 
 #[derive(Debug, Args)]
@@ -246,7 +284,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             diversions::run(&mut c, a, &annot).await
         }
+        Command::Deploy(DeployCmd::Render(a)) => {
+            deploy_render(&cli.data, cli.coordinator, cli.identity, a).await
+        }
     }
+}
+
+async fn deploy_render(
+    data: &std::path::Path,
+    coordinator: Option<String>,
+    identity: Option<PathBuf>,
+    a: DeployRenderArgs,
+) -> anyhow::Result<()> {
+    use tracemesh::deploy::{self, BinarySource, Inventory};
+    // Everything local is checked before any token is minted, so a mistake wastes none.
+    let text = std::fs::read_to_string(&a.inventory)
+        .with_context(|| format!("cannot read inventory {}", a.inventory.display()))?;
+    let inv = Inventory::parse(&text, &a.inventory.display().to_string())?;
+    let bin = match (&a.binary_url, &a.binary_sha256, &a.embed_binary) {
+        (Some(url), Some(sha), None) => BinarySource::url(url, sha)?,
+        (None, None, Some(path)) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read agent binary {}", path.display()))?;
+            BinarySource::embedded(&bytes)?
+        }
+        _ => bail!(
+            "say how VMs get the agent: --binary-url URL --binary-sha256 HEX, or --embed-binary PATH"
+        ),
+    };
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut c = connect(data, coordinator, identity).await?;
+    for agent in &inv.agents {
+        let resp = c
+            .create_token(deploy::token_request(agent, a.ttl))
+            .await
+            .map_err(|s| status(&format!("token for {}", agent.name), s))?
+            .into_inner();
+        let expires = deploy::rfc3339_utc(resp.expires_at_ns.div_euclid(1_000_000_000));
+        let doc = deploy::render(&inv, agent, &resp.token, &expires, &bin);
+        let path = a.out.join(format!("{}.yaml", agent.name));
+        write_secret(&path, doc.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// User-data holds a live token: readable by its owner only, from the first byte.
+fn write_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 async fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {

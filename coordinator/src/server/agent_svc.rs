@@ -298,37 +298,35 @@ impl Session {
                 results.len()
             )));
         }
-        let store = self.c.store.clone();
-        let name = self.name.clone();
-        let (acked, fresh) = tokio::task::spawn_blocking(move || {
-            let mut acked = Vec::with_capacity(results.len());
-            let mut fresh = Vec::new();
-            for mut r in results {
+        let results = results
+            .into_iter()
+            .map(|mut r| {
                 // The vantage is who the certificate says, never what the agent claims.
-                r.vantage = name.clone();
+                r.vantage = self.name.clone();
                 r.received_at_ns = now;
-                match store.ingest(&r) {
-                    Ok(IngestOutcome::Stored) => {
-                        acked.push(r.result_id.clone());
-                        fresh.push(r);
-                    }
-                    Ok(IngestOutcome::Duplicate) => acked.push(r.result_id),
-                    // A record that can never be stored is acknowledged and dropped, or it
-                    // would sit in the agent's spool and be re-sent forever.
-                    Err(StoreError::Invalid { detail, .. }) => {
-                        tracing::warn!(vantage = %name, result_id = %r.result_id, %detail, "dropping invalid trace");
-                        acked.push(r.result_id);
-                    }
-                    Err(e) => return Err(e),
+                r
+            })
+            .collect();
+        // Returns only once the records are flushed: acks promise durability.
+        let outcomes = self.c.ingest.submit(results).await?;
+        let mut acked = Vec::with_capacity(outcomes.len());
+        let mut fresh = Vec::new();
+        for (r, outcome) in outcomes {
+            match outcome {
+                Ok(IngestOutcome::Stored) => {
+                    acked.push(r.result_id.clone());
+                    fresh.push(r);
                 }
+                Ok(IngestOutcome::Duplicate) => acked.push(r.result_id),
+                // A record that can never be stored is acknowledged and dropped, or it
+                // would sit in the agent's spool and be re-sent forever.
+                Err(StoreError::Invalid { detail, .. }) => {
+                    tracing::warn!(vantage = %self.name, result_id = %r.result_id, %detail, "dropping invalid trace");
+                    acked.push(r.result_id);
+                }
+                Err(e) => return Err(internal(e)),
             }
-            // Acks promise durability: flush before sending them.
-            store.flush()?;
-            Ok((acked, fresh))
-        })
-        .await
-        .map_err(|e| Status::internal(super::client::error_chain(&e)))?
-        .map_err(internal)?;
+        }
         tracing::debug!(vantage = %self.name, acked = acked.len(), new = fresh.len(), "ingested batch");
         self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
         for t in fresh {

@@ -24,6 +24,7 @@ mod agent_svc;
 pub mod auth;
 pub mod client;
 mod consumer_svc;
+pub mod ingest;
 pub mod state;
 
 pub use state::{Coordinator, now_ns};

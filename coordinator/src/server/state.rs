@@ -61,6 +61,8 @@ pub struct Coordinator {
     shutdown: watch::Receiver<bool>,
     /// Serialises read-modify-write of campaign records (push bookkeeping vs cancel).
     pub campaign_lock: tokio::sync::Mutex<()>,
+    /// Group commit for uploaded traces.
+    pub ingest: super::ingest::IngestQueue,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -80,6 +82,7 @@ impl Coordinator {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Coordinator {
+            ingest: super::ingest::IngestQueue::start(store.clone()),
             store,
             ca,
             advertise,

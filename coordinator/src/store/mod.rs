@@ -130,6 +130,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a trace uploaded by `record.vantage` unless that (campaign, round, vantage,
     /// dst) or that agent's `result_id` is already stored.
     fn ingest(&self, record: &v1::TraceRecord) -> Result<IngestOutcome, StoreError>;
+    /// [`Store::ingest`] for many records at once, one outcome per record in order (a
+    /// record repeated within `records` is stored once). The outer error means nothing
+    /// may be assumed stored; stores override this to amortise per-write costs.
+    #[allow(clippy::type_complexity)]
+    fn ingest_many(
+        &self,
+        records: &[v1::TraceRecord],
+    ) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            match self.ingest(r) {
+                Err(StoreError::Invalid { what, detail }) => {
+                    out.push(Err(StoreError::Invalid { what, detail }))
+                }
+                Err(e) => return Err(e),
+                Ok(o) => out.push(Ok(o)),
+            }
+        }
+        Ok(out)
+    }
     /// Calls `f` with each matching trace, in key order (by campaign: round, vantage,
     /// dst; otherwise by start time), until it returns false or `q.limit` is reached.
     fn for_each_trace(

@@ -125,6 +125,40 @@ fn matches(rec: &v1::TraceRecord, q: &TraceQuery) -> bool {
         && q.until_ns.is_none_or(|t| s <= t)
 }
 
+/// A trace encoded with all its keys, ready to write.
+struct Prepared {
+    pk: Vec<u8>,
+    rk: Vec<u8>,
+    vk: Vec<u8>,
+    dk: Vec<u8>,
+    tk: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+fn prepare(record: &v1::TraceRecord) -> Result<Prepared, StoreError> {
+    if record.vantage.is_empty() || record.dst.is_empty() || record.result_id.is_empty() {
+        return Err(StoreError::Invalid {
+            what: "trace",
+            detail: "vantage, dst and result_id must be set".into(),
+        });
+    }
+    let pk = keys::trace_key(
+        &record.campaign_id,
+        record.round,
+        &record.vantage,
+        &record.dst,
+    );
+    let start = start_ns(record);
+    Ok(Prepared {
+        rk: keys::result_key(&record.vantage, &record.result_id),
+        vk: keys::timed_key(&record.vantage, start, &pk),
+        dk: keys::timed_key(&record.dst, start, &pk),
+        tk: keys::time_key(start, &pk),
+        bytes: record.encode_to_vec(),
+        pk,
+    })
+}
+
 impl Store for SledStore {
     fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
         self.agents
@@ -216,25 +250,22 @@ impl Store for SledStore {
     }
 
     fn ingest(&self, record: &v1::TraceRecord) -> Result<IngestOutcome, StoreError> {
-        if record.vantage.is_empty() || record.dst.is_empty() || record.result_id.is_empty() {
-            return Err(StoreError::Invalid {
+        self.ingest_many(std::slice::from_ref(record))?
+            .pop()
+            .unwrap_or(Err(StoreError::Invalid {
                 what: "trace",
-                detail: "vantage, dst and result_id must be set".into(),
-            });
-        }
-        let pk = keys::trace_key(
-            &record.campaign_id,
-            record.round,
-            &record.vantage,
-            &record.dst,
-        );
-        let rk = keys::result_key(&record.vantage, &record.result_id);
-        let start = start_ns(record);
-        let vk = keys::timed_key(&record.vantage, start, &pk);
-        let dk = keys::timed_key(&record.dst, start, &pk);
-        let tk = keys::time_key(start, &pk);
-        let bytes = record.encode_to_vec();
-        let res: Result<IngestOutcome, TransactionError<()>> = (
+                detail: "no outcome".into(),
+            }))
+    }
+
+    fn ingest_many(
+        &self,
+        records: &[v1::TraceRecord],
+    ) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
+        let prepared: Vec<Result<Prepared, StoreError>> = records.iter().map(prepare).collect();
+        // One transaction for the whole group: a record and its four index entries are
+        // still atomic, and the per-transaction cost (locking, commit) is paid once.
+        let res: Result<Vec<IngestOutcome>, TransactionError<()>> = (
             &self.traces,
             &self.by_result,
             &self.by_vantage,
@@ -242,24 +273,44 @@ impl Store for SledStore {
             &self.by_time,
         )
             .transaction(|(traces, by_result, by_vantage, by_dst, by_time)| {
-                if traces.get(&pk)?.is_some() || by_result.get(&rk)?.is_some() {
-                    return Ok::<_, ConflictableTransactionError<()>>(IngestOutcome::Duplicate);
+                let mut out = Vec::with_capacity(prepared.len());
+                for p in prepared.iter().flatten() {
+                    // Reads see this transaction's own writes, so repeats within the group
+                    // are duplicates too.
+                    if traces.get(&p.pk)?.is_some() || by_result.get(&p.rk)?.is_some() {
+                        out.push(IngestOutcome::Duplicate);
+                        continue;
+                    }
+                    traces.insert(p.pk.as_slice(), p.bytes.as_slice())?;
+                    by_result.insert(p.rk.as_slice(), p.pk.as_slice())?;
+                    by_vantage.insert(p.vk.as_slice(), &[][..])?;
+                    by_dst.insert(p.dk.as_slice(), &[][..])?;
+                    by_time.insert(p.tk.as_slice(), &[][..])?;
+                    out.push(IngestOutcome::Stored);
                 }
-                traces.insert(pk.as_slice(), bytes.as_slice())?;
-                by_result.insert(rk.as_slice(), pk.as_slice())?;
-                by_vantage.insert(vk.as_slice(), &[][..])?;
-                by_dst.insert(dk.as_slice(), &[][..])?;
-                by_time.insert(tk.as_slice(), &[][..])?;
-                Ok(IngestOutcome::Stored)
+                Ok::<_, ConflictableTransactionError<()>>(out)
             });
-        match res {
-            Ok(o) => Ok(o),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
-            Err(TransactionError::Abort(())) => Err(StoreError::Invalid {
-                what: "trace",
-                detail: "transaction aborted".into(),
-            }),
-        }
+        let mut outcomes = match res {
+            Ok(o) => o.into_iter(),
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+            Err(TransactionError::Abort(())) => {
+                return Err(StoreError::Invalid {
+                    what: "trace",
+                    detail: "transaction aborted".into(),
+                });
+            }
+        };
+        Ok(prepared
+            .into_iter()
+            .map(|p| {
+                p.and_then(|_| {
+                    outcomes.next().ok_or(StoreError::Invalid {
+                        what: "trace",
+                        detail: "missing outcome".into(),
+                    })
+                })
+            })
+            .collect())
     }
 
     fn for_each_trace(

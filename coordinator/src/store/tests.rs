@@ -67,6 +67,49 @@ fn ingest_is_idempotent_by_key_and_by_result_id() {
 }
 
 #[test]
+fn ingest_many_matches_ingest_one_by_one_including_repeats_within_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let a = trace("c1", 0, "tor", "1.1.1.1", 100.5);
+    assert_eq!(s.ingest(&a).unwrap(), IngestOutcome::Stored);
+    let b = trace("c1", 0, "tor", "2.2.2.2", 101.0);
+    let mut b_again = b.clone();
+    b_again.result_id = "other-id".into();
+    let mut bad = trace("c1", 0, "tor", "3.3.3.3", 102.0);
+    bad.dst.clear();
+    let c = trace("c1", 0, "par", "1.1.1.1", 103.0);
+    let out = s
+        .ingest_many(&[a.clone(), b.clone(), b_again, bad, b, c])
+        .unwrap();
+    let got: Vec<_> = out.iter().map(|o| o.as_ref().ok().copied()).collect();
+    use IngestOutcome::{Duplicate, Stored};
+    assert_eq!(
+        got,
+        [
+            Some(Duplicate),
+            Some(Stored),
+            Some(Duplicate),
+            None,
+            Some(Duplicate),
+            Some(Stored)
+        ]
+    );
+    assert!(matches!(out[3], Err(StoreError::Invalid { .. })));
+    assert_eq!(s.count_traces("c1").unwrap(), 3);
+    // Every index points at the stored records.
+    let q = TraceQuery {
+        vantage: Some("tor".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.query_traces(&q).unwrap().len(), 2);
+    let q = TraceQuery {
+        dst: Some("1.1.1.1".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.query_traces(&q).unwrap().len(), 2);
+}
+
+#[test]
 fn queries_by_campaign_vantage_dst_and_time() {
     let dir = tempfile::tempdir().unwrap();
     let s = SledStore::open(dir.path()).unwrap();

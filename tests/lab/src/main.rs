@@ -70,6 +70,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a line; a closed stdout (`| head`) ends output quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            return Ok(());
+        }
+    }};
+}
+
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Check { scenario, at, json } => {
@@ -99,9 +109,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 paths.insert(t.to_string(), pairs.into());
             }
             if json {
-                println!("{}", serde_json::json!({"name": w.s.name, "paths": paths}));
+                out!("{}", serde_json::json!({"name": w.s.name, "paths": paths}));
             } else {
-                println!(
+                out!(
                     "{}: {} ASes, {} routers, {} links, {} vantages, {} targets, {} events",
                     w.s.name,
                     w.s.ases.len(),
@@ -112,7 +122,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     w.s.events.len()
                 );
                 for (t, pairs) in &paths {
-                    println!("t={t}s");
+                    out!("t={t}s");
                     for (pair, hops) in pairs.as_object().into_iter().flatten() {
                         let h: Vec<String> = hops
                             .as_array()
@@ -120,7 +130,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                             .flatten()
                             .map(|h| format!("{}({})", h[1].as_str().unwrap_or("*"), h[2]))
                             .collect();
-                        println!("  {pair}: {}", h.join(" "));
+                        out!("  {pair}: {}", h.join(" "));
                     }
                 }
             }
@@ -130,17 +140,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let w = std::sync::Arc::new(World::load(&scenario)?);
             let topo = Topology::build(&w)?;
             let emu = Emulator::spawn(w.clone(), &topo)?;
-            println!("control namespace: {}", topo.control);
+            out!("control namespace: {}", topo.control);
             for (v, ns) in w.s.vantages.iter().zip(&topo.vantages) {
-                println!("vantage {} ({}): ip netns exec {ns} ...", v.name, v.addr);
+                out!("vantage {} ({}): ip netns exec {ns} ...", v.name, v.addr);
             }
             let _ =
                 run::sleep_interruptible(Duration::from_secs_f64(duration.clamp(0.0, 86_400.0)));
             let s = &emu.stats;
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let answers = load(&s.answers);
             eprintln!(
-                "emulator: {} packets in, {} answers",
-                s.packets_in.load(std::sync::atomic::Ordering::Relaxed),
-                s.answers.load(std::sync::atomic::Ordering::Relaxed)
+                "emulator: {} packets in, {answers} answers, {} dropped; send lateness mean {:.1} µs, max {:.1} µs",
+                load(&s.packets_in),
+                load(&s.dropped),
+                load(&s.late_ns_sum) as f64 / 1e3 / answers.max(1) as f64,
+                load(&s.late_ns_max) as f64 / 1e3
             );
             emu.stop();
             drop(topo);
@@ -156,7 +171,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 out: out.clone(),
                 rate,
             })?;
-            println!("{}", serde_json::to_string_pretty(&lab)?);
+            out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(
                 "wrote {}/lab.json, traces.jsonl, diversions.json",
                 out.display()

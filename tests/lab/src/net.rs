@@ -144,6 +144,22 @@ fn precise_timers() {
     }
 }
 
+/// Answers are only as punctual as the thread that sends them: on a loaded machine (the
+/// lab shares its cores with the agents and the coordinator, and CI with builds) a normal
+/// thread may wait milliseconds for a core, which would show up as RTT error. The
+/// emulator's threads block between packets, so a modest real-time priority costs the
+/// rest of the system nothing. Unprivileged runs keep the normal policy.
+#[allow(unsafe_code)]
+fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: pthread_setschedparam on the calling thread with a valid, initialised
+    // sched_param that outlives the call.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        tracing::debug!(errno = rc, "no real-time priority for an emulator thread");
+    }
+}
+
 /// The namespaces of a lab, deleted on drop (also when building fails halfway).
 #[derive(Debug)]
 pub struct Topology {
@@ -307,6 +323,7 @@ impl Emulator {
             let tx = tx.clone();
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || {
+                realtime_priority();
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
                     match reader.read(&mut buf) {
@@ -326,6 +343,7 @@ impl Emulator {
         let writers = Mutex::new(writers);
         threads.push(std::thread::spawn(move || {
             precise_timers();
+            realtime_priority();
             let responder = Responder::new(&world);
             let origin = Instant::now();
             let ns_since = |t: Instant| t.duration_since(origin).as_nanos() as u64;

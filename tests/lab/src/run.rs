@@ -119,6 +119,19 @@ pub struct RunOptions {
     pub rate: u32,
 }
 
+/// CPU seconds (user + system) this process has used, from /proc/self/stat.
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// RFC 3339 (UTC) for a Unix time: the coordinator's `--start-at` format.
 pub fn rfc3339(unix_s: f64) -> String {
     let secs = unix_s.floor() as i64;
@@ -353,6 +366,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     }
     tracing::info!(?campaigns, rounds, round_s, "campaign scheduled");
     let end = t0 + rounds as f64 * round_s;
+    let cpu_before = process_cpu_s();
     loop {
         let now = unix_ns() as f64 / 1e9;
         if now >= end + 5.0 {
@@ -367,6 +381,8 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         );
         sleep_interruptible(Duration::from_secs_f64((end + 5.0 - now).clamp(0.1, 5.0)))?;
     }
+    let campaign_s = (unix_ns() as f64 / 1e9 - t0).max(1e-9);
+    let emulator_cpu_s = process_cpu_s() - cpu_before;
     // Let the last uploads land: stop when the count is complete or stops growing.
     let expected = rounds as usize * want * targets.len() * campaigns.len();
     let mut lines = String::new();
@@ -419,6 +435,10 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
             "dropped": s.dropped.load(Ordering::Relaxed),
             "mean_send_late_us": if answers > 0 { s.late_ns_sum.load(Ordering::Relaxed) as f64 / answers as f64 / 1e3 } else { 0.0 },
             "max_send_late_us": s.late_ns_max.load(Ordering::Relaxed) as f64 / 1e3,
+            "answers_per_s": answers as f64 / campaign_s,
+            // This process is the emulator (the coordinator and agents run apart).
+            "cpu_s": emulator_cpu_s,
+            "cpu_share_of_one_core": emulator_cpu_s / campaign_s,
         },
     });
     let mut f = std::fs::File::create(out.join("lab.json"))?;

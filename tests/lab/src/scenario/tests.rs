@@ -200,6 +200,7 @@ fn scenario_files() -> Vec<std::path::PathBuf> {
     for dir in [
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/scenarios"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios"),
     ] {
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {

@@ -1,0 +1,512 @@
+//! Control-plane benchmark: one process runs the real coordinator (mutual TLS, sled in a
+//! temporary directory, loopback only) and many simulated agents that enrol with real
+//! tokens and CSRs and hold real Session streams. It prints one line per figure:
+//! sessions held (with RSS), time to dispatch a campaign to every session, and traces
+//! per second acknowledged (acks are sent only after the records are flushed).
+//!
+//! `cargo bench -p tracemesh --bench control_plane`; knobs: TM_BENCH_SESSIONS (2000),
+//! TM_BENCH_TRACES (200000), TM_BENCH_BATCH (100 traces per TraceBatch).
+
+// The only unsafe code is the setrlimit call that lets one process hold both ends of
+// tens of thousands of TLS connections.
+#![allow(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tracemesh::server::{self, Coordinator, ServeConfig};
+use tracemesh_proto::token::EnrolToken;
+use tracemesh_proto::v1::agent_service_client::AgentServiceClient;
+use tracemesh_proto::v1::{self, agent_message::Msg as Up, coordinator_message::Msg as Down};
+
+/// How many enrolments, token requests or TLS handshakes run at once; enough to keep two
+/// cores busy without queueing thousands of handshakes behind the server's timeout.
+const SETUP_CONCURRENCY: usize = 64;
+/// Upper bound for every phase, so a regression shows up as an error, not a hang.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().with_context(|| format!("{name}={v:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Raises the soft (and, if we may, the hard) open-file limit to at least `want`;
+/// returns the soft limit in force afterwards.
+fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur >= want {
+            return lim.rlim_cur;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max.max(want),
+        };
+        // Raising the hard limit needs CAP_SYS_RESOURCE; fall back to the hard limit.
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return want;
+        }
+        let capped = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &capped) == 0 {
+            return lim.rlim_max;
+        }
+        lim.rlim_cur
+    }
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+struct AgentId {
+    name: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// What the driver tells every agent task to upload.
+#[derive(Debug, Clone)]
+struct Upload {
+    campaign_id: String,
+    per_agent: Vec<usize>,
+    batch: usize,
+}
+
+/// A realistic finished trace: ~10 hops, a silent one, MPLS on the core hops.
+fn record(campaign: &str, agent: usize, j: usize) -> v1::TraceRecord {
+    let dst = format!("10.{}.{}.{}", (j >> 16) & 255, (j >> 8) & 255, j & 255);
+    let hops = (1..=10u32)
+        .map(|ttl| {
+            if ttl == 6 {
+                return v1::Hop {
+                    ttl,
+                    probes: 3,
+                    ..Default::default()
+                };
+            }
+            let last = ttl == 10;
+            v1::Hop {
+                ttl,
+                addr: Some(if last {
+                    dst.clone()
+                } else {
+                    format!("172.{}.{}.{}", 16 + ttl, agent & 255, j & 255)
+                }),
+                rtt_ms: Some(0.4 + 2.7 * f64::from(ttl)),
+                icmp_type: Some(if last { 0 } else { 11 }),
+                icmp_code: Some(0),
+                reply_ttl: Some(64 - ttl),
+                quoted_ttl: (!last).then_some(1),
+                mpls: if (3..=5).contains(&ttl) {
+                    vec![v1::MplsLabel {
+                        label: 24_000 + ttl,
+                        tc: 0,
+                        s: true,
+                        ttl: 1,
+                    }]
+                } else {
+                    Vec::new()
+                },
+                probes: 1,
+                ..Default::default()
+            }
+        })
+        .collect();
+    v1::TraceRecord {
+        result_id: tracemesh_proto::result_id(campaign, 0, &dst),
+        campaign_id: campaign.to_string(),
+        round: 0,
+        vantage: String::new(),
+        dst,
+        src: Some(format!("192.168.{}.{}", (agent >> 8) & 255, agent & 255)),
+        proto: v1::ProbeProtocol::Icmp as i32,
+        stop_reason: v1::StopReason::Completed as i32,
+        start: 1_795_400_000.0 + j as f64 * 0.01,
+        probes_sent: 12,
+        hops,
+        received_at_ns: 0,
+    }
+}
+
+fn up(m: Up) -> v1::AgentMessage {
+    v1::AgentMessage { msg: Some(m) }
+}
+
+/// One simulated agent's session: reports when its campaign instruction arrives, then
+/// uploads its share when told and reports how many results were acknowledged. Holds
+/// the stream open until the driver drops `stop`.
+async fn agent_task(
+    index: usize,
+    tx: mpsc::Sender<v1::AgentMessage>,
+    mut rx: tonic::Streaming<v1::CoordinatorMessage>,
+    dispatched: mpsc::UnboundedSender<Instant>,
+    mut go: watch::Receiver<Option<Upload>>,
+    acked: mpsc::UnboundedSender<anyhow::Result<usize>>,
+) {
+    let next = async |rx: &mut tonic::Streaming<v1::CoordinatorMessage>| -> anyhow::Result<Down> {
+        loop {
+            match rx.message().await?.context("session closed")?.msg {
+                Some(Down::ClockEcho(_)) | None => continue,
+                Some(m) => return Ok(m),
+            }
+        }
+    };
+    match next(&mut rx).await {
+        Ok(Down::Campaign(_)) => {
+            let _ = dispatched.send(Instant::now());
+        }
+        Ok(other) => {
+            let _ = acked.send(Err(anyhow::anyhow!("expected a campaign, got {other:?}")));
+            return;
+        }
+        Err(e) => {
+            let _ = acked.send(Err(e));
+            return;
+        }
+    }
+    let Ok(plan) = go.wait_for(Option::is_some).await.map(|p| p.clone()) else {
+        return;
+    };
+    let Some(plan) = plan else { return };
+    let upload = async {
+        let mine = plan.per_agent[index];
+        let mut n = 0;
+        let mut j = 0;
+        while j < mine {
+            let end = (j + plan.batch).min(mine);
+            let results = (j..end)
+                .map(|k| record(&plan.campaign_id, index, k))
+                .collect();
+            tx.send(up(Up::TraceBatch(v1::TraceBatch { results })))
+                .await
+                .context("session send")?;
+            match next(&mut rx).await? {
+                Down::Ack(a) => n += a.result_ids.len(),
+                other => bail!("expected an ack, got {other:?}"),
+            }
+            j = end;
+        }
+        Ok(n)
+    };
+    let _ = acked.send(upload.await);
+    // Keep the session open (the driver aborts this task at the end).
+    std::future::pending::<()>().await;
+}
+
+fn main() -> anyhow::Result<()> {
+    let sessions = env_usize("TM_BENCH_SESSIONS", 2_000)?;
+    let traces = env_usize("TM_BENCH_TRACES", 200_000)?;
+    let batch = env_usize("TM_BENCH_BATCH", 100)?.max(1);
+    if sessions == 0 {
+        bail!("TM_BENCH_SESSIONS must be at least 1");
+    }
+    // Both ends of every session live in this process, plus sled and slack.
+    let want = 2 * sessions as u64 + 1_024;
+    let nofile = raise_nofile(want);
+    if nofile < want {
+        bail!(
+            "RLIMIT_NOFILE is {nofile}, {sessions} sessions need about {want} (both ends live in this process)"
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(sessions, traces, batch))
+}
+
+async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()> {
+    println!(
+        "control_plane: {sessions} sessions, {traces} traces in batches of {batch}, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let dir = tempfile::tempdir()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (coord_tx, coord_rx) = tokio::sync::oneshot::channel::<Arc<Coordinator>>();
+    let cfg = ServeConfig {
+        data: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+    };
+    let srv = tokio::spawn(server::serve_with(
+        cfg,
+        async {
+            let _ = stop_rx.await;
+        },
+        move |c| {
+            let _ = coord_tx.send(c);
+        },
+    ));
+    let coord = coord_rx.await.context("server did not start")?;
+    let addr = std::fs::read_to_string(dir.path().join("coordinator.addr"))?
+        .trim()
+        .to_string();
+    let bundle = std::fs::read_to_string(dir.path().join("admin.pem"))?;
+    let admin = server::client::connect_admin(&addr, &bundle).await?;
+    let rss0 = rss_mib();
+
+    // Enrolment: real tokens, real CSRs, one certificate per agent.
+    let t = Instant::now();
+    let tokens: Vec<String> = tokio::time::timeout(
+        PHASE_TIMEOUT,
+        futures::stream::iter(0..sessions)
+            .map(|i| {
+                let mut admin = admin.clone();
+                async move {
+                    let r = admin
+                        .create_token(v1::CreateTokenRequest {
+                            metadata: Some(v1::AgentMetadata {
+                                name: format!("bench-{i:05}"),
+                                country: "DE".into(),
+                                tags: vec!["bench".into()],
+                                ..Default::default()
+                            }),
+                            ttl_s: 3_600,
+                        })
+                        .await?;
+                    Ok::<_, tonic::Status>(r.into_inner().token)
+                }
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect(),
+    )
+    .await??;
+    let ca_pem = EnrolToken::decode(&tokens[0])
+        .map_err(|e| anyhow::anyhow!("token: {e}"))?
+        .ca_pem;
+    let t_tokens = t.elapsed();
+
+    // Key pairs and CSRs are CPU work the agents would do on their own machines; spread
+    // it over the cores.
+    let t = Instant::now();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = sessions.div_ceil(workers);
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let n = chunk.min(sessions.saturating_sub(w * chunk));
+        handles.push(tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|_| {
+                    let key = rcgen::KeyPair::generate()?;
+                    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+                        .serialize_request(&key)?
+                        .pem()?;
+                    Ok::<_, rcgen::Error>((csr, key.serialize_pem()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        }));
+    }
+    let mut csrs = Vec::with_capacity(sessions);
+    for h in handles {
+        csrs.extend(h.await??);
+    }
+    let t_keys = t.elapsed();
+
+    // An agent without a certificate yet enrols over an anonymous TLS channel; one
+    // multiplexed channel carries every enrolment.
+    let t = Instant::now();
+    let anon = AgentServiceClient::new(server::client::connect(&addr, &ca_pem, None).await?);
+    let ids: Vec<AgentId> = tokio::time::timeout(
+        PHASE_TIMEOUT,
+        futures::stream::iter(tokens.into_iter().zip(csrs))
+            .map(|(token, (csr_pem, key_pem))| {
+                let mut anon = anon.clone();
+                async move {
+                    let r = anon
+                        .enrol(v1::EnrolRequest {
+                            token,
+                            csr_pem,
+                            agent_version: "bench-agent/0".into(),
+                            hostname: "bench".into(),
+                        })
+                        .await?
+                        .into_inner();
+                    Ok::<_, tonic::Status>(AgentId {
+                        name: r.agent_name,
+                        cert_pem: r.cert_chain_pem,
+                        key_pem,
+                    })
+                }
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect(),
+    )
+    .await??;
+    drop(anon);
+    let t_enrol = t.elapsed();
+    println!(
+        "setup: {sessions} tokens in {} ms, key pairs+CSRs in {} ms, enrolments in {} ms ({:.0}/s)",
+        t_tokens.as_millis(),
+        t_keys.as_millis(),
+        t_enrol.as_millis(),
+        sessions as f64 / t_enrol.as_secs_f64()
+    );
+
+    // Sessions: one TLS connection per agent, each with its own certificate.
+    let (dispatched_tx, mut dispatched_rx) = mpsc::unbounded_channel();
+    let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
+    let (go_tx, go_rx) = watch::channel::<Option<Upload>>(None);
+    let t = Instant::now();
+    let opened: Vec<(usize, mpsc::Sender<v1::AgentMessage>, tonic::Streaming<_>)> =
+        tokio::time::timeout(
+            PHASE_TIMEOUT,
+            futures::stream::iter(ids.iter().enumerate())
+                .map(|(i, id)| {
+                    let (addr, ca_pem) = (&addr, &ca_pem);
+                    async move {
+                        let ch: Channel = server::client::connect(
+                            addr,
+                            ca_pem,
+                            Some((&id.cert_pem, &id.key_pem)),
+                        )
+                        .await?;
+                        let (tx, out) = mpsc::channel(4);
+                        tx.send(up(Up::Hello(v1::Hello {
+                            agent_version: "bench-agent/0".into(),
+                            state: Some(v1::AgentState::default()),
+                        })))
+                        .await?;
+                        let mut rx = AgentServiceClient::new(ch)
+                            .max_decoding_message_size(64 << 20)
+                            .session(ReceiverStream::new(out))
+                            .await?
+                            .into_inner();
+                        match rx.message().await?.and_then(|m| m.msg) {
+                            Some(Down::Welcome(w)) if w.agent_name == id.name => {}
+                            other => bail!("{}: expected Welcome, got {other:?}", id.name),
+                        }
+                        Ok((i, tx, rx))
+                    }
+                })
+                .buffer_unordered(SETUP_CONCURRENCY)
+                .try_collect(),
+        )
+        .await??;
+    let t_sessions = t.elapsed();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, tx, rx) in opened {
+        tasks.spawn(agent_task(
+            i,
+            tx,
+            rx,
+            dispatched_tx.clone(),
+            go_rx.clone(),
+            acked_tx.clone(),
+        ));
+    }
+    drop((dispatched_tx, acked_tx));
+    let held = coord.live_all().len();
+    let rss1 = rss_mib();
+    if held != sessions {
+        bail!("coordinator holds {held} sessions, expected {sessions}");
+    }
+    println!(
+        "sessions held: {held} (opened in {} ms, {:.0}/s); RSS {rss1:.0} MiB ({:.1} KiB/session, both ends in this process)  [goal: 20000 sessions]",
+        t_sessions.as_millis(),
+        held as f64 / t_sessions.as_secs_f64(),
+        (rss1 - rss0) * 1024.0 / held as f64
+    );
+
+    // Dispatch: one campaign for "all", timed until every session has its instruction.
+    let mut admin2 = admin.clone();
+    let t = Instant::now();
+    let campaign = admin2
+        .create_campaign(v1::CreateCampaignRequest {
+            spec: Some(v1::CampaignSpec {
+                targets: vec!["192.0.2.0/28".into()],
+                agents: vec!["all".into()],
+                method: Some(v1::ProbeMethod {
+                    proto: v1::ProbeProtocol::Icmp as i32,
+                    attempts: 2,
+                    max_ttl: 30,
+                    wait_ms: 1_000,
+                    flow_id: 0,
+                }),
+                every_s: 60,
+                rounds: 10,
+                start_at_ns: 0,
+            }),
+        })
+        .await?
+        .into_inner();
+    let rpc = t.elapsed();
+    let mut last = t;
+    for _ in 0..sessions {
+        match tokio::time::timeout(PHASE_TIMEOUT, dispatched_rx.recv()).await? {
+            Some(at) => last = last.max(at),
+            None => {
+                let why = acked_rx.recv().await;
+                bail!("a session ended before its campaign arrived: {why:?}");
+            }
+        }
+    }
+    let dispatch = last - t;
+    println!(
+        "dispatch: campaign {} to {sessions} sessions in {} ms (CreateCampaign returned after {} ms)  [goal: <= 1000 ms to 20000]",
+        campaign.id,
+        dispatch.as_millis(),
+        rpc.as_millis()
+    );
+
+    // Ingest: every session uploads its share at once, one batch in flight each, as an
+    // agent does (it waits for the ack before deleting from its spool).
+    let per_agent: Vec<usize> = (0..sessions)
+        .map(|i| traces / sessions + usize::from(i < traces % sessions))
+        .collect();
+    let t = Instant::now();
+    go_tx.send(Some(Upload {
+        campaign_id: campaign.id.clone(),
+        per_agent,
+        batch,
+    }))?;
+    let mut total = 0;
+    for _ in 0..sessions {
+        match tokio::time::timeout(PHASE_TIMEOUT, acked_rx.recv()).await? {
+            Some(Ok(n)) => total += n,
+            Some(Err(e)) => return Err(e.context("upload failed")),
+            None => bail!("agent tasks ended early"),
+        }
+    }
+    let ingest = t.elapsed();
+    let stored = coord.store.count_traces(&campaign.id)?;
+    if total != traces || stored != traces as u64 {
+        bail!("{traces} traces sent, {total} acknowledged, {stored} stored");
+    }
+    println!(
+        "ingest: {total} traces acked durably in {} ms = {:.0} traces/s over {sessions} sessions; RSS {:.0} MiB  [goal: >= 50000 traces/s]",
+        ingest.as_millis(),
+        total as f64 / ingest.as_secs_f64(),
+        rss_mib()
+    );
+
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drop(admin2);
+    drop(admin);
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), srv).await???;
+    Ok(())
+}

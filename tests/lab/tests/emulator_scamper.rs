@@ -1,0 +1,268 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+//! Real packets through the emulator: scamper, an independent traceroute implementation,
+//! runs inside a vantage's namespace and must see exactly the hops and delays our routing
+//! model predicts at that instant (itself checked against the oracle in unit tests), the
+//! MPLS stack of an RFC 4950 router, the right destination answer per protocol, and the
+//! path flipping when the scenario's diversion starts.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracemesh_lab::net::{Emulator, Topology, unix_ns};
+use tracemesh_lab::scenario::World;
+
+const SCAMPER: &str = "/usr/bin/scamper";
+/// When the scenario's diversion starts (seconds after t0).
+const DIVERSION_AT: f64 = 15.0;
+
+fn can_build_namespaces() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+        && Path::new("/dev/net/tun").exists()
+}
+
+/// One scamper trace from namespace `ns`, bounded in time by `timeout(1)`.
+fn scamper(ns: &str, method: &str, dst: IpAddr) -> Value {
+    let out = Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", ns, SCAMPER, "-O", "json", "-c"])
+        .arg(format!("trace -P {method} -q 1 -w 1"))
+        .args(["-i", &dst.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "trace")
+        .unwrap_or_else(|| {
+            panic!(
+                "no trace from scamper {method} {dst}: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// Time of a TCP handshake from namespace `ns` in ms, or the error's name.
+fn connect_ms(ns: &str, dst: IpAddr, port: u16) -> Result<f64, String> {
+    let script = "import socket,sys,time\n\
+        a=(sys.argv[1],int(sys.argv[2]))\n\
+        s=socket.socket(socket.AF_INET6 if ':' in a[0] else socket.AF_INET)\n\
+        s.settimeout(3)\n\
+        t=time.perf_counter()\n\
+        try:\n s.connect(a); print((time.perf_counter()-t)*1e3)\n\
+        except Exception as e: print(type(e).__name__)\n";
+    let out = Command::new("timeout")
+        .args(["10", "ip", "netns", "exec", ns, "python3", "-c", script])
+        .args([dst.to_string(), port.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    text.parse::<f64>()
+        .map_err(|_| format!("{text} {}", String::from_utf8_lossy(&out.stderr).trim()))
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    hops: usize,
+    tcp: usize,
+    worst_err_ms: f64,
+}
+
+/// Compares one scamper trace with the model at the trace's start time; returns that
+/// time (seconds after t0).
+fn check(
+    w: &World,
+    t0_s: f64,
+    v: usize,
+    tg: usize,
+    dst: IpAddr,
+    tr: &Value,
+    tally: &mut Tally,
+) -> f64 {
+    let start = tr["start"]["sec"].as_f64().unwrap() + tr["start"]["usec"].as_f64().unwrap() / 1e6;
+    let t = start - t0_s;
+    let method = tr["method"].as_str().unwrap();
+    assert_eq!(tr["stop_reason"], "COMPLETED", "{method} {dst}: {tr}");
+    let expected = w.hops(v, tg, t).unwrap();
+    let got = tr["hops"].as_array().unwrap();
+    let answered = expected
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, a, _))| a.is_some() || *i + 1 == expected.len())
+        .count();
+    assert_eq!(got.len(), answered, "{method} {dst} t={t:.2}: {tr}");
+    for (i, (ttl, addr, rtt)) in expected.iter().enumerate() {
+        let last = i + 1 == expected.len();
+        let want = if last {
+            Some(dst)
+        } else {
+            // The model speaks IPv4; the same router answers IPv6 probes from addr6.
+            addr.map(|a| {
+                if dst.is_ipv6() {
+                    w.s.routers
+                        .iter()
+                        .find(|r| r.addr == a)
+                        .unwrap()
+                        .addr6
+                        .unwrap()
+                } else {
+                    a
+                }
+            })
+        };
+        let hop = got
+            .iter()
+            .find(|h| h["probe_ttl"].as_u64() == Some(*ttl as u64));
+        let Some(want) = want else {
+            assert!(hop.is_none(), "{method} {dst}: silent hop {ttl} answered");
+            continue;
+        };
+        let hop = hop.unwrap_or_else(|| panic!("{method} {dst} t={t:.2}: no hop {ttl}: {tr}"));
+        assert_eq!(
+            hop["addr"].as_str().unwrap().parse::<IpAddr>().unwrap(),
+            want,
+            "{method} {dst} t={t:.2} hop {ttl}"
+        );
+        let got_rtt = hop["rtt"].as_f64().unwrap();
+        let err = (got_rtt - rtt).abs();
+        assert!(
+            err <= 0.1 * rtt + 0.5,
+            "{method} {dst} t={t:.2} hop {ttl}: rtt {got_rtt} ms, model {rtt:.3} ms"
+        );
+        tally.hops += 1;
+        tally.worst_err_ms = tally.worst_err_ms.max(err);
+        let (ty, code) = (hop["icmp_type"].as_u64(), hop["icmp_code"].as_u64());
+        let v6 = dst.is_ipv6();
+        let expect = match (last, method, v6) {
+            (false, _, false) => (11, 0),
+            (false, _, true) => (3, 0),
+            (true, "icmp-echo-paris", false) => (0, 0),
+            (true, "icmp-echo-paris", true) => (129, 0),
+            (true, _, false) => (3, 3),
+            (true, _, true) => (1, 4),
+        };
+        assert_eq!(
+            (ty, code),
+            (Some(expect.0), Some(expect.1)),
+            "{method} {dst} hop {ttl}"
+        );
+        // What the router quotes must be the probe as it arrived there (TTL 1).
+        if !last {
+            assert_eq!(
+                hop["icmp_q_ttl"].as_u64(),
+                Some(1),
+                "{method} {dst} hop {ttl}"
+            );
+        }
+        let router = (!last)
+            .then(|| w.s.routers.iter().find(|r| Some(r.addr) == *addr))
+            .flatten();
+        let labels: Vec<u64> = hop["icmpext"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["mpls_labels"].as_array().cloned().unwrap_or_default())
+            .map(|l| l["mpls_label"].as_u64().unwrap())
+            .collect();
+        let want_labels: Vec<u64> = router
+            .map(|r| r.mpls.iter().map(|&l| u64::from(l)).collect())
+            .unwrap_or_default();
+        assert_eq!(labels, want_labels, "{method} {dst} hop {ttl} MPLS");
+    }
+    t
+}
+
+#[test]
+#[ignore = "RTT checks flake on a loaded 2-core machine (a hop 17 ms late twice in 7 runs): run with --ignored"]
+fn scamper_sees_the_model_paths_and_the_diversion() {
+    if !can_build_namespaces() || !Path::new(SCAMPER).exists() {
+        eprintln!("skipped: needs root, /dev/net/tun and {SCAMPER}");
+        return;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/lab-emulator.toml");
+    let w = Arc::new(World::load(&file).unwrap());
+    let topo = Topology::build(&w).unwrap();
+    let emu = Emulator::spawn(w.clone(), &topo).unwrap();
+    let t0_s = unix_ns() as f64 / 1e9;
+    emu.set_t0(t0_s);
+    let began = Instant::now();
+
+    let toronto = w.vantage("toronto-rogers").unwrap();
+    let vancouver = w.vantage("vancouver-shaw").unwrap();
+    let (kr4, kr6) = (w.target("kr-gov").unwrap(), w.target("kr-gov6").unwrap());
+    let (d4, d6) = (w.probes[kr4][0], w.probes[kr6][0]);
+    let mut tally = Tally::default();
+
+    // Before the diversion: every method and family from both vantages. A trace with
+    // a silent hop lasts about 1.3 s; all of them end well before the event edge.
+    for (v, tg, dst) in [(toronto, kr4, d4), (toronto, kr6, d6), (vancouver, kr4, d4)] {
+        for method in ["icmp-paris", "udp-paris"] {
+            let tr = scamper(&topo.vantages[v], method, dst);
+            let t = check(&w, t0_s, v, tg, dst, &tr, &mut tally);
+            assert!(t + 2.0 < DIVERSION_AT, "too slow: trace at t={t:.2}");
+        }
+    }
+    let before = w.path(toronto, kr4, 0.0).unwrap().0;
+
+    // TCP: scamper cannot run TCP traces over a TUN device (it stops with ERROR before
+    // sending anything), so the kernel's own connect(2) checks our SYN-ACK and RST, their
+    // checksums and the handshake delay.
+    for (dst, tg) in [(d4, kr4), (d6, kr6)] {
+        let rtt = w.hops(toronto, tg, 1.0).unwrap().last().unwrap().2;
+        for port in [80, 443] {
+            let ms = connect_ms(&topo.vantages[toronto], dst, port)
+                .unwrap_or_else(|e| panic!("connect {dst}:{port}: {e}"));
+            assert!(
+                (ms - rtt).abs() <= 0.1 * rtt + 0.5,
+                "connect {dst}:{port} took {ms:.3} ms, model RTT {rtt:.3} ms"
+            );
+            tally.tcp += 1;
+        }
+        let refused = connect_ms(&topo.vantages[toronto], dst, 22).unwrap_err();
+        assert!(refused.contains("ConnectionRefused"), "{dst}:22 {refused}");
+        tally.tcp += 1;
+    }
+
+    // After the edge: Toronto's path goes through China Telecom, Vancouver's does not.
+    let wait = Duration::from_secs_f64(DIVERSION_AT + 0.5).saturating_sub(began.elapsed());
+    std::thread::sleep(wait);
+    let tr = scamper(&topo.vantages[toronto], "icmp-paris", d4);
+    let t = check(&w, t0_s, toronto, kr4, d4, &tr, &mut tally);
+    assert!(t >= DIVERSION_AT, "{t}");
+    let after = w.path(toronto, kr4, t).unwrap().0;
+    assert_ne!(before, after, "the diversion must change the model's path");
+    let ct = w.s.routers[w.router("ct-yyz").unwrap()].addr.to_string();
+    assert!(
+        tr["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["addr"] == ct.as_str()),
+        "diverted path lacks the ingress PoP: {tr}"
+    );
+    let tr = scamper(&topo.vantages[toronto], "udp-paris", d6);
+    check(&w, t0_s, toronto, kr6, d6, &tr, &mut tally);
+    let tr = scamper(&topo.vantages[vancouver], "icmp-paris", d4);
+    check(&w, t0_s, vancouver, kr4, d4, &tr, &mut tally);
+
+    let s = &emu.stats;
+    eprintln!(
+        "{} hops and {} TCP handshakes agree with the model (worst RTT error {:.3} ms); emulator: {} packets in, {} answers, {} dropped",
+        tally.hops,
+        tally.tcp,
+        tally.worst_err_ms,
+        s.packets_in.load(std::sync::atomic::Ordering::Relaxed),
+        s.answers.load(std::sync::atomic::Ordering::Relaxed),
+        s.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(tally.hops >= 30 && tally.tcp == 6, "{tally:?}");
+    emu.stop();
+    drop(topo);
+}
