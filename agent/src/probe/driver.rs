@@ -181,7 +181,9 @@ async fn main_loop(
     loop {
         let now = Instant::now();
         engine.handle_timeout(now);
-        while let Some(t) = engine.poll_transmit(now, &mut buf) {
+        // A fresh instant per probe: the engine stamps the probe's send time with it, and
+        // on a busy machine the sends of one burst can be far apart.
+        while let Some(t) = engine.poll_transmit(Instant::now(), &mut buf) {
             let sock = if t.dst.is_ipv4() {
                 senders.v4.as_ref()
             } else {
