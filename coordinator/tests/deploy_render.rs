@@ -13,16 +13,8 @@ use tracemesh_proto::token::EnrolToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tracemesh");
 
-const ISSUE_INVENTORY: &str = r#"coordinator = "203.0.113.10:7443"
-[[agent]]
-name = "toronto-1"
-country = "CA"
-city = "Toronto"
-loc = [43.65, -79.38]
-asn = 812
-tags = ["canada"]
-provider = "generic"
-"#;
+/// The inventory the issue requires to be accepted as it stands.
+const ISSUE_INVENTORY: &str = include_str!("../../deploy/examples/inventory.toml");
 
 struct Coordinator {
     data: PathBuf,

@@ -50,6 +50,8 @@ pub enum SessionError {
     Connect { coordinator: String, reason: String },
     #[error("making a key pair or CSR: {0}")]
     Key(String),
+    #[error("agent state lock poisoned by an earlier panic")]
+    Poisoned,
 }
 
 #[derive(Debug, Clone)]
@@ -321,7 +323,7 @@ async fn session_once(
 }
 
 fn poisoned() -> SessionError {
-    SessionError::Key("internal lock poisoned by an earlier panic".into())
+    SessionError::Poisoned
 }
 
 fn handle_down(

@@ -202,16 +202,8 @@ fn check_host_port(s: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const ISSUE_EXAMPLE: &str = r#"coordinator = "203.0.113.10:7443"
-[[agent]]
-name = "toronto-1"
-country = "CA"
-city = "Toronto"
-loc = [43.65, -79.38]
-asn = 812
-tags = ["canada"]
-provider = "generic"
-"#;
+    /// The inventory the issue requires to be accepted as it stands.
+    const ISSUE_EXAMPLE: &str = include_str!("../../../deploy/examples/inventory.toml");
 
     fn err(text: &str) -> String {
         Inventory::parse(text, "inv.toml").unwrap_err().to_string()

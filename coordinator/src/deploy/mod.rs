@@ -254,16 +254,8 @@ fn indent(text: &str, n: usize) -> String {
 mod tests {
     use super::*;
 
-    const INV: &str = r#"coordinator = "203.0.113.10:7443"
-[[agent]]
-name = "toronto-1"
-country = "CA"
-city = "Toronto"
-loc = [43.65, -79.38]
-asn = 812
-tags = ["canada"]
-provider = "generic"
-"#;
+    /// The inventory the issue requires to be accepted as it stands.
+    const INV: &str = include_str!("../../../deploy/examples/inventory.toml");
 
     fn inv() -> Inventory {
         Inventory::parse(INV, "inv.toml").unwrap()

@@ -9,7 +9,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -23,8 +22,8 @@ use crate::wheel::Wheel;
 
 #[derive(Debug, Error)]
 pub enum NetError {
-    #[error("`{cmd}` failed: {stderr}")]
-    Command { cmd: String, stderr: String },
+    #[error(transparent)]
+    Shell(#[from] tracemesh_testnet::NetError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -39,27 +38,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
     move |source| NetError::Io { what, source }
 }
 
-/// Runs `ip ARGS`.
-pub fn ip(args: &[&str]) -> Result<(), NetError> {
-    run("ip", args)
-}
-
-fn run(prog: &str, args: &[&str]) -> Result<(), NetError> {
-    let cmd = format!("{prog} {}", args.join(" "));
-    let out = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io(format!("running {cmd}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Command {
-            cmd,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
-}
+pub use tracemesh_testnet::{in_netns, ip};
 
 /// The control network between the coordinator and the agents (RFC 2544 benchmarking
 /// space, which no real scenario routes).
@@ -179,23 +158,7 @@ impl Drop for Topology {
 }
 
 fn sysctl(ns: &str, kv: &str) -> Result<(), NetError> {
-    run("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", kv])
-}
-
-/// Deletes lab namespaces whose creating process is gone.
-pub fn sweep_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if let Some(rest) = name.strip_prefix("tml")
-            && let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok())
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
+    Ok(ip(&["netns", "exec", ns, "sysctl", "-q", "-w", kv])?)
 }
 
 impl Topology {
@@ -212,7 +175,7 @@ impl Topology {
                 });
             }
         }
-        sweep_stale();
+        tracemesh_testnet::sweep_stale_with("tml");
         let base = format!("tml{}", std::process::id());
         let mut topo = Topology {
             control: format!("{base}-ctl"),
@@ -429,13 +392,6 @@ pub fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// A command that runs inside namespace `ns`.
-pub fn in_netns(ns: &str, prog: &std::path::Path) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(prog);
-    c
 }
 
 /// Whether the address is inside the control network.

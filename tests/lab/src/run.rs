@@ -191,15 +191,6 @@ fn output(mut cmd: Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-fn help_mentions(bin: &Path, args: &[&str], needle: &str) -> bool {
-    Command::new(bin)
-        .args(args)
-        .arg("--help")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(needle))
-        .unwrap_or(false)
-}
-
 /// Runs a scenario end to end. Everything it starts is stopped and every namespace is
 /// deleted on return, whether it succeeds, fails or is interrupted.
 pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
@@ -225,22 +216,19 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         .args(["serve", "--data"])
         .arg(&data)
         .args(["--listen", &listen]);
-    // Annotation inputs, as a user would pass them, where this coordinator takes them.
-    if help_mentions(&coordinator_bin, &["serve"], "--pfx2as") {
-        serve.arg("--pfx2as").arg(&pfx);
-    }
-    if help_mentions(&coordinator_bin, &["serve"], "--asnames") {
-        serve.arg("--asnames").arg(&names);
-    }
+    // Annotation inputs and adversaries, as a user would pass them.
     let adversaries: Vec<String> = world
         .s
         .adversary_asns
         .iter()
         .flat_map(|a| ["--adversary".to_string(), a.to_string()])
         .collect();
-    if help_mentions(&coordinator_bin, &["serve"], "--adversary") {
-        serve.args(&adversaries);
-    }
+    serve
+        .arg("--pfx2as")
+        .arg(&pfx)
+        .arg("--asnames")
+        .arg(&names)
+        .args(&adversaries);
     let _coordinator = spawn_logged(serve, &out.join("logs/coordinator.log"))?;
     let cli = |args: &[&str]| {
         let mut c = in_netns(&topo.control, &coordinator_bin);
@@ -405,18 +393,14 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     }
     let stored = lines.lines().count();
     std::fs::write(out.join("traces.jsonl"), &lines)?;
-    let diversions = if help_mentions(&coordinator_bin, &["diversions"], "--json") {
-        let mut c = cli(&["diversions", "--json"]);
-        c.arg("--pfx2as")
-            .arg(&pfx)
-            .arg("--asnames")
-            .arg(&names)
-            .args(&adversaries);
-        output(c)?
-    } else {
-        tracing::warn!("this coordinator has no `diversions` command; writing an empty report");
-        "{\"diversions\": []}\n".to_string()
-    };
+    let mut report = cli(&["diversions", "--json"]);
+    report
+        .arg("--pfx2as")
+        .arg(&pfx)
+        .arg("--asnames")
+        .arg(&names)
+        .args(&adversaries);
+    let diversions = output(report)?;
     std::fs::write(out.join("diversions.json"), diversions)?;
 
     let s = &emu.stats;

@@ -75,12 +75,17 @@ const PREFIX: &str = "tmnet";
 
 /// Deletes namespaces left behind by test processes that no longer exist.
 pub fn sweep_stale() {
+    sweep_stale_with(PREFIX);
+}
+
+/// Deletes namespaces named `{prefix}{pid}-...` whose process `pid` no longer exists.
+pub fn sweep_stale_with(prefix: &str) {
     let Ok(out) = run("ip", &["netns", "list"]) else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
         let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
@@ -302,9 +307,9 @@ impl Chain {
 }
 
 /// A command that runs `prog` inside namespace `ns`.
-pub fn in_netns(ns: &str, prog: &str) -> Command {
+pub fn in_netns(ns: &str, prog: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, prog]);
+    c.args(["netns", "exec", ns]).arg(prog);
     c
 }
 
