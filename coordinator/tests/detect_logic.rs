@@ -460,3 +460,75 @@ fn many_pairs_and_rounds_stay_fast_and_exact() {
     assert_eq!(rep.incidents.len(), 1);
     assert_eq!(rep.incidents[0].records, 100);
 }
+
+#[test]
+fn human_view_draws_both_paths_with_handoff_ingress_and_evidence() {
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
+    ts.extend((0..3).map(|r| normal(r, "toronto")));
+    ts.extend((3..6).map(|r| diverted(r, "toronto", false)));
+    let rep = run(&ts);
+    let d = &rep.diversions[0];
+    // The evidence carries both paths, aligned by TTL, the destination left out.
+    let normal_addrs: Vec<String> = d
+        .evidence
+        .normal_path
+        .iter()
+        .map(|h| h.addr.unwrap().to_string())
+        .collect();
+    assert_eq!(
+        normal_addrs,
+        [
+            "24.114.255.1",
+            "24.114.255.2",
+            "62.115.10.1",
+            "211.192.255.1"
+        ]
+    );
+    assert_eq!(d.evidence.normal_path[2].asn, Some(1299));
+    assert_eq!(d.evidence.normal_path[1].rtt_ms, Some(5.7));
+    assert_eq!(d.evidence.diverted_path.len(), 6);
+    assert!(d.evidence.diverted_path[2].adversary);
+    assert!(!d.evidence.diverted_path[1].adversary);
+
+    let text = tracemesh::detect::render_text(&rep, &annotator(), ts.len());
+    assert_eq!(rep.incidents.len(), 1, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .copied()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+    };
+    assert!(find("Incident 1:").contains("AS4134 CHINANET (CN)"));
+    assert!(find("Incident 1:").contains("202.97.10.1"));
+    assert!(find("2 vantage(s)").contains("ottawa") && find("2 vantage(s)").contains("toronto"));
+    // The hand-off row: same router on both sides, marked.
+    let row2 = find("hand-off: leaves the normal path");
+    assert!(row2.trim_start().starts_with("2 "), "{row2}");
+    assert_eq!(row2.matches("24.114.255.2").count(), 2, "{row2}");
+    // The ingress row: Telia on the normal side, China Telecom flagged on the other.
+    let row3 = find("ingress: first hop");
+    assert!(
+        row3.contains("62.115.10.1") && row3.contains("!202.97.10.1"),
+        "{row3}"
+    );
+    assert!(find("dst ").contains("150.40 ms") && find("dst ").contains("200.40 ms"));
+    assert!(find("AS path:").contains("AS812 AS4134 AS4766 (normal: AS812 AS1299 AS4766)"));
+    assert!(find("detour:").contains("+50.0 ms"));
+    assert!(find("light speed:").contains("a point of presence abroad"));
+    // One drawing per vantage in the incident.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.trim_start().starts_with("TTL"))
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(lines.iter().all(|l| !l.ends_with(' ')), "{text}");
+
+    let quiet = tracemesh::detect::render_text(&run(&[normal(0, "ottawa")]), &annotator(), 1);
+    assert_eq!(quiet, "no diversions in 1 traces\n");
+}

@@ -1007,6 +1007,53 @@ async fn diversions_are_found_in_stored_traces() {
     assert_eq!(d["ingress"]["addr"], "202.97.10.1");
     assert_eq!(d["handoff"]["addr"], "24.114.255.2");
 
+    // The human view draws both paths and names the AS from the names file.
+    let names = dir.path().join("asnames.json");
+    std::fs::write(
+        &names,
+        r#"{"812": "ROGERS, CA", "1299": "TELIANET, SE", "4766": "KT, KR", "4134": "CHINANET-BACKBONE, CN"}"#,
+    )
+    .unwrap();
+    let view = coord.ok(&[
+        "diversions",
+        "--campaign",
+        "div",
+        "--adversary",
+        "4134",
+        "--pfx2as",
+        pfx2as.to_str().unwrap(),
+        "--asnames",
+        names.to_str().unwrap(),
+    ]);
+    assert!(
+        view.contains("Incident 1: AS4134 CHINANET-BACKBONE (CN) takes traffic in at 202.97.10.1"),
+        "{view}"
+    );
+    let handoff_row = view.lines().find(|l| l.contains("<- hand-off")).unwrap();
+    assert_eq!(handoff_row.matches("24.114.255.2").count(), 2, "{view}");
+    assert!(
+        view.contains("detour: the destination answers in 200.4 ms instead of 150.4 ms"),
+        "{view}"
+    );
+
+    // Stored hops come back annotated when tables are given.
+    let traces = coord.ok(&[
+        "traces",
+        "--campaign",
+        "div",
+        "--json",
+        "--pfx2as",
+        pfx2as.to_str().unwrap(),
+        "--asnames",
+        names.to_str().unwrap(),
+    ]);
+    let last = json_lines(&traces).pop().unwrap();
+    let ingress = &last["hops"][2];
+    assert_eq!(ingress["addr"], "202.97.10.1");
+    assert_eq!(ingress["asn"], 4134);
+    assert_eq!(ingress["as_name"], "CHINANET-BACKBONE");
+    assert_eq!(ingress["as_country"], "CN");
+
     // A campaign without diversions, and a missing table, are reported as such.
     let none = coord.ok(&[
         "diversions",
@@ -1038,6 +1085,74 @@ async fn diversions_are_found_in_stored_traces() {
             .count(),
         1
     );
+}
+
+/// `serve` re-reads its tables on SIGHUP: a diversion invisible with a table that does
+/// not know the adversary's prefix is announced once the fixed table is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotation_reload_on_sighup_reruns_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pfx2as = dir.path().join("pfx2as.txt");
+    let without_adversary: String = DIV_PFX2AS
+        .lines()
+        .filter(|l| !l.contains("4134"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&pfx2as, &without_adversary).unwrap();
+    let coord = Coordinator::start_with(
+        dir.path(),
+        &["--adversary", "4134", "--pfx2as", pfx2as.to_str().unwrap()],
+    );
+    let id = enrol(&coord.token(
+        "ottawa",
+        &["--country", "CA", "--loc", "45.42,-75.70", "--asn", "812"],
+    ))
+    .await
+    .unwrap();
+    let mut sub = coord
+        .admin()
+        .await
+        .subscribe_diversions(v1::SubscribeDiversionsRequest { vantage: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut s = Session::open(&id, &[]).await;
+    let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
+    s.send(Up::TraceBatch(v1::TraceBatch {
+        results: diversion_scenario(t0),
+    }))
+    .await;
+    assert!(matches!(s.next().await, Down::Ack(_)));
+    // The live detector batches arrivals for 0.5 s; give it several times that.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), sub.message()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing to announce without the adversary's prefix: {quiet:?}"
+    );
+
+    std::fs::write(&pfx2as, DIV_PFX2AS).unwrap();
+    let hup = || {
+        let st = Command::new("kill")
+            .args(["-HUP", &coord.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    hup();
+    let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
+        .await
+        .expect("diversion announced after the reload")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.vantage, "ottawa");
+    assert_eq!(d.ingress.unwrap().addr, "202.97.10.1");
+    assert_eq!(d.handoff.unwrap().addr, "24.114.255.2");
+
+    // A reload that fails keeps the server and the tables in use.
+    std::fs::remove_file(&pfx2as).unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    coord.ok(&["agents", "--json"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ pub mod pfx2as;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
@@ -41,8 +42,15 @@ pub struct Annotation<'a> {
     pub ixp: Option<&'a str>,
 }
 
+/// Source of [`Annotator::generation`] values: process-wide, so two annotators never
+/// share one after either has been changed.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Debug, Default)]
 pub struct Annotator {
+    /// Changes whenever the index does, so a consumer caching per-address answers (the
+    /// detector) knows when its cache went stale, e.g. after a reload.
+    generation: u64,
     v4: PrefixMap<Ipv4Net, Origin>,
     v6: PrefixMap<Ipv6Net, Origin>,
     names: HashMap<u32, AsInfo>,
@@ -56,9 +64,19 @@ impl Annotator {
         Self::default()
     }
 
+    /// Identifies the current contents: any change gives a value never seen before.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn changed(&mut self) {
+        self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Adds or replaces the origin of a prefix (later sources win, so a fresher table
     /// can be layered over an older one).
     pub fn insert_prefix(&mut self, prefix: IpNet, origin: Origin) {
+        self.changed();
         match prefix.trunc() {
             IpNet::V4(p) => {
                 self.v4.insert(p, origin);
@@ -76,14 +94,17 @@ impl Annotator {
     }
 
     pub fn set_as_info(&mut self, asn: u32, info: AsInfo) {
+        self.changed();
         self.names.insert(asn, info);
     }
 
     pub fn extend_as_info(&mut self, infos: impl IntoIterator<Item = (u32, AsInfo)>) {
+        self.changed();
         self.names.extend(infos);
     }
 
     pub fn add_ixp_lan(&mut self, lan: &IxpLan) {
+        self.changed();
         let idx = match self.ixp_names.iter().position(|n| *n == lan.ix_name) {
             Some(i) => i,
             None => {
@@ -112,6 +133,7 @@ impl Annotator {
     pub fn load_asnames(&mut self, path: &Path) -> Result<usize, AnnotateError> {
         let names = load_asnames(path)?;
         let n = names.len();
+        self.changed();
         self.names.extend(names);
         Ok(n)
     }

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tracemesh::annotate::Annotator;
-use tracemesh::detect::{Adversary, Detector, DiversionRecord};
-use tracemesh::geo::Gazetteer;
+use tracemesh::detect::{Adversary, Detector, DiversionRecord, Trace};
 use tracemesh::server::Coordinator;
-use tracemesh::store::{StoreError, TraceQuery};
+use tracemesh::store::StoreError;
 use tracemesh_proto::v1;
 
-use super::diversions::{to_detector_trace, to_vantage_meta};
+use super::annot::{AnnotationArgs, Loaded};
+use super::diversions::to_vantage_meta;
 
 /// Reports are recomputed over the whole history; batching arrivals bounds that cost.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
@@ -68,61 +68,106 @@ fn changed(
     out
 }
 
-pub fn spawn(c: Arc<Coordinator>, adversary: Adversary, annot: Annotator) {
+pub fn spawn(c: Arc<Coordinator>, adversary: Adversary, loaded: Loaded, sources: AnnotationArgs) {
     tokio::spawn(async move {
-        if let Err(e) = run(c, adversary, annot).await {
+        if let Err(e) = run(c, adversary, loaded, sources).await {
             tracing::error!(error = %tracemesh::server::client::error_chain(&e), "live detection stopped");
         }
     });
 }
 
+fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Invalid {
+        what: "detector replay",
+        detail: e.to_string(),
+    }
+}
+
+/// A detector that has seen every stored trace.
+async fn replay(
+    c: &Arc<Coordinator>,
+    adversary: Adversary,
+    annot: Arc<Annotator>,
+) -> Result<Detector, StoreError> {
+    let store = c.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut det = Detector::new(adversary);
+        for a in store.list_agents()? {
+            det.set_vantage(to_vantage_meta(&a.meta));
+        }
+        let mut n = 0usize;
+        store.for_each_trace_any_order(&mut |t| {
+            if let Some(t) = Trace::from_record(&t) {
+                det.ingest(&t, &annot);
+                n += 1;
+            }
+            true
+        })?;
+        tracing::info!(
+            traces = n,
+            secs = started.elapsed().as_secs_f64(),
+            "detector replayed the stored traces"
+        );
+        Ok::<_, StoreError>(det)
+    })
+    .await
+    .map_err(blocking_failed)?
+}
+
+/// Resolves on SIGHUP (never elsewhere).
+async fn reload_requested(hup: &mut Option<tokio::signal::unix::Signal>) {
+    match hup {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn run(
     c: Arc<Coordinator>,
     adversary: Adversary,
-    annot: Annotator,
+    loaded: Loaded,
+    sources: AnnotationArgs,
 ) -> Result<(), StoreError> {
     // Subscribe before replaying so nothing falls between; a trace seen twice is the
     // same round of the same pair and changes nothing.
     let mut rx = c.subscribe_traces();
-    let annot = Arc::new(annot);
-    let gazetteer = Arc::new(Gazetteer::builtin());
-    let (mut det, mut published) = {
-        let store = c.store.clone();
-        let annot = annot.clone();
-        let gazetteer = gazetteer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut det = Detector::new(adversary);
-            for a in store.list_agents()? {
-                det.set_vantage(to_vantage_meta(&a.meta));
-            }
-            let mut n = 0usize;
-            store.for_each_trace(&TraceQuery::default(), &mut |t| {
-                if let Some(t) = to_detector_trace(&t) {
-                    det.ingest(&t, &annot);
-                    n += 1;
-                }
-                true
-            })?;
-            let mut published = HashMap::new();
-            let report = det.report(&annot, &gazetteer, now_s());
-            changed(&mut published, &report.diversions);
-            tracing::info!(
-                traces = n,
-                known_diversions = published.len(),
-                "live detection ready"
-            );
-            Ok::<_, StoreError>((det, published))
-        })
-        .await
-        .map_err(|e| StoreError::Invalid {
-            what: "detector replay",
-            detail: e.to_string(),
-        })??
-    };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "no SIGHUP handler: annotation cannot be reloaded"),
+        )
+        .ok();
+    let mut annot = Arc::new(loaded.annot);
+    let mut gazetteer = Arc::new(loaded.gazetteer);
+    let mut det = replay(&c, adversary.clone(), annot.clone()).await?;
+    let mut published = HashMap::new();
+    let report = det.report(&annot, &gazetteer, now_s());
+    changed(&mut published, &report.diversions);
+    tracing::info!(known_diversions = published.len(), "live detection ready");
     let mut known_vantages = std::collections::HashSet::new();
     loop {
         let first = tokio::select! {
             r = rx.recv() => r,
+            () = reload_requested(&mut hup) => {
+                let sources = sources.clone();
+                match tokio::task::spawn_blocking(move || sources.load()).await {
+                    Ok(Ok(fresh)) => {
+                        tracing::info!(prefixes = fresh.annot.prefix_count(), "annotation reloaded");
+                        annot = Arc::new(fresh.annot);
+                        gazetteer = Arc::new(fresh.gazetteer);
+                        det = replay(&c, adversary.clone(), annot.clone()).await?;
+                        let report = det.report(&annot, &gazetteer, now_s());
+                        for d in changed(&mut published, &report.diversions) {
+                            c.publish_diversion(d);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "annotation reload failed; keeping the tables in use"),
+                    Err(e) => tracing::error!(error = %e, "annotation reload failed"),
+                }
+                continue;
+            }
             _ = c.shutdown_signal() => return Ok(()),
         };
         let mut batch = Vec::new();
@@ -153,7 +198,7 @@ async fn run(
             {
                 det.set_vantage(to_vantage_meta(&a.meta));
             }
-            if let Some(t) = to_detector_trace(t) {
+            if let Some(t) = Trace::from_record(t) {
                 det.ingest(&t, &annot);
             }
         }

@@ -14,6 +14,7 @@ use tracemesh::server::{self, DataDir, ServeConfig};
 use tracemesh_proto::v1;
 use tracemesh_proto::v1::consumer_service_client::ConsumerServiceClient;
 
+pub mod annot;
 pub mod diversions;
 pub mod json;
 pub mod live;
@@ -116,12 +117,8 @@ pub struct DiversionsArgs {
     /// Treat every AS registered in this country as the adversary's too (repeatable).
     #[arg(long = "adversary-country", value_name = "CC")]
     pub adversary_countries: Vec<String>,
-    /// Prefix-to-AS table (CAIDA pfx2as or pyasn ipasn; plain, .gz or .bz2; repeatable).
-    #[arg(long = "pfx2as", value_name = "FILE", required = true)]
-    pub pfx2as: Vec<PathBuf>,
-    /// AS names and countries (asnames JSON or CAIDA as2org).
-    #[arg(long, value_name = "FILE")]
-    pub asnames: Option<PathBuf>,
+    #[command(flatten)]
+    pub annotation: annot::AnnotationArgs,
     /// Print `{"diversions": [...], "incidents": [...]}`.
     #[arg(long)]
     pub json: bool,
@@ -142,12 +139,10 @@ pub struct ServeArgs {
     /// Treat ASes registered in this country as the adversary's too (repeatable).
     #[arg(long = "adversary-country", value_name = "CC")]
     pub adversary_countries: Vec<String>,
-    /// Prefix-to-AS table for live detection (repeatable).
-    #[arg(long = "pfx2as", value_name = "FILE")]
-    pub pfx2as: Vec<PathBuf>,
-    /// AS names and countries for live detection.
-    #[arg(long, value_name = "FILE")]
-    pub asnames: Option<PathBuf>,
+    /// Annotation for live detection; re-read on SIGHUP (the detector then replays the
+    /// stored history with the fresh tables).
+    #[command(flatten)]
+    pub annotation: annot::AnnotationArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +252,9 @@ pub struct TracesArgs {
     /// JSON lines, one trace per line.
     #[arg(long)]
     pub json: bool,
+    /// With any of these, every hop also gets its AS, AS name, country and exchange.
+    #[command(flatten)]
+    pub annotation: annot::AnnotationArgs,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -280,9 +278,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Diversions(a) => {
             // Load tables first: a typo in a path should not wait on the network.
-            let annot = diversions::annotator(&a)?;
+            let loaded = diversions::annotation(&a)?;
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
-            diversions::run(&mut c, a, &annot).await
+            diversions::run(&mut c, a, &loaded).await
         }
         Command::Deploy(DeployCmd::Render(a)) => {
             deploy_render(&cli.data, cli.coordinator, cli.identity, a).await
@@ -367,20 +365,11 @@ async fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
     let live = if a.adversary.is_empty() && a.adversary_countries.is_empty() {
         None
     } else {
-        if a.pfx2as.is_empty() {
-            bail!("--adversary needs at least one --pfx2as table to tell which hops are whose");
+        if !a.annotation.has_origins() {
+            bail!("--adversary needs a --pfx2as table or --mrt dump to tell which hops are whose");
         }
-        let mut annot = tracemesh::annotate::Annotator::new();
-        for p in &a.pfx2as {
-            annot
-                .load_prefix_file(p)
-                .with_context(|| format!("loading prefix table {}", p.display()))?;
-        }
-        if let Some(p) = &a.asnames {
-            annot
-                .load_asnames(p)
-                .with_context(|| format!("loading AS names {}", p.display()))?;
-        }
+        // Loaded now so a bad path fails `serve` at once rather than in the background.
+        let loaded = a.annotation.load()?;
         let adversary = tracemesh::detect::Adversary::from_asns(a.adversary.iter().copied())
             .with_countries(
                 a.adversary_countries
@@ -388,7 +377,7 @@ async fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
                     .map(|c| c.to_ascii_uppercase())
                     .collect::<Vec<_>>(),
             );
-        Some((adversary, annot))
+        Some((adversary, loaded, a.annotation.clone()))
     };
     server::serve_with(
         ServeConfig {
@@ -398,8 +387,22 @@ async fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         },
         shutdown,
         move |c| {
-            if let Some((adversary, annot)) = live {
-                live::spawn(c, adversary, annot);
+            if let Some((adversary, loaded, sources)) = live {
+                live::spawn(c, adversary, loaded, sources);
+            } else {
+                // SIGHUP reloads tables; without live detection there are none, and the
+                // default action (exit) would surprise an operator.
+                tokio::spawn(async {
+                    if let Ok(mut hup) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    {
+                        while hup.recv().await.is_some() {
+                            tracing::info!(
+                                "SIGHUP: no annotation to reload (serve has no --adversary)"
+                            );
+                        }
+                    }
+                });
             }
         },
     )
@@ -611,6 +614,11 @@ async fn traces(c: &mut ConsumerServiceClient<Channel>, a: TracesArgs) -> anyhow
         t.parse::<std::net::IpAddr>()
             .map_err(|_| anyhow!("invalid --target {t:?}: expected an IP address"))?;
     }
+    let annot = if a.annotation.is_empty() {
+        None
+    } else {
+        Some(a.annotation.load()?.annot)
+    };
     let mut stream = c
         .query_traces(v1::QueryTracesRequest {
             campaign_id: a.campaign,
@@ -626,13 +634,28 @@ async fn traces(c: &mut ConsumerServiceClient<Channel>, a: TracesArgs) -> anyhow
     let mut out = std::io::stdout().lock();
     while let Some(t) = stream.message().await.map_err(|s| status("traces", s))? {
         if a.json {
-            serde_json::to_writer(&mut out, &json::trace(&t))?;
+            let mut v = json::trace(&t);
+            if let (Some(annot), Some(hops)) = (&annot, v["hops"].as_array_mut()) {
+                for h in hops {
+                    annot::annotate_hop(annot, h);
+                }
+            }
+            serde_json::to_writer(&mut out, &v)?;
             writeln!(out)?;
         } else {
             let path: Vec<String> = t
                 .hops
                 .iter()
-                .map(|h| h.addr.clone().unwrap_or_else(|| "*".into()))
+                .map(|h| {
+                    let addr = h.addr.clone().unwrap_or_else(|| "*".into());
+                    let asn = annot
+                        .as_ref()
+                        .and_then(|an| an.asn(h.addr.as_deref()?.parse().ok()?));
+                    match asn {
+                        Some(n) => format!("{addr}[AS{n}]"),
+                        None => addr,
+                    }
+                })
                 .collect();
             writeln!(
                 out,

@@ -10,12 +10,16 @@
 
 mod handoff;
 mod types;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 pub use types::*;
+pub use view::render_text;
 
 use crate::annotate::Annotator;
 use crate::geo::{
@@ -62,6 +66,14 @@ struct DivertedObs {
     dst_rtt: Option<f64>,
 }
 
+/// What the annotator says about an address, as the detector needs it per hop: asked
+/// once per address rather than once per hop (three longest-prefix matches each).
+#[derive(Debug, Clone, Copy)]
+struct AddrFacts {
+    asn: Option<u32>,
+    adversary: Option<u32>,
+}
+
 #[derive(Debug, Default)]
 struct PairState {
     clean: BTreeMap<u64, CleanObs>,
@@ -76,14 +88,18 @@ pub struct Detector {
     adversary: Adversary,
     vantages: Vec<VantageInfo>,
     vantage_ids: HashMap<String, u32>,
-    pairs: BTreeMap<(String, IpAddr), PairState>,
+    /// Keyed by vantage id, so one vantage's pairs are a contiguous range.
+    pairs: BTreeMap<(u32, IpAddr), PairState>,
     /// Minimum RTT per (hop address, vantage): congestion only ever adds delay, so the
     /// minimum is the tightest distance bound.
-    rtts: HashMap<IpAddr, HashMap<u32, f64>>,
+    rtts: FxHashMap<IpAddr, FxHashMap<u32, f64>>,
     /// For each address, the hops seen answering shortly before it (at most
     /// `MAX_LINK_GAP` TTLs), with the smallest RTT step between them: a stretch of path
     /// whose length the step bounds.
-    preds: HashMap<IpAddr, HashMap<IpAddr, f64>>,
+    preds: FxHashMap<IpAddr, FxHashMap<IpAddr, f64>>,
+    /// Per-address annotation, valid for annotator generation `facts_generation`.
+    facts: FxHashMap<IpAddr, AddrFacts>,
+    facts_generation: u64,
 }
 
 fn dedup_asns(it: impl Iterator<Item = Option<u32>>) -> Vec<u32> {
@@ -103,8 +119,10 @@ impl Detector {
             vantages: Vec::new(),
             vantage_ids: HashMap::new(),
             pairs: BTreeMap::new(),
-            rtts: HashMap::new(),
-            preds: HashMap::new(),
+            rtts: FxHashMap::default(),
+            preds: FxHashMap::default(),
+            facts: FxHashMap::default(),
+            facts_generation: 0,
         }
     }
 
@@ -159,6 +177,18 @@ impl Detector {
             .copied()
     }
 
+    fn facts(&mut self, annot: &Annotator, addr: IpAddr) -> AddrFacts {
+        if let Some(f) = self.facts.get(&addr) {
+            return *f;
+        }
+        let f = AddrFacts {
+            asn: annot.asn(addr),
+            adversary: self.adversary_of(annot, addr),
+        };
+        self.facts.insert(addr, f);
+        f
+    }
+
     fn vantage_belongs(&self, annot: &Annotator, v: &VantageInfo) -> bool {
         v.asn.is_some_and(|a| {
             self.adversary.asns.contains(&a) || self.adversary.has_country(annot.as_country(a))
@@ -168,21 +198,25 @@ impl Detector {
     /// Ingests one traceroute. Traces may arrive in any order; a repeated (vantage,
     /// destination, round) replaces the earlier one.
     pub fn ingest(&mut self, trace: &Trace, annot: &Annotator) {
+        if self.facts_generation != annot.generation() {
+            self.facts.clear();
+            self.facts_generation = annot.generation();
+        }
         let vid = self.vantage_id(&trace.vantage);
-        let vinfo = self.vantages[vid as usize].clone();
-        let mut hops: Vec<Hop> = trace
-            .hops
-            .iter()
-            .filter(|h| h.addr != Some(trace.dst))
-            .map(|h| Hop {
+        let mut hops: Vec<Hop> = Vec::with_capacity(trace.hops.len());
+        for h in trace.hops.iter().filter(|h| h.addr != Some(trace.dst)) {
+            let facts = h.addr.map(|a| self.facts(annot, a));
+            hops.push(Hop {
                 ttl: h.ttl,
                 addr: h.addr,
                 rtt: h.rtt_ms.filter(|r| r.is_finite() && *r >= 0.0),
-                asn: h.addr.and_then(|a| annot.asn(a)),
-                adversary: h.addr.and_then(|a| self.adversary_of(annot, a)),
-            })
-            .collect();
-        hops.sort_by_key(|h| h.ttl);
+                asn: facts.and_then(|f| f.asn),
+                adversary: facts.and_then(|f| f.adversary),
+            });
+        }
+        if !hops.is_sorted_by_key(|h| h.ttl) {
+            hops.sort_by_key(|h| h.ttl);
+        }
         hops.dedup_by_key(|h| h.ttl);
         let dst_rtt = trace
             .hops
@@ -218,7 +252,7 @@ impl Detector {
             last = Some((h.ttl, b, rb));
         }
 
-        let dst_belongs = self.adversary_of(annot, trace.dst).is_some();
+        let dst_belongs = self.facts(annot, trace.dst).adversary.is_some();
         let ingress = hops.iter().position(|h| h.adversary.is_some());
         // Traffic to or from the adversary's own country legitimately rides its national
         // carriers (a Korean user reaching a Chinese university crosses China Telecom by
@@ -227,16 +261,17 @@ impl Detector {
         let home = ingress
             .and_then(|i| hops[i].adversary)
             .and_then(|a| annot.as_country(a));
-        let dst_country = annot.annotate(trace.dst).country;
+        let dst_country = self
+            .facts(annot, trace.dst)
+            .asn
+            .and_then(|a| annot.as_country(a));
         let same_country = |cc: Option<&str>| matches!((cc, home), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+        let vinfo = &self.vantages[vid as usize];
         let domestic = same_country(dst_country) || same_country(vinfo.country.as_deref());
         let diverted =
-            ingress.is_some() && !dst_belongs && !domestic && !self.vantage_belongs(annot, &vinfo);
+            ingress.is_some() && !dst_belongs && !domestic && !self.vantage_belongs(annot, vinfo);
 
-        let pair = self
-            .pairs
-            .entry((trace.vantage.clone(), trace.dst))
-            .or_default();
+        let pair = self.pairs.entry((vid, trace.dst)).or_default();
         pair.starts.insert(trace.round, trace.start);
         pair.clean.remove(&trace.round);
         pair.diverted.remove(&trace.round);
@@ -406,13 +441,11 @@ impl Detector {
 
     /// Clean paths of one vantage toward other destinations, for naming a silent hop
     /// that sits on a shared stretch of path.
-    fn vantage_clean_paths<'a>(
-        &'a self,
-        vantage: &'a str,
-    ) -> impl Iterator<Item = &'a CleanPath> + 'a {
+    fn vantage_clean_paths(&self, vid: u32) -> impl Iterator<Item = &CleanPath> + '_ {
+        let lo = (vid, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let hi = (vid, IpAddr::V6(Ipv6Addr::from(u128::MAX)));
         self.pairs
-            .iter()
-            .filter(move |((v, _), _)| v == vantage)
+            .range(lo..=hi)
             .flat_map(|(_, p)| p.clean.values().map(|o| &o.path))
     }
 
@@ -439,7 +472,7 @@ impl Detector {
 
         let mut records = Vec::new();
         let mut cache = LocateCache::new();
-        for ((vantage, dst), pair) in &self.pairs {
+        for (&(vid, dst), pair) in &self.pairs {
             let latest_round = pair
                 .starts
                 .iter()
@@ -471,8 +504,8 @@ impl Detector {
             }
             for rounds in episodes {
                 if let Some(rec) = self.episode_record(
-                    vantage,
-                    *dst,
+                    vid,
+                    dst,
                     pair,
                     &rounds,
                     latest_round,
@@ -495,7 +528,7 @@ impl Detector {
     #[allow(clippy::too_many_arguments)]
     fn episode_record(
         &self,
-        vantage: &str,
+        vid: u32,
         dst: IpAddr,
         pair: &PairState,
         rounds: &[u64],
@@ -519,7 +552,7 @@ impl Detector {
                 &o.hops,
                 o.ingress,
                 normal.as_ref().map(|(p, _)| p.as_slice()),
-                || self.vantage_clean_paths(vantage),
+                || self.vantage_clean_paths(vid),
                 |a| self.adversary_of(annot, a).is_some(),
             );
             let better = match &best {
@@ -594,10 +627,7 @@ impl Detector {
             .map(|(e, loc, _)| Estimate { loc: *loc, ..*e });
         let city = located.and_then(|(_, _, c)| c);
 
-        let vinfo = self
-            .vantage_ids
-            .get(vantage)
-            .and_then(|id| self.vantages.get(*id as usize));
+        let vinfo = self.vantages.get(vid as usize);
         let rtt_ingress = rep
             .hops
             .iter()
@@ -634,10 +664,37 @@ impl Detector {
             max_rtt_jump_ms: max_rtt_jump_ms.map(round_ms),
             ingress_abroad,
             adversary_hops: rep.hops.iter().filter(|h| h.adversary.is_some()).count(),
+            normal_path: normal
+                .as_ref()
+                .map(|(p, _)| {
+                    p.iter()
+                        .map(|&(ttl, addr)| PathHop {
+                            ttl,
+                            addr,
+                            asn: addr.and_then(|a| annot.asn(a)),
+                            rtt_ms: addr
+                                .and_then(|a| self.rtts.get(&a)?.get(&vid).copied())
+                                .map(round_ms),
+                            adversary: addr.is_some_and(|a| self.adversary_of(annot, a).is_some()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            diverted_path: rep
+                .hops
+                .iter()
+                .map(|h| PathHop {
+                    ttl: h.ttl,
+                    addr: h.addr,
+                    asn: h.asn,
+                    rtt_ms: h.rtt.map(round_ms),
+                    adversary: h.adversary.is_some(),
+                })
+                .collect(),
         };
         let last = obs.last()?;
         Some(DiversionRecord {
-            vantage: vantage.to_owned(),
+            vantage: vinfo.map(|v| v.name.clone())?,
             target: dst,
             adversary_asn,
             adversary_name: annot.as_info(adversary_asn).map(|i| i.name.clone()),
@@ -689,6 +746,8 @@ fn group_incidents(records: &mut [DiversionRecord]) -> Vec<Incident> {
         (x.adversary_asn, x.ingress.addr)
             .cmp(&(y.adversary_asn, y.ingress.addr))
             .then(x.first_seen.total_cmp(&y.first_seen))
+            .then_with(|| x.vantage.cmp(&y.vantage))
+            .then(x.target.cmp(&y.target))
     });
     let mut incidents: Vec<Incident> = Vec::new();
     for i in order {

@@ -30,6 +30,32 @@ pub struct Trace {
     pub hops: Vec<TraceHop>,
 }
 
+impl Trace {
+    /// A stored record as the detector takes it; `None` for records it cannot use (a
+    /// destination that is not an address, a TTL beyond 255). An unparseable hop address
+    /// counts as a silent hop.
+    pub fn from_record(t: &tracemesh_proto::v1::TraceRecord) -> Option<Trace> {
+        let hops = t
+            .hops
+            .iter()
+            .map(|h| {
+                Some(TraceHop {
+                    ttl: u8::try_from(h.ttl).ok()?,
+                    addr: h.addr.as_deref().and_then(|a| a.parse::<IpAddr>().ok()),
+                    rtt_ms: h.rtt_ms,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Trace {
+            round: u64::from(t.round),
+            vantage: t.vantage.clone(),
+            dst: t.dst.parse().ok()?,
+            start: t.start,
+            hops,
+        })
+    }
+}
+
 /// What an agent declared at enrolment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VantageInfo {
@@ -125,6 +151,23 @@ pub struct Evidence {
     /// from this vantage: it is a point of presence abroad.
     pub ingress_abroad: Option<bool>,
     pub adversary_hops: usize,
+    /// The learned normal path this episode departed from (RTTs: this vantage's best
+    /// to each hop), and the diverted path of the round that names the ingress. The
+    /// destination itself is not listed; see `rtt_dst_ms` / `normal_rtt_dst_ms`.
+    pub normal_path: Vec<PathHop>,
+    pub diverted_path: Vec<PathHop>,
+}
+
+/// One hop of a path shown as evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PathHop {
+    pub ttl: u8,
+    pub addr: Option<IpAddr>,
+    pub asn: Option<u32>,
+    pub rtt_ms: Option<f64>,
+    /// In an adversary's network.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adversary: bool,
 }
 
 /// One record of `{"diversions": [...]}`.

@@ -157,6 +157,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         q: &TraceQuery,
         f: &mut dyn FnMut(v1::TraceRecord) -> bool,
     ) -> Result<(), StoreError>;
+    /// Calls `f` with every stored trace in whatever order is cheapest for the store,
+    /// until it returns false: for consumers that take any order (the detector's replay)
+    /// and would otherwise pay for a time index they do not need.
+    fn for_each_trace_any_order(
+        &self,
+        f: &mut dyn FnMut(v1::TraceRecord) -> bool,
+    ) -> Result<(), StoreError> {
+        self.for_each_trace(&TraceQuery::default(), f)
+    }
     fn query_traces(&self, q: &TraceQuery) -> Result<Vec<v1::TraceRecord>, StoreError> {
         let mut out = Vec::new();
         self.for_each_trace(q, &mut |t| {

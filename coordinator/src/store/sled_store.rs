@@ -342,6 +342,20 @@ impl Store for SledStore {
         self.scan_index(&self.by_time, None, q, &mut visit)
     }
 
+    fn for_each_trace_any_order(
+        &self,
+        f: &mut dyn FnMut(v1::TraceRecord) -> bool,
+    ) -> Result<(), StoreError> {
+        // The primary tree in key order: one sequential pass, no index lookups.
+        for entry in self.traces.iter() {
+            let (k, v) = entry?;
+            if !f(Self::decode_trace(&k, &v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn count_traces(&self, campaign_id: &str) -> Result<u64, StoreError> {
         let mut n = 0;
         for entry in self.traces.scan_prefix(keys::str_prefix(campaign_id)) {
