@@ -111,11 +111,11 @@ pub struct DiversionsArgs {
     /// Only this campaign's traces (default: all stored traces).
     #[arg(long)]
     pub campaign: Option<String>,
-    /// Adversary AS number (repeatable).
-    #[arg(long = "adversary", value_parser = parse::asn, value_name = "ASN")]
+    /// Adversary AS numbers (repeatable or comma-separated: 4134,4809).
+    #[arg(long = "adversary", value_parser = parse::asn, value_name = "ASN", value_delimiter = ',')]
     pub adversary: Vec<u32>,
     /// Treat every AS registered in this country as the adversary's too (repeatable).
-    #[arg(long = "adversary-country", value_name = "CC")]
+    #[arg(long = "adversary-country", value_name = "CC", value_delimiter = ',')]
     pub adversary_countries: Vec<String>,
     #[command(flatten)]
     pub annotation: annot::AnnotationArgs,
@@ -134,10 +134,10 @@ pub struct ServeArgs {
     pub advertise: Option<String>,
     /// Run the detector live against this adversary AS (repeatable); diversions stream to
     /// SubscribeDiversions. Needs --pfx2as.
-    #[arg(long = "adversary", value_parser = parse::asn, value_name = "ASN")]
+    #[arg(long = "adversary", value_parser = parse::asn, value_name = "ASN", value_delimiter = ',')]
     pub adversary: Vec<u32>,
     /// Treat ASes registered in this country as the adversary's too (repeatable).
-    #[arg(long = "adversary-country", value_name = "CC")]
+    #[arg(long = "adversary-country", value_name = "CC", value_delimiter = ',')]
     pub adversary_countries: Vec<String>,
     /// Annotation for live detection; re-read on SIGHUP (the detector then replays the
     /// stored history with the fresh tables).
@@ -669,4 +669,51 @@ async fn traces(c: &mut ConsumerServiceClient<Channel>, a: TracesArgs) -> anyhow
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adversaries_take_lists_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "tracemesh",
+            "diversions",
+            "--adversary",
+            "4134,AS4809",
+            "--adversary",
+            "9808",
+            "--adversary-country",
+            "CN,ru",
+            "--pfx2as",
+            "t.txt",
+        ])
+        .unwrap();
+        let Command::Diversions(a) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.adversary, vec![4134, 4809, 9808]);
+        assert_eq!(a.adversary_countries, vec!["CN", "ru"]);
+        assert_eq!(a.annotation.pfx2as, vec![PathBuf::from("t.txt")]);
+        let cli = Cli::try_parse_from([
+            "tracemesh",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--adversary",
+            "4134,4809",
+            "--mrt",
+            "rib.bz2",
+            "--peeringdb",
+            "pdb",
+        ])
+        .unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.adversary, vec![4134, 4809]);
+        assert_eq!(a.annotation.mrt, vec![PathBuf::from("rib.bz2")]);
+        assert_eq!(a.annotation.peeringdb, Some(PathBuf::from("pdb")));
+    }
 }
