@@ -49,6 +49,9 @@ enum Cmd {
         /// Probe rate cap of each agent (packets per second).
         #[arg(long, default_value_t = 2000)]
         rate: u32,
+        /// Emulator threads (default: one per core).
+        #[arg(long)]
+        emu_threads: Option<usize>,
     },
 }
 
@@ -146,16 +149,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             let _ =
                 run::sleep_interruptible(Duration::from_secs_f64(duration.clamp(0.0, 86_400.0)));
-            let s = &emu.stats;
-            let load =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            let answers = load(&s.answers);
             eprintln!(
-                "emulator: {} packets in, {answers} answers, {} dropped; send lateness mean {:.1} µs, max {:.1} µs",
-                load(&s.packets_in),
-                load(&s.dropped),
-                load(&s.late_ns_sum) as f64 / 1e3 / answers.max(1) as f64,
-                load(&s.late_ns_max) as f64 / 1e3
+                "emulator: {}",
+                emu.stats.report(duration.clamp(0.0, 86_400.0))
             );
             emu.stop();
             drop(topo);
@@ -165,11 +161,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             scenario,
             out,
             rate,
+            emu_threads,
         } => {
             let lab = run::run(&RunOptions {
                 scenario,
                 out: out.clone(),
                 rate,
+                emu_threads,
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::net::{COORDINATOR_ADDR, Emulator, Topology, in_netns, unix_ns};
+use crate::net::{COORDINATOR_ADDR, Emulator, Topology, default_threads, in_netns, unix_ns};
 use crate::scenario::World;
 
 /// Set by SIGINT/SIGTERM: the run stops and tears down.
@@ -117,6 +117,8 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Agent probe rate cap (pps).
     pub rate: u32,
+    /// Emulator threads (default: one per core).
+    pub emu_threads: Option<usize>,
 }
 
 /// CPU seconds (user + system) this process has used, from /proc/self/stat.
@@ -208,7 +210,8 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
 
     tracing::info!(scenario = %world.s.name, vantages = world.s.vantages.len(), "building the lab");
     let topo = Topology::build(&world)?;
-    let emu = Emulator::spawn(world.clone(), &topo)?;
+    let emu_threads = opts.emu_threads.unwrap_or_else(default_threads);
+    let emu = Emulator::spawn_with(world.clone(), &topo, emu_threads)?;
 
     let listen = format!("{COORDINATOR_ADDR}:7443");
     let mut serve = in_netns(&topo.control, &coordinator_bin);
@@ -403,27 +406,21 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let diversions = output(report)?;
     std::fs::write(out.join("diversions.json"), diversions)?;
 
-    let s = &emu.stats;
-    let answers = s.answers.load(Ordering::Relaxed);
+    let mut emulator = emu.stats.report(campaign_s);
+    // This process is the emulator (the coordinator and agents run apart).
+    emulator["threads"] = emu_threads.into();
+    emulator["cpu_s"] = emulator_cpu_s.into();
+    emulator["cpu_share_of_one_core"] = (emulator_cpu_s / campaign_s).into();
     let lab = serde_json::json!({
         "t0": t0,
         "scenario": world.s.name,
         "campaigns": campaigns,
         "rounds": rounds,
         "round_s": round_s,
+        "agent_rate_pps": opts.rate,
         "traces_expected": expected,
         "traces_stored": stored,
-        "emulator": {
-            "packets_in": s.packets_in.load(Ordering::Relaxed),
-            "answers": answers,
-            "dropped": s.dropped.load(Ordering::Relaxed),
-            "mean_send_late_us": if answers > 0 { s.late_ns_sum.load(Ordering::Relaxed) as f64 / answers as f64 / 1e3 } else { 0.0 },
-            "max_send_late_us": s.late_ns_max.load(Ordering::Relaxed) as f64 / 1e3,
-            "answers_per_s": answers as f64 / campaign_s,
-            // This process is the emulator (the coordinator and agents run apart).
-            "cpu_s": emulator_cpu_s,
-            "cpu_share_of_one_core": emulator_cpu_s / campaign_s,
-        },
+        "emulator": emulator,
     });
     let mut f = std::fs::File::create(out.join("lab.json"))?;
     f.write_all(serde_json::to_string_pretty(&lab)?.as_bytes())?;
