@@ -46,9 +46,10 @@ enum Cmd {
         scenario: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Probe rate cap of each agent (packets per second).
-        #[arg(long, default_value_t = 2000)]
-        rate: u32,
+        /// Probe rate cap of each agent (packets per second); by default 25,000 shared
+        /// by the vantages, within 100..=2000 (2,000 up to 12 vantages, 500 for 50).
+        #[arg(long)]
+        rate: Option<u32>,
         /// Emulator threads (default: one per core).
         #[arg(long)]
         emu_threads: Option<usize>,
@@ -163,6 +164,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             rate,
             emu_threads,
         } => {
+            let rate = match rate {
+                Some(r) => r,
+                None => run::default_rate(World::load(&scenario)?.s.vantages.len()),
+            };
             let lab = run::run(&RunOptions {
                 scenario,
                 out: out.clone(),

@@ -111,6 +111,20 @@ fn need_bin(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Probes per second the agents of a lab may send together by default. Every agent
+/// starts its round at the same instant (that is the product); on 2 cores, 50 agents at
+/// 2,000 pps each queued behind one another in that burst, and a probe stamped but not
+/// yet sent showed up as RTT error on 5% of first hops; at 500 pps each (25,000 in all)
+/// 0.9996 of hops were within tolerance. A real mesh runs 50-500 pps per agent.
+pub const LAB_RATE_PPS: u32 = 25_000;
+
+/// The default per-agent rate for a lab of `vantages`: [`LAB_RATE_PPS`] shared out,
+/// never above the agents' 2,000 of small labs nor below 100.
+pub fn default_rate(vantages: usize) -> u32 {
+    let n = u32::try_from(vantages.max(1)).unwrap_or(u32::MAX);
+    (LAB_RATE_PPS / n).clamp(100, 2000)
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub scenario: PathBuf,
@@ -435,6 +449,15 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_labs_keep_the_full_rate_and_big_ones_share_a_budget() {
+        assert_eq!(default_rate(2), 2000);
+        assert_eq!(default_rate(12), 2000);
+        assert_eq!(default_rate(50), 500);
+        assert_eq!(default_rate(1000), 100);
+        assert_eq!(default_rate(0), 2000);
+    }
 
     #[test]
     fn rfc3339_formats_utc() {
