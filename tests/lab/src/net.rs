@@ -264,6 +264,8 @@ pub struct EmuStats {
     /// Probes read and answers sent per 100 ms since the emulator started (peaks).
     pub packets_timeline: Timeline,
     pub answers_timeline: Timeline,
+    /// Kernel thread ids of the emulator threads, for their scheduler statistics.
+    tids: std::sync::Mutex<Vec<libc::pid_t>>,
 }
 
 /// Timeline bins: 100 ms, for an hour (later events count in the last bin).
@@ -279,11 +281,47 @@ impl Default for EmuStats {
             late: Histogram::default(),
             packets_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
             answers_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
+            tids: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
 
+/// CPU time and time spent runnable but waiting for a CPU, in ns, summed over the
+/// emulator threads (from /proc/self/task/TID/schedstat; zeros where unavailable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedTimes {
+    pub run_ns: u64,
+    pub wait_ns: u64,
+}
+
+/// Parses a schedstat line: "run_ns wait_ns timeslices".
+pub fn parse_schedstat(text: &str) -> Option<SchedTimes> {
+    let mut f = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some(SchedTimes {
+        run_ns: f.next()??,
+        wait_ns: f.next()??,
+    })
+}
+
 impl EmuStats {
+    /// Where the emulator threads' time went: a thread that waits for a CPU (other
+    /// real-time work, too few cores) sends late however fast it is.
+    pub fn sched_times(&self) -> SchedTimes {
+        let tids = self.tids.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut sum = SchedTimes::default();
+        for tid in tids {
+            let path = format!("/proc/self/task/{tid}/schedstat");
+            if let Some(t) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| parse_schedstat(&s))
+            {
+                sum.run_ns += t.run_ns;
+                sum.wait_ns += t.wait_ns;
+            }
+        }
+        sum
+    }
+
     /// The figures `tracemesh-lab` reports (lab.json's `emulator` object, less CPU).
     pub fn report(&self, over_s: f64) -> serde_json::Value {
         let l = self.late.summary();
@@ -420,9 +458,15 @@ impl Shard {
         self.origin.elapsed().as_nanos() as u64
     }
 
+    #[allow(unsafe_code)]
     fn run(self) {
         precise_timers();
         realtime_priority();
+        // SAFETY: gettid(2) takes no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        if let Ok(mut tids) = self.stats.tids.lock() {
+            tids.push(tid);
+        }
         if let Err(e) = self.serve() {
             tracing::error!(error = %e, "an emulator thread stopped");
         }
@@ -629,4 +673,22 @@ pub fn is_control(a: IpAddr) -> bool {
     CONTROL_NET
         .parse::<ipnet::IpNet>()
         .is_ok_and(|n| n.contains(&a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_lines_parse() {
+        assert_eq!(
+            parse_schedstat("123456 7890 42\n"),
+            Some(SchedTimes {
+                run_ns: 123_456,
+                wait_ns: 7890
+            })
+        );
+        assert_eq!(parse_schedstat("12"), None);
+        assert_eq!(parse_schedstat("x y z"), None);
+    }
 }

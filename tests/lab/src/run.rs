@@ -148,6 +148,19 @@ fn process_cpu_s() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU time the hypervisor took from this machine (all CPUs), from /proc/stat.
+fn steal_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    // "cpu user nice system idle iowait irq softirq steal ...", in clock ticks.
+    stat.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |t| t / 100.0)
+}
+
 /// RFC 3339 (UTC) for a Unix time: the coordinator's `--start-at` format.
 pub fn rfc3339(unix_s: f64) -> String {
     let secs = unix_s.floor() as i64;
@@ -372,6 +385,8 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     tracing::info!(?campaigns, rounds, round_s, "campaign scheduled");
     let end = t0 + rounds as f64 * round_s;
     let cpu_before = process_cpu_s();
+    let sched_before = emu.stats.sched_times();
+    let steal_before = steal_s();
     loop {
         let now = unix_ns() as f64 / 1e9;
         if now >= end + 5.0 {
@@ -388,6 +403,8 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     }
     let campaign_s = (unix_ns() as f64 / 1e9 - t0).max(1e-9);
     let emulator_cpu_s = process_cpu_s() - cpu_before;
+    let sched = emu.stats.sched_times();
+    let steal = steal_s() - steal_before;
     // Let the last uploads land: stop when the count is complete or stops growing.
     let expected = rounds as usize * want * targets.len() * campaigns.len();
     let mut lines = String::new();
@@ -425,6 +442,14 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     emulator["threads"] = emu_threads.into();
     emulator["cpu_s"] = emulator_cpu_s.into();
     emulator["cpu_share_of_one_core"] = (emulator_cpu_s / campaign_s).into();
+    // Time the emulator threads were runnable but had no CPU, and time the hypervisor
+    // took from this (virtual) machine: the causes of lateness that are not the
+    // emulator's own work.
+    emulator["thread_cpu_s"] =
+        (sched.run_ns.saturating_sub(sched_before.run_ns) as f64 / 1e9).into();
+    emulator["thread_wait_for_cpu_ms"] =
+        (sched.wait_ns.saturating_sub(sched_before.wait_ns) as f64 / 1e6).into();
+    emulator["machine_steal_s"] = steal.into();
     let lab = serde_json::json!({
         "t0": t0,
         "scenario": world.s.name,
