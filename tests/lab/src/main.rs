@@ -46,9 +46,13 @@ enum Cmd {
         scenario: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Probe rate cap of each agent (packets per second).
-        #[arg(long, default_value_t = 2000)]
-        rate: u32,
+        /// Probe rate cap of each agent (packets per second); by default 25,000 shared
+        /// by the vantages, within 100..=2000 (2,000 up to 12 vantages, 500 for 50).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Emulator threads (default: one per core).
+        #[arg(long)]
+        emu_threads: Option<usize>,
     },
 }
 
@@ -146,16 +150,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             let _ =
                 run::sleep_interruptible(Duration::from_secs_f64(duration.clamp(0.0, 86_400.0)));
-            let s = &emu.stats;
-            let load =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            let answers = load(&s.answers);
             eprintln!(
-                "emulator: {} packets in, {answers} answers, {} dropped; send lateness mean {:.1} µs, max {:.1} µs",
-                load(&s.packets_in),
-                load(&s.dropped),
-                load(&s.late_ns_sum) as f64 / 1e3 / answers.max(1) as f64,
-                load(&s.late_ns_max) as f64 / 1e3
+                "emulator: {}",
+                emu.stats.report(duration.clamp(0.0, 86_400.0))
             );
             emu.stop();
             drop(topo);
@@ -165,11 +162,17 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             scenario,
             out,
             rate,
+            emu_threads,
         } => {
+            let rate = match rate {
+                Some(r) => r,
+                None => run::default_rate(World::load(&scenario)?.s.vantages.len()),
+            };
             let lab = run::run(&RunOptions {
                 scenario,
                 out: out.clone(),
                 rate,
+                emu_threads,
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(

@@ -8,17 +8,17 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::due::DueQueue;
 use crate::respond::{Dropped, Responder};
 use crate::scenario::World;
-use crate::wheel::Wheel;
+use crate::stats::{Histogram, Timeline};
 
 #[derive(Debug, Error)]
 pub enum NetError {
@@ -251,17 +251,323 @@ impl Topology {
 }
 
 /// Counters the emulator keeps, readable while it runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EmuStats {
     pub packets_in: AtomicU64,
     pub answers: AtomicU64,
     pub dropped: AtomicU64,
-    /// Sum and max of |actual − intended| send time, in ns.
-    pub late_ns_sum: AtomicU64,
-    pub late_ns_max: AtomicU64,
+    /// How late each answer left against its intended instant (ns). The intended instant
+    /// counts from when the emulator read the probe, so this is the emulator's own error;
+    /// time a probe waits in its TUN's queue before being read is not in it (the lab's
+    /// path check measures the whole, agent to agent).
+    pub late: Histogram,
+    /// Probes read and answers sent per 100 ms since the emulator started (peaks).
+    pub packets_timeline: Timeline,
+    pub answers_timeline: Timeline,
+    /// Kernel thread ids of the emulator threads, for their scheduler statistics.
+    tids: std::sync::Mutex<Vec<libc::pid_t>>,
 }
 
-/// The running emulator: reader threads per TUN, one scheduler thread.
+/// Timeline bins: 100 ms, for an hour (later events count in the last bin).
+const TIMELINE_BIN_NS: u64 = 100_000_000;
+const TIMELINE_BINS: usize = 36_000;
+
+impl Default for EmuStats {
+    fn default() -> Self {
+        EmuStats {
+            packets_in: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            late: Histogram::default(),
+            packets_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
+            answers_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
+            tids: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// CPU time and time spent runnable but waiting for a CPU, in ns, summed over the
+/// emulator threads (from /proc/self/task/TID/schedstat; zeros where unavailable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedTimes {
+    pub run_ns: u64,
+    pub wait_ns: u64,
+}
+
+/// Parses a schedstat line: "run_ns wait_ns timeslices".
+pub fn parse_schedstat(text: &str) -> Option<SchedTimes> {
+    let mut f = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some(SchedTimes {
+        run_ns: f.next()??,
+        wait_ns: f.next()??,
+    })
+}
+
+impl EmuStats {
+    /// Where the emulator threads' time went: a thread that waits for a CPU (other
+    /// real-time work, too few cores) sends late however fast it is.
+    pub fn sched_times(&self) -> SchedTimes {
+        let tids = self.tids.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut sum = SchedTimes::default();
+        for tid in tids {
+            let path = format!("/proc/self/task/{tid}/schedstat");
+            if let Some(t) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| parse_schedstat(&s))
+            {
+                sum.run_ns += t.run_ns;
+                sum.wait_ns += t.wait_ns;
+            }
+        }
+        sum
+    }
+
+    /// The figures `tracemesh-lab` reports (lab.json's `emulator` object, less CPU).
+    pub fn report(&self, over_s: f64) -> serde_json::Value {
+        let l = self.late.summary();
+        let us = |ns: u64| ns as f64 / 1e3;
+        let answers = self.answers.load(Ordering::Relaxed);
+        serde_json::json!({
+            "packets_in": self.packets_in.load(Ordering::Relaxed),
+            "answers": answers,
+            "dropped": self.dropped.load(Ordering::Relaxed),
+            "mean_send_late_us": l.mean / 1e3,
+            "p50_send_late_us": us(l.p50),
+            "p90_send_late_us": us(l.p90),
+            "p99_send_late_us": us(l.p99),
+            "p999_send_late_us": us(l.p999),
+            "max_send_late_us": us(l.max),
+            "answers_per_s": answers as f64 / over_s.max(1e-9),
+            "answers_per_s_peak_1s": self.answers_timeline.peak_per_s(10),
+            "answers_per_s_peak_100ms": self.answers_timeline.peak_per_s(1),
+            "packets_in_per_s_peak_1s": self.packets_timeline.peak_per_s(10),
+        })
+    }
+}
+
+/// The longest an emulator thread sleeps before it looks at its stop flag.
+const MAX_WAIT: Duration = Duration::from_millis(20);
+/// Packets an emulator thread reads from one TUN before it sends what has come due and
+/// turns to its other TUNs: a burst on one vantage must not hold up the others' answers.
+const READ_BATCH: usize = 16;
+
+/// An epoll instance, closed on drop.
+#[derive(Debug)]
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    #[allow(unsafe_code)]
+    fn new() -> std::io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new
+        // descriptor that we alone own from here.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is open and owned by nobody else.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    #[allow(unsafe_code)]
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: both descriptors are open; `ev` is valid for the call.
+        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Waits up to `timeout` (to the nanosecond: epoll_pwait2) for readable descriptors;
+    /// returns how many entries of `events` it filled. A signal counts as a timeout.
+    #[allow(unsafe_code)]
+    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> std::io::Result<usize> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        let max = events.len().min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: `events` has room for `max` entries and `ts` outlives the call; a null
+        // sigmask leaves the thread's mask alone.
+        let n = unsafe {
+            libc::epoll_pwait2(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                max,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_nonblocking(f: &File) -> std::io::Result<()> {
+    // SAFETY: fcntl on an open descriptor we hold, with integer arguments only.
+    let rc = unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 {
+            flags
+        } else {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
+        }
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One emulator thread: it reads the probes of its share of the vantages, answers them,
+/// and sends every answer it made at its instant. Reading, answering and sending in one
+/// thread means no hand-off (no channel, no wake-up of another thread, no copy) between
+/// a probe and its answer; the vantages are shared out over several such threads so that
+/// the emulator can use every core in the bursts when all agents start a round at once.
+struct Shard {
+    world: Arc<World>,
+    /// The (vantage, TUN) pairs this thread reads.
+    tuns: Vec<(usize, File)>,
+    /// Every vantage's TUN, by vantage: an answer may be for a vantage another thread
+    /// reads (a probe from one vantage to another), and a TUN may be written from any
+    /// thread.
+    writers: Arc<Vec<File>>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<EmuStats>,
+    t0_unix_ns: Arc<AtomicU64>,
+    /// Shared by all threads, so their timelines line up.
+    origin: Instant,
+}
+
+impl Shard {
+    fn now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    #[allow(unsafe_code)]
+    fn run(self) {
+        precise_timers();
+        realtime_priority();
+        // SAFETY: gettid(2) takes no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        if let Ok(mut tids) = self.stats.tids.lock() {
+            tids.push(tid);
+        }
+        if let Err(e) = self.serve() {
+            tracing::error!(error = %e, "an emulator thread stopped");
+        }
+    }
+
+    fn serve(&self) -> Result<(), NetError> {
+        let ep = Epoll::new().map_err(io("creating an epoll instance"))?;
+        for (i, (_, tun)) in self.tuns.iter().enumerate() {
+            set_nonblocking(tun).map_err(io("making a TUN non-blocking"))?;
+            ep.ctl(libc::EPOLL_CTL_ADD, tun.as_raw_fd(), i as u64)
+                .map_err(io("watching a TUN"))?;
+        }
+        let responder = Responder::new(&self.world);
+        let mut queue: DueQueue<(usize, Vec<u8>)> = DueQueue::default();
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; self.tuns.len().max(1)];
+        let mut buf = vec![0u8; 65536];
+        while !self.stop.load(Ordering::Relaxed) {
+            self.send_due(&mut queue);
+            let wait = queue.next_due().map_or(MAX_WAIT, |d| {
+                Duration::from_nanos(d.saturating_sub(self.now_ns())).min(MAX_WAIT)
+            });
+            let n = ep
+                .wait(&mut events, wait)
+                .map_err(io("waiting for probes"))?;
+            for ev in &events[..n] {
+                let i = ev.u64 as usize;
+                let Some((v, tun)) = self.tuns.get(i) else {
+                    continue;
+                };
+                for _ in 0..READ_BATCH {
+                    let len = match (&*tun).read(&mut buf) {
+                        Ok(len) if len > 0 => len,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        other => {
+                            // The namespace (and its TUN) went away: the lab is ending.
+                            tracing::debug!(vantage = v, ?other, "a TUN closed");
+                            let _ = ep.ctl(libc::EPOLL_CTL_DEL, tun.as_raw_fd(), 0);
+                            break;
+                        }
+                    };
+                    let at = self.now_ns();
+                    let at_unix = unix_ns();
+                    self.answer(&responder, &mut queue, *v, &buf[..len], at, at_unix);
+                    // Answers fall due while a burst is being read.
+                    self.send_due(&mut queue);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the answers to one probe that vantage `v` sent, read at `at` (ns since
+    /// `origin`) = `at_unix` (Unix ns).
+    fn answer(
+        &self,
+        responder: &Responder<'_>,
+        queue: &mut DueQueue<(usize, Vec<u8>)>,
+        v: usize,
+        pkt: &[u8],
+        at: u64,
+        at_unix: u64,
+    ) {
+        let s = &self.stats;
+        s.packets_in.fetch_add(1, Ordering::Relaxed);
+        s.packets_timeline.record(at);
+        let t_s = (at_unix as f64 - self.t0_unix_ns.load(Ordering::Relaxed) as f64) / 1e9;
+        match responder.handle(v, pkt, t_s) {
+            Ok(emits) => {
+                for e in emits {
+                    let due = at + (e.delay_ms * 1e6) as u64;
+                    queue.insert(due, (e.vantage, e.packet));
+                }
+            }
+            Err(Dropped::Malformed | Dropped::NoRoute | Dropped::Silent | Dropped::NotAProbe) => {
+                s.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sends everything due by now.
+    fn send_due(&self, queue: &mut DueQueue<(usize, Vec<u8>)>) {
+        let s = &self.stats;
+        loop {
+            let now = self.now_ns();
+            let Some((due, (v, pkt))) = queue.pop_due(now) else {
+                return;
+            };
+            s.late.record(now.saturating_sub(due));
+            let Some(w) = self.writers.get(v) else {
+                continue;
+            };
+            if (&*w).write_all(&pkt).is_ok() {
+                s.answers.fetch_add(1, Ordering::Relaxed);
+                s.answers_timeline.record(now);
+            }
+        }
+    }
+}
+
+/// The running emulator: a few threads, each serving a share of the vantages' TUNs.
 #[derive(Debug)]
 pub struct Emulator {
     stop: Arc<AtomicBool>,
@@ -271,98 +577,66 @@ pub struct Emulator {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// Emulator threads by default: one per core (the bursts at round starts are what they
+/// are sized for), never more than there are vantages.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 impl Emulator {
-    /// Starts answering on the topology's TUNs. The world must outlive the emulator.
+    /// Starts answering on the topology's TUNs with [`default_threads`] threads.
     pub fn spawn(world: Arc<World>, topo: &Topology) -> Result<Emulator, NetError> {
+        Self::spawn_with(world, topo, default_threads())
+    }
+
+    /// Starts answering on the topology's TUNs with `threads` threads (at least one, at
+    /// most one per vantage). Every route is computed before the first probe is read.
+    pub fn spawn_with(
+        world: Arc<World>,
+        topo: &Topology,
+        threads: usize,
+    ) -> Result<Emulator, NetError> {
+        let threads = threads.clamp(1, topo.tuns.len().max(1));
+        let began = Instant::now();
+        world.warm_routes(threads);
+        tracing::debug!(elapsed = ?began.elapsed(), "routes computed");
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(EmuStats::default());
         let t0_unix_ns = Arc::new(AtomicU64::new(unix_ns()));
-        let (tx, rx) = mpsc::channel::<(usize, Vec<u8>, Instant)>();
-        let mut writers = Vec::new();
-        let mut threads = Vec::new();
+        let writers = topo
+            .tuns
+            .iter()
+            .map(|t| t.try_clone().map_err(io("cloning a TUN descriptor")))
+            .collect::<Result<Vec<File>, NetError>>()?;
+        let writers = Arc::new(writers);
+        let mut shares: Vec<Vec<(usize, File)>> = (0..threads).map(|_| Vec::new()).collect();
         for (v, tun) in topo.tuns.iter().enumerate() {
-            let mut reader = tun.try_clone().map_err(io("cloning a TUN descriptor"))?;
-            writers.push(tun.try_clone().map_err(io("cloning a TUN descriptor"))?);
-            let tx = tx.clone();
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                realtime_priority();
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    match reader.read(&mut buf) {
-                        Ok(n) if n > 0 => {
-                            if tx.send((v, buf[..n].to_vec(), Instant::now())).is_err() {
-                                return;
-                            }
-                        }
-                        // The namespace (and its TUN) went away: the lab is over.
-                        _ => return,
-                    }
-                }
-            }));
+            let reader = tun.try_clone().map_err(io("cloning a TUN descriptor"))?;
+            shares[v % threads].push((v, reader));
         }
-        drop(tx);
-        let (s2, stop2, t0) = (stats.clone(), stop.clone(), t0_unix_ns.clone());
-        let writers = Mutex::new(writers);
-        threads.push(std::thread::spawn(move || {
-            precise_timers();
-            realtime_priority();
-            let responder = Responder::new(&world);
-            let origin = Instant::now();
-            let ns_since = |t: Instant| t.duration_since(origin).as_nanos() as u64;
-            let mut wheel: Wheel<(usize, Vec<u8>, u64)> = Wheel::new(20_000, 65_536, 0);
-            let Ok(mut writers) = writers.lock() else {
-                return;
+        let origin = Instant::now();
+        let mut handles = Vec::new();
+        for (i, tuns) in shares.into_iter().enumerate() {
+            let shard = Shard {
+                world: world.clone(),
+                tuns,
+                writers: writers.clone(),
+                stop: stop.clone(),
+                stats: stats.clone(),
+                t0_unix_ns: t0_unix_ns.clone(),
+                origin,
             };
-            while !stop2.load(Ordering::Relaxed) {
-                let now = ns_since(Instant::now());
-                for (v, pkt, due) in wheel.poll(now) {
-                    let late = ns_since(Instant::now()).saturating_sub(due);
-                    s2.late_ns_sum.fetch_add(late, Ordering::Relaxed);
-                    s2.late_ns_max.fetch_max(late, Ordering::Relaxed);
-                    if writers[v].write_all(&pkt).is_ok() {
-                        s2.answers.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let wait = wheel
-                    .next_due()
-                    .map_or(Duration::from_millis(20), |d| {
-                        Duration::from_nanos(d.saturating_sub(ns_since(Instant::now())))
-                    })
-                    .min(Duration::from_millis(20));
-                match rx.recv_timeout(wait) {
-                    Ok((v, pkt, at)) => {
-                        s2.packets_in.fetch_add(1, Ordering::Relaxed);
-                        let rx_unix = unix_ns()
-                            .saturating_sub(Instant::now().duration_since(at).as_nanos() as u64);
-                        let t_s = (rx_unix as f64 - t0.load(Ordering::Relaxed) as f64) / 1e9;
-                        match responder.handle(v, &pkt, t_s) {
-                            Ok(emits) => {
-                                for e in emits {
-                                    let due = ns_since(at) + (e.delay_ms * 1e6) as u64;
-                                    wheel.insert(due, (e.vantage, e.packet, due));
-                                }
-                            }
-                            Err(
-                                Dropped::Malformed
-                                | Dropped::NoRoute
-                                | Dropped::Silent
-                                | Dropped::NotAProbe,
-                            ) => {
-                                s2.dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-            }
-        }));
+            let handle = std::thread::Builder::new()
+                .name(format!("emulator-{i}"))
+                .spawn(move || shard.run())
+                .map_err(io("starting an emulator thread"))?;
+            handles.push(handle);
+        }
         Ok(Emulator {
             stop,
             stats,
             t0_unix_ns,
-            threads,
+            threads: handles,
         })
     }
 
@@ -372,19 +646,19 @@ impl Emulator {
             .store((unix_s * 1e9) as u64, Ordering::Relaxed);
     }
 
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Readers block in read(2) until their TUN goes away with the topology; only the
-        // scheduler is joined here.
-        if let Some(last) = self.threads.pop() {
-            let _ = last.join();
-        }
+    /// Stops the threads and waits for them (each looks at its stop flag at least every
+    /// 20 ms).
+    pub fn stop(self) {
+        drop(self);
     }
 }
 
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -399,4 +673,22 @@ pub fn is_control(a: IpAddr) -> bool {
     CONTROL_NET
         .parse::<ipnet::IpNet>()
         .is_ok_and(|n| n.contains(&a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_lines_parse() {
+        assert_eq!(
+            parse_schedstat("123456 7890 42\n"),
+            Some(SchedTimes {
+                run_ns: 123_456,
+                wait_ns: 7890
+            })
+        );
+        assert_eq!(parse_schedstat("12"), None);
+        assert_eq!(parse_schedstat("x y z"), None);
+    }
 }

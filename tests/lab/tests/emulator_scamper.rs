@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracemesh_lab::net::{Emulator, Topology, unix_ns};
+use tracemesh_lab::net::{EmuStats, Emulator, Topology, unix_ns};
 use tracemesh_lab::scenario::World;
 
 const SCAMPER: &str = "/usr/bin/scamper";
@@ -29,10 +29,20 @@ fn can_build_namespaces() -> bool {
         && Path::new("/dev/net/tun").exists()
 }
 
+/// The probers run at a real-time priority below the emulator's (10): scamper stamps a
+/// probe's send time before it hands the probe to the kernel, so a prober preempted in
+/// between by the builds and tests sharing this 2-core machine reports a late hop the
+/// emulator never delayed (seen: hop 1 at 7.9 ms for a 0.46 ms model while the emulator
+/// sent every answer within 1 ms of its instant). As a normal process it flaked 2 runs
+/// in 7 under load.
+const PROBER_PRIORITY: [&str; 3] = ["chrt", "-f", "5"];
+
 /// One scamper trace from namespace `ns`, bounded in time by `timeout(1)`.
 fn scamper(ns: &str, method: &str, dst: IpAddr) -> Value {
     let out = Command::new("timeout")
-        .args(["20", "ip", "netns", "exec", ns, SCAMPER, "-O", "json", "-c"])
+        .arg("20")
+        .args(PROBER_PRIORITY)
+        .args(["ip", "netns", "exec", ns, SCAMPER, "-O", "json", "-c"])
         .arg(format!("trace -P {method} -q 1 -w 1"))
         .args(["-i", &dst.to_string()])
         .output()
@@ -59,7 +69,9 @@ fn connect_ms(ns: &str, dst: IpAddr, port: u16) -> Result<f64, String> {
         try:\n s.connect(a); print((time.perf_counter()-t)*1e3)\n\
         except Exception as e: print(type(e).__name__)\n";
     let out = Command::new("timeout")
-        .args(["10", "ip", "netns", "exec", ns, "python3", "-c", script])
+        .arg("10")
+        .args(PROBER_PRIORITY)
+        .args(["ip", "netns", "exec", ns, "python3", "-c", script])
         .args([dst.to_string(), port.to_string()])
         .output()
         .map_err(|e| e.to_string())?;
@@ -75,17 +87,16 @@ struct Tally {
     worst_err_ms: f64,
 }
 
-/// Compares one scamper trace with the model at the trace's start time; returns that
-/// time (seconds after t0).
-fn check(
-    w: &World,
+/// What a trace is checked against: the model, its t0, and the emulator's own figures
+/// (quoted in failures, to tell the emulator's lateness from the prober's).
+struct Ctx<'a> {
+    w: &'a World,
     t0_s: f64,
-    v: usize,
-    tg: usize,
-    dst: IpAddr,
-    tr: &Value,
-    tally: &mut Tally,
-) -> f64 {
+    emu: &'a EmuStats,
+}
+
+fn check(ctx: &Ctx<'_>, v: usize, tg: usize, dst: IpAddr, tr: &Value, tally: &mut Tally) -> f64 {
+    let (w, t0_s, emu) = (ctx.w, ctx.t0_s, ctx.emu);
     let start = tr["start"]["sec"].as_f64().unwrap() + tr["start"]["usec"].as_f64().unwrap() / 1e6;
     let t = start - t0_s;
     let method = tr["method"].as_str().unwrap();
@@ -134,7 +145,9 @@ fn check(
         let err = (got_rtt - rtt).abs();
         assert!(
             err <= 0.1 * rtt + 0.5,
-            "{method} {dst} t={t:.2} hop {ttl}: rtt {got_rtt} ms, model {rtt:.3} ms"
+            "{method} {dst} t={t:.2} hop {ttl}: rtt {got_rtt} ms, model {rtt:.3} ms; the emulator's \
+             answers so far left at most {:.3} ms late",
+            emu.late.summary().max as f64 / 1e6
         );
         tally.hops += 1;
         tally.worst_err_ms = tally.worst_err_ms.max(err);
@@ -180,7 +193,6 @@ fn check(
 }
 
 #[test]
-#[ignore = "RTT checks flake on a loaded 2-core machine (a hop 17 ms late twice in 7 runs): run with --ignored"]
 fn scamper_sees_the_model_paths_and_the_diversion() {
     if !can_build_namespaces() || !Path::new(SCAMPER).exists() {
         eprintln!("skipped: needs root, /dev/net/tun and {SCAMPER}");
@@ -199,13 +211,18 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
     let (kr4, kr6) = (w.target("kr-gov").unwrap(), w.target("kr-gov6").unwrap());
     let (d4, d6) = (w.probes[kr4][0], w.probes[kr6][0]);
     let mut tally = Tally::default();
+    let ctx = Ctx {
+        w: &w,
+        t0_s,
+        emu: &emu.stats,
+    };
 
     // Before the diversion: every method and family from both vantages. A trace with
     // a silent hop lasts about 1.3 s; all of them end well before the event edge.
     for (v, tg, dst) in [(toronto, kr4, d4), (toronto, kr6, d6), (vancouver, kr4, d4)] {
         for method in ["icmp-paris", "udp-paris"] {
             let tr = scamper(&topo.vantages[v], method, dst);
-            let t = check(&w, t0_s, v, tg, dst, &tr, &mut tally);
+            let t = check(&ctx, v, tg, dst, &tr, &mut tally);
             assert!(t + 2.0 < DIVERSION_AT, "too slow: trace at t={t:.2}");
         }
     }
@@ -221,7 +238,9 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
                 .unwrap_or_else(|e| panic!("connect {dst}:{port}: {e}"));
             assert!(
                 (ms - rtt).abs() <= 0.1 * rtt + 0.5,
-                "connect {dst}:{port} took {ms:.3} ms, model RTT {rtt:.3} ms"
+                "connect {dst}:{port} took {ms:.3} ms, model RTT {rtt:.3} ms; the emulator's \
+                 answers so far left at most {:.3} ms late",
+                emu.stats.late.summary().max as f64 / 1e6
             );
             tally.tcp += 1;
         }
@@ -234,7 +253,7 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
     let wait = Duration::from_secs_f64(DIVERSION_AT + 0.5).saturating_sub(began.elapsed());
     std::thread::sleep(wait);
     let tr = scamper(&topo.vantages[toronto], "icmp-paris", d4);
-    let t = check(&w, t0_s, toronto, kr4, d4, &tr, &mut tally);
+    let t = check(&ctx, toronto, kr4, d4, &tr, &mut tally);
     assert!(t >= DIVERSION_AT, "{t}");
     let after = w.path(toronto, kr4, t).unwrap().0;
     assert_ne!(before, after, "the diversion must change the model's path");
@@ -248,9 +267,9 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
         "diverted path lacks the ingress PoP: {tr}"
     );
     let tr = scamper(&topo.vantages[toronto], "udp-paris", d6);
-    check(&w, t0_s, toronto, kr6, d6, &tr, &mut tally);
+    check(&ctx, toronto, kr6, d6, &tr, &mut tally);
     let tr = scamper(&topo.vantages[vancouver], "icmp-paris", d4);
-    check(&w, t0_s, vancouver, kr4, d4, &tr, &mut tally);
+    check(&ctx, vancouver, kr4, d4, &tr, &mut tally);
 
     let s = &emu.stats;
     eprintln!(
