@@ -14,6 +14,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the coordinator binary uses (see `coordinator/src/main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::sync::{mpsc, watch};
@@ -80,6 +84,71 @@ fn rss_mib() -> f64 {
                 .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// CPU time (user + system) of this process, or of the calling thread, so far.
+fn cpu_time(thread: bool) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let clock = if thread {
+        libc::CLOCK_THREAD_CPUTIME_ID
+    } else {
+        libc::CLOCK_PROCESS_CPUTIME_ID
+    };
+    // SAFETY: clock_gettime only writes the struct we pass by pointer.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU seconds (user + system) used so far by this process's threads, grouped by
+/// thread name (sled's many "sled-io-N" threads count as one group).
+fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let tick = 100.0; // USER_HZ on Linux
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... — comm may contain spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let group = comm
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let (Some(u), Some(s)) = (f.get(11), f.get(12)) else {
+            continue;
+        };
+        let secs = (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / tick;
+        *out.entry(group).or_insert(0.0) += secs;
+    }
+    out
+}
+
+/// "name 1.2 s, other 0.3 s" for the CPU used between two [`cpu_by_thread`] readings.
+fn cpu_delta(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> String {
+    let mut v: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, a)| (k.clone(), a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= 0.05)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.iter()
+        .map(|(k, d)| format!("{k} {d:.1} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct AgentId {
@@ -217,7 +286,79 @@ async fn agent_task(
     std::future::pending::<()>().await;
 }
 
+/// Store only, no network: `records` synthetic traces through `ingest_many` + `flush` in
+/// groups of `group` (what the ingest writer does), then the same records again (every
+/// one must come back a duplicate). Separates the store's cost from TLS and gRPC.
+fn store_phase(records: usize, group: usize) -> anyhow::Result<()> {
+    use tracemesh::store::{IngestOutcome, SledStore, Store as _};
+    let dir = tempfile::tempdir()?;
+    let store = SledStore::open(dir.path())?;
+    let rss0 = rss_mib();
+    let vantages = 2_000;
+    let all: Vec<v1::TraceRecord> = (0..records)
+        .map(|i| {
+            let mut r = record("c1", i % vantages, i / vantages);
+            r.vantage = format!("bench-{:05}", i % vantages);
+            r.received_at_ns = 1;
+            r
+        })
+        .collect();
+    let pass = |expect: IngestOutcome| -> anyhow::Result<(Duration, Duration, Duration, Duration)> {
+        let (mut write, mut flush) = (Duration::ZERO, Duration::ZERO);
+        let (cpu0, pcpu0) = (cpu_time(true), cpu_time(false));
+        for chunk in all.chunks(group) {
+            let t = Instant::now();
+            let out = store.ingest_many(chunk)?;
+            write += t.elapsed();
+            let t = Instant::now();
+            store.flush()?;
+            flush += t.elapsed();
+            for o in out {
+                let o = o?;
+                if o != expect {
+                    bail!("store phase: expected {expect:?}, got {o:?}");
+                }
+            }
+        }
+        Ok((write, flush, cpu_time(true) - cpu0, cpu_time(false) - pcpu0))
+    };
+    let (w, f, cpu, pcpu) = pass(IngestOutcome::Stored)?;
+    let stored = store.count_traces("c1")?;
+    if stored != records as u64 {
+        bail!("store phase: {records} ingested, {stored} stored");
+    }
+    let rss1 = rss_mib();
+    let (dw, df, dcpu, _) = pass(IngestOutcome::Duplicate)?;
+    println!(
+        "store only: {records} traces in groups of {group}: {:.0} traces/s (ingest_many {} ms + flush {} ms; \
+         CPU {} ms in the writer = {:.1} µs/trace, {} ms in the process); RSS +{:.0} MiB",
+        records as f64 / (w + f).as_secs_f64(),
+        w.as_millis(),
+        f.as_millis(),
+        cpu.as_millis(),
+        cpu.as_secs_f64() * 1e6 / records as f64,
+        pcpu.as_millis(),
+        rss1 - rss0,
+    );
+    println!(
+        "store only: the same again, all duplicates: {:.0} traces/s (writer CPU {:.1} µs/trace)",
+        records as f64 / (dw + df).as_secs_f64(),
+        dcpu.as_secs_f64() * 1e6 / records as f64,
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    let store_traces = env_usize("TM_BENCH_STORE_TRACES", 100_000)?;
+    if store_traces > 0 {
+        store_phase(
+            store_traces,
+            env_usize("TM_BENCH_STORE_GROUP", 2_000)?.max(1),
+        )?;
+    }
+    if std::env::var("TM_BENCH_ONLY").is_ok_and(|v| v == "store") {
+        return Ok(());
+    }
     let sessions = env_usize("TM_BENCH_SESSIONS", 2_000)?;
     let traces = env_usize("TM_BENCH_TRACES", 200_000)?;
     let batch = env_usize("TM_BENCH_BATCH", 100)?.max(1);
@@ -476,6 +617,7 @@ async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()>
     let per_agent: Vec<usize> = (0..sessions)
         .map(|i| traces / sessions + usize::from(i < traces % sessions))
         .collect();
+    let (cpu0, threads0) = (cpu_time(false), cpu_by_thread());
     let t = Instant::now();
     go_tx.send(Some(Upload {
         campaign_id: campaign.id.clone(),
@@ -491,6 +633,7 @@ async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()>
         }
     }
     let ingest = t.elapsed();
+    let (cpu, threads) = (cpu_time(false) - cpu0, cpu_by_thread());
     let stored = coord.store.count_traces(&campaign.id)?;
     if total != traces || stored != traces as u64 {
         bail!("{traces} traces sent, {total} acknowledged, {stored} stored");
@@ -500,6 +643,12 @@ async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()>
         ingest.as_millis(),
         total as f64 / ingest.as_secs_f64(),
         rss_mib()
+    );
+    println!(
+        "ingest CPU: {:.1} s = {:.1} µs/trace ({})",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / total as f64,
+        cpu_delta(&threads0, &threads)
     );
 
     tasks.abort_all();

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use std::collections::HashSet;
+
 use prost::Message as _;
-use sled::Transactional as _;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tracemesh_proto::v1;
 
 use super::keys;
@@ -262,55 +262,79 @@ impl Store for SledStore {
         &self,
         records: &[v1::TraceRecord],
     ) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
-        let prepared: Vec<Result<Prepared, StoreError>> = records.iter().map(prepare).collect();
-        // One transaction for the whole group: a record and its four index entries are
-        // still atomic, and the per-transaction cost (locking, commit) is paid once.
-        let res: Result<Vec<IngestOutcome>, TransactionError<()>> = (
+        // No transaction: the ingest writer is the only thread that writes traces, so
+        // nothing can race between the duplicate checks and the writes, and sled's
+        // multi-tree transactions cost several times the writes themselves (a hashed
+        // write set per tree). Instead one batch per tree, applied in a fixed order —
+        // the record, its three index entries, then its result marker in by_result —
+        // with keys that depend only on the record. A marker therefore means the record
+        // and its index entries are there; a crash before the markers leaves records
+        // without one, which the agent (never acknowledged) uploads again and which are
+        // then written again over the same keys (see `remnant`). The caller flushes
+        // before acknowledging, as before.
+        // Stored unless found to be a duplicate below.
+        let mut out = Vec::with_capacity(records.len());
+        let prepared: Vec<Option<Prepared>> = records
+            .iter()
+            .map(|r| match prepare(r) {
+                Ok(p) => {
+                    out.push(Ok(IngestOutcome::Stored));
+                    Some(p)
+                }
+                Err(e) => {
+                    out.push(Err(e));
+                    None
+                }
+            })
+            .collect();
+        let mut group_pks: HashSet<&[u8]> = HashSet::with_capacity(prepared.len());
+        let mut group_rks: HashSet<&[u8]> = HashSet::with_capacity(prepared.len());
+        let mut batches: [sled::Batch; 5] = Default::default();
+        let [traces, by_vantage, by_dst, by_time, by_result] = &mut batches;
+        for ((p, record), outcome) in prepared.iter().zip(records).zip(&mut out) {
+            let Some(p) = p else { continue };
+            // Repeats within the group, then what is already stored.
+            if group_pks.contains(p.pk.as_slice())
+                || group_rks.contains(p.rk.as_slice())
+                || self.by_result.contains_key(&p.rk)?
+            {
+                *outcome = Ok(IngestOutcome::Duplicate);
+                continue;
+            }
+            if let Some(old) = self.traces.get(&p.pk)? {
+                let old = Self::decode_trace(&p.pk, &old)?;
+                if old.result_id != record.result_id {
+                    // Another result already holds this (campaign, round, vantage, dst).
+                    *outcome = Ok(IngestOutcome::Duplicate);
+                    continue;
+                }
+                // The same result, written before a crash that came before its marker
+                // (so before any acknowledgement): write it again, dropping index
+                // entries the earlier copy may have had under another start time.
+                let o = prepare(&old)?;
+                by_vantage.remove(o.vk);
+                by_dst.remove(o.dk);
+                by_time.remove(o.tk);
+            }
+            traces.insert(p.pk.as_slice(), p.bytes.as_slice());
+            by_vantage.insert(p.vk.as_slice(), &[][..]);
+            by_dst.insert(p.dk.as_slice(), &[][..]);
+            by_time.insert(p.tk.as_slice(), &[][..]);
+            by_result.insert(p.rk.as_slice(), p.pk.as_slice());
+            group_pks.insert(&p.pk);
+            group_rks.insert(&p.rk);
+        }
+        let trees = [
             &self.traces,
-            &self.by_result,
             &self.by_vantage,
             &self.by_dst,
             &self.by_time,
-        )
-            .transaction(|(traces, by_result, by_vantage, by_dst, by_time)| {
-                let mut out = Vec::with_capacity(prepared.len());
-                for p in prepared.iter().flatten() {
-                    // Reads see this transaction's own writes, so repeats within the group
-                    // are duplicates too.
-                    if traces.get(&p.pk)?.is_some() || by_result.get(&p.rk)?.is_some() {
-                        out.push(IngestOutcome::Duplicate);
-                        continue;
-                    }
-                    traces.insert(p.pk.as_slice(), p.bytes.as_slice())?;
-                    by_result.insert(p.rk.as_slice(), p.pk.as_slice())?;
-                    by_vantage.insert(p.vk.as_slice(), &[][..])?;
-                    by_dst.insert(p.dk.as_slice(), &[][..])?;
-                    by_time.insert(p.tk.as_slice(), &[][..])?;
-                    out.push(IngestOutcome::Stored);
-                }
-                Ok::<_, ConflictableTransactionError<()>>(out)
-            });
-        let mut outcomes = match res {
-            Ok(o) => o.into_iter(),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
-            Err(TransactionError::Abort(())) => {
-                return Err(StoreError::Invalid {
-                    what: "trace",
-                    detail: "transaction aborted".into(),
-                });
-            }
-        };
-        Ok(prepared
-            .into_iter()
-            .map(|p| {
-                p.and_then(|_| {
-                    outcomes.next().ok_or(StoreError::Invalid {
-                        what: "trace",
-                        detail: "missing outcome".into(),
-                    })
-                })
-            })
-            .collect())
+            &self.by_result,
+        ];
+        for (tree, batch) in trees.into_iter().zip(batches) {
+            tree.apply_batch(batch)?;
+        }
+        Ok(out)
     }
 
     fn for_each_trace(
