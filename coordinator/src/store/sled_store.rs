@@ -597,3 +597,216 @@ impl Store for SledStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod crash_tests {
+    //! What a crash can leave behind (writes are ordered postings → record → marker, and
+    //! sled recovers a prefix of them), and that a re-upload then repairs it.
+    use super::*;
+
+    fn trace(dst: &str, result_id: Option<&str>, start: f64) -> v1::TraceRecord {
+        v1::TraceRecord {
+            result_id: result_id
+                .map_or_else(|| tracemesh_proto::result_id("c1", 0, dst), str::to_string),
+            campaign_id: "c1".into(),
+            round: 0,
+            vantage: "tor".into(),
+            dst: dst.into(),
+            start,
+            ..Default::default()
+        }
+    }
+
+    fn by(s: &SledStore, q: TraceQuery) -> Vec<(String, f64)> {
+        s.query_traces(&q)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.dst, t.start))
+            .collect()
+    }
+
+    fn all_queries(s: &SledStore) -> [Vec<(String, f64)>; 4] {
+        [
+            by(
+                s,
+                TraceQuery {
+                    campaign_id: Some("c1".into()),
+                    ..Default::default()
+                },
+            ),
+            by(
+                s,
+                TraceQuery {
+                    vantage: Some("tor".into()),
+                    ..Default::default()
+                },
+            ),
+            by(
+                s,
+                TraceQuery {
+                    dst: Some("1.1.1.1".into()),
+                    ..Default::default()
+                },
+            ),
+            by(s, TraceQuery::default()),
+        ]
+    }
+
+    fn pk(t: &v1::TraceRecord) -> Vec<u8> {
+        keys::trace_key(&t.campaign_id, t.round, &t.vantage, &t.dst)
+    }
+
+    #[test]
+    fn postings_without_their_record_are_skipped_and_a_reupload_stores_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let t = trace("1.1.1.1", None, 100.0);
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Stored);
+        // A crash after the postings, before the record.
+        s.traces.remove(pk(&t)).unwrap();
+        assert_eq!(all_queries(&s), [vec![], vec![], vec![], vec![]]);
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Stored);
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Duplicate);
+        let one = vec![("1.1.1.1".to_string(), 100.0)];
+        assert_eq!(
+            all_queries(&s),
+            [one.clone(), one.clone(), one.clone(), one]
+        );
+    }
+
+    #[test]
+    fn stale_postings_of_a_slot_stored_later_with_another_start_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let t = trace("1.1.1.1", None, 100.0);
+        s.ingest(&t).unwrap();
+        s.traces.remove(pk(&t)).unwrap();
+        let later = trace("1.1.1.1", None, 250.0);
+        assert_eq!(s.ingest(&later).unwrap(), IngestOutcome::Stored);
+        let one = vec![("1.1.1.1".to_string(), 250.0)];
+        assert_eq!(
+            all_queries(&s),
+            [one.clone(), one.clone(), one.clone(), one]
+        );
+    }
+
+    #[test]
+    fn a_non_canonical_record_without_its_marker_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let t = trace("1.1.1.1", Some("spool-7"), 100.0);
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Stored);
+        // A crash after the record, before its marker.
+        let rk = keys::result_key("tor", "spool-7");
+        assert!(s.by_result.remove(&rk).unwrap().is_some());
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Stored);
+        assert!(s.by_result.get(&rk).unwrap().is_some());
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Duplicate);
+        // The same id for another slot is the same result.
+        let moved = trace("2.2.2.2", Some("spool-7"), 100.0);
+        assert_eq!(s.ingest(&moved).unwrap(), IngestOutcome::Duplicate);
+        assert_eq!(s.count_traces("c1").unwrap(), 1);
+    }
+
+    #[test]
+    fn canonical_ids_need_no_marker_yet_stay_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let t = trace("1.1.1.1", None, 100.0);
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Stored);
+        assert!(s.by_result.is_empty());
+        // Another slot re-using that canonical id (a buggy agent) is a duplicate.
+        let reuse = trace("2.2.2.2", Some(&t.result_id), 101.0);
+        assert_eq!(s.ingest(&reuse).unwrap(), IngestOutcome::Duplicate);
+        assert_eq!(
+            s.ingest_many(&[reuse.clone(), reuse]).unwrap().len(),
+            2,
+            "one outcome per record"
+        );
+        assert_eq!(s.count_traces("c1").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_store_with_the_previous_per_trace_indexes_is_reindexed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = trace("1.1.1.1", None, 100.0);
+        {
+            // The previous layout: a record, its marker, per-trace index entries, no
+            // format key.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("traces")
+                .unwrap()
+                .insert(pk(&t), t.encode_to_vec())
+                .unwrap();
+            db.open_tree("traces_by_result")
+                .unwrap()
+                .insert(keys::result_key("tor", &t.result_id), pk(&t))
+                .unwrap();
+            for name in OLD_INDEX_TREES {
+                db.open_tree(name).unwrap().insert(b"old", b"").unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let one = vec![("1.1.1.1".to_string(), 100.0)];
+        assert_eq!(
+            all_queries(&s),
+            [one.clone(), one.clone(), one.clone(), one]
+        );
+        assert!(
+            !s.db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"traces_by_time")
+        );
+        assert_eq!(s.ingest(&t).unwrap(), IngestOutcome::Duplicate);
+        let u = trace("3.3.3.3", None, 100.0);
+        assert_eq!(s.ingest(&u).unwrap(), IngestOutcome::Stored);
+        drop(s);
+        // The group counter survives: nothing written before is overwritten.
+        let s = SledStore::open(dir.path()).unwrap();
+        let v = trace("4.4.4.4", None, 100.0);
+        assert_eq!(s.ingest(&v).unwrap(), IngestOutcome::Stored);
+        assert_eq!(by(&s, TraceQuery::default()).len(), 3);
+    }
+
+    #[test]
+    fn many_traces_in_one_bucket_come_back_in_start_order_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        // Several groups, each spanning chunks, interleaved in time.
+        for g in 0..3 {
+            let group: Vec<_> = (0..150)
+                .map(|i| {
+                    trace(
+                        &format!("10.0.{g}.{i}"),
+                        None,
+                        1_000.0 + f64::from(i * 3 + g) * 0.01,
+                    )
+                })
+                .collect();
+            s.ingest_many(&group).unwrap();
+        }
+        let got = by(
+            &s,
+            TraceQuery {
+                vantage: Some("tor".into()),
+                since_ns: Some(1_000_500_000_000),
+                until_ns: Some(1_003_000_000_000),
+                ..Default::default()
+            },
+        );
+        assert_eq!(got.len(), 251);
+        assert!(got.windows(2).all(|w| w[0].1 <= w[1].1));
+        let limited = by(
+            &s,
+            TraceQuery {
+                limit: 7,
+                ..Default::default()
+            },
+        );
+        assert_eq!(limited.len(), 7);
+        assert_eq!(limited[0].1, 1_000.0);
+    }
+}
