@@ -391,8 +391,13 @@ enum FromChild {
     },
     /// Every session of this child has its campaign; the last arrived at this
     /// CLOCK_MONOTONIC instant.
-    Dispatched { last_ns: u64 },
-    Acked { n: usize, rss_mib: f64 },
+    Dispatched {
+        last_ns: u64,
+    },
+    Acked {
+        n: usize,
+        rss_mib: f64,
+    },
     Failed(String),
 }
 

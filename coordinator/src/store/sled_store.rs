@@ -48,6 +48,20 @@ pub struct SledStore {
     next_group: Arc<Mutex<u64>>,
 }
 
+/// sled's page cache, MiB, unless TRACEMESH_STORE_CACHE_MIB says otherwise. sled's
+/// default (1 GiB of accounted page size) let the coordinator's RSS reach ~2 GiB after a
+/// few hundred thousand traces; ingest writes mostly new keys and queries scan, so a
+/// smaller cache costs little.
+const DEFAULT_CACHE_MIB: u64 = 256;
+
+fn cache_bytes() -> u64 {
+    std::env::var("TRACEMESH_STORE_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_CACHE_MIB)
+        << 20
+}
+
 /// Secondary index layout in force; stores without it are re-indexed on open.
 const INDEX_FORMAT_KEY: &[u8] = b"traces/index-format";
 const INDEX_FORMAT: &[u8] = b"postings-1";
@@ -91,7 +105,11 @@ impl SledStore {
         // concluding that someone else has the store.
         let mut attempt = 0;
         let db = loop {
-            match sled::Config::new().path(path).open() {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes())
+                .open()
+            {
                 Ok(db) => break db,
                 // sled reports the file lock only in its message.
                 Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
