@@ -395,9 +395,10 @@ enum FromChild {
         connect_ms: u64,
         rss_mib: f64,
     },
-    /// Every session of this child has its campaign; the last arrived at this
-    /// CLOCK_MONOTONIC instant.
+    /// Every session of this child has its campaign; the first and the last arrived at
+    /// these CLOCK_MONOTONIC instants.
     Dispatched {
+        first_ns: u64,
         last_ns: u64,
     },
     Acked {
