@@ -226,7 +226,6 @@ impl SledStore {
             .into_iter()
             .zip([&self.by_vantage, &self.by_dst, &self.by_time])
         {
-            let mut batch = sled::Batch::default();
             for ((component, b), bytes) in list {
                 // Split into values of at most POSTING_CHUNK pairs.
                 let mut chunk = 0u32;
@@ -240,12 +239,11 @@ impl SledStore {
                         let len = u16::from_be_bytes([rest[end + 8], rest[end + 9]]) as usize;
                         end += 10 + len;
                     }
-                    batch.insert(keys::posting_key(component, b, group, chunk), &rest[..end]);
+                    tree.insert(keys::posting_key(component, b, group, chunk), &rest[..end])?;
                     rest = &rest[end..];
                     chunk += 1;
                 }
             }
-            tree.apply_batch(batch)?;
         }
         Ok(())
     }
@@ -554,20 +552,19 @@ impl Store for SledStore {
                 .iter()
                 .map(|(p, r)| (r.vantage.as_str(), r.dst.as_str(), p.start, p.pk.as_slice())),
         )?;
-        let mut traces = sled::Batch::default();
-        let mut markers = sled::Batch::default();
-        let mut any_marker = false;
+        // Plain inserts, not sled batches: one thread's writes reach the log in program
+        // order, which is all the order above needs, and a batch takes sled's global
+        // write lock, which would stall them behind a concurrent flush. Key order helps
+        // sled's page cache.
+        fresh.sort_unstable_by(|a, b| a.0.pk.cmp(&b.0.pk));
         for (p, r) in &fresh {
-            traces.insert(p.pk.as_slice(), r.encode_to_vec());
-            if !p.canonical {
-                markers.insert(p.rk.as_slice(), p.pk.as_slice());
-                any_marker = true;
-            }
+            self.traces.insert(p.pk.as_slice(), r.encode_to_vec())?;
         }
-        self.traces.apply_batch(traces)?;
-        if any_marker {
-            self.has_markers.store(true, Ordering::Release);
-            self.by_result.apply_batch(markers)?;
+        for (p, _) in &fresh {
+            if !p.canonical {
+                self.has_markers.store(true, Ordering::Release);
+                self.by_result.insert(p.rk.as_slice(), p.pk.as_slice())?;
+            }
         }
         Ok(out)
     }
