@@ -26,7 +26,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracemesh::server::{self, Coordinator, ServeConfig};
@@ -246,11 +246,10 @@ fn up(m: Up) -> v1::AgentMessage {
 /// uploads its share when told and reports how many results were acknowledged. Holds
 /// the stream open until the driver drops `stop`.
 async fn agent_task(
-    index: usize,
     tx: mpsc::Sender<v1::AgentMessage>,
     mut rx: tonic::Streaming<v1::CoordinatorMessage>,
     dispatched: mpsc::UnboundedSender<u64>,
-    mut go: watch::Receiver<Option<Upload>>,
+    go: tokio::sync::oneshot::Receiver<Vec<v1::TraceBatch>>,
     acked: mpsc::UnboundedSender<anyhow::Result<usize>>,
 ) {
     let next = async |rx: &mut tonic::Streaming<v1::CoordinatorMessage>| -> anyhow::Result<Down> {
@@ -274,27 +273,19 @@ async fn agent_task(
             return;
         }
     }
-    let Ok(plan) = go.wait_for(Option::is_some).await.map(|p| p.clone()) else {
+    let Ok(batches) = go.await else {
         return;
     };
-    let Some(plan) = plan else { return };
     let upload = async {
-        let mine = plan.per_agent[index];
         let mut n = 0;
-        let mut j = 0;
-        while j < mine {
-            let end = (j + plan.batch).min(mine);
-            let results = (j..end)
-                .map(|k| record(&plan.campaign_id, index, k))
-                .collect();
-            tx.send(up(Up::TraceBatch(v1::TraceBatch { results })))
+        for batch in batches {
+            tx.send(up(Up::TraceBatch(batch)))
                 .await
                 .context("session send")?;
             match next(&mut rx).await? {
                 Down::Ack(a) => n += a.result_ids.len(),
                 other => bail!("expected an ack, got {other:?}"),
             }
-            j = end;
         }
         Ok(n)
     };
@@ -382,8 +373,11 @@ enum ToChild {
         first: usize,
         tokens: Vec<String>,
     },
-    /// Upload (per_agent indexed from `first`).
-    Go(Upload),
+    /// Prepare the uploads (per_agent indexed from `first`): the records are built before
+    /// the clock starts, as real agents produce them over time on their own machines.
+    Prepare(Upload),
+    /// Upload what was prepared, every session at once.
+    Go,
 }
 
 /// Agents child → driver, one JSON line each.
@@ -401,6 +395,8 @@ enum FromChild {
         first_ns: u64,
         last_ns: u64,
     },
+    /// The uploads are built.
+    Prepared,
     Acked {
         n: usize,
         rss_mib: f64,
@@ -655,16 +651,25 @@ async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()>
     let per_agent: Vec<usize> = (0..sessions)
         .map(|i| traces / sessions + usize::from(i < traces % sessions))
         .collect();
-    let (cpu0, threads0) = (cpu_time(false), cpu_by_thread());
-    let t = Instant::now();
     for kid in &mut kids {
         let share = per_agent[kid.first..kid.first + kid.count].to_vec();
-        kid.send(&ToChild::Go(Upload {
+        kid.send(&ToChild::Prepare(Upload {
             campaign_id: campaign.id.clone(),
             per_agent: share,
             batch,
         }))
         .await?;
+    }
+    for kid in &mut kids {
+        match kid.recv().await? {
+            FromChild::Prepared => {}
+            other => bail!("expected Prepared, got {other:?}"),
+        }
+    }
+    let (cpu0, threads0) = (cpu_time(false), cpu_by_thread());
+    let t = Instant::now();
+    for kid in &mut kids {
+        kid.send(&ToChild::Go).await?;
     }
     let mut total = 0;
     let mut rss_agents = 0.0;
@@ -902,7 +907,6 @@ async fn agents_run(
     // Sessions: one TLS connection per agent, each with its own certificate.
     let (dispatched_tx, mut dispatched_rx) = mpsc::unbounded_channel();
     let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
-    let (go_tx, go_rx) = watch::channel::<Option<Upload>>(None);
     let t = Instant::now();
     let opened: Vec<(usize, mpsc::Sender<v1::AgentMessage>, tonic::Streaming<_>)> =
         tokio::time::timeout(
@@ -942,13 +946,16 @@ async fn agents_run(
     let connect_ms = t.elapsed().as_millis() as u64;
     drop(ids);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut go: Vec<Option<tokio::sync::oneshot::Sender<Vec<v1::TraceBatch>>>> =
+        (0..n).map(|_| None).collect();
     for (i, tx, rx) in opened {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        go[i] = Some(go_tx);
         tasks.spawn(agent_task(
-            i,
             tx,
             rx,
             dispatched_tx.clone(),
-            go_rx.clone(),
+            go_rx,
             acked_tx.clone(),
         ));
     }
@@ -976,10 +983,35 @@ async fn agents_run(
     say(&FromChild::Dispatched { first_ns, last_ns })?;
 
     let line = stdin.recv().await.context("driver went away")?;
-    let ToChild::Go(plan) = serde_json::from_str(&line)? else {
+    let ToChild::Prepare(plan) = serde_json::from_str(&line)? else {
+        bail!("expected Prepare");
+    };
+    let uploads = tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|i| {
+                let mine = plan.per_agent[i];
+                (0..mine)
+                    .step_by(plan.batch)
+                    .map(|j| v1::TraceBatch {
+                        results: (j..(j + plan.batch).min(mine))
+                            .map(|k| record(&plan.campaign_id, first + i, k))
+                            .collect(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    say(&FromChild::Prepared)?;
+    let line = stdin.recv().await.context("driver went away")?;
+    let ToChild::Go = serde_json::from_str(&line)? else {
         bail!("expected Go");
     };
-    go_tx.send(Some(plan))?;
+    for (go, batches) in go.iter_mut().zip(uploads) {
+        if let Some(go) = go.take() {
+            let _ = go.send(batches);
+        }
+    }
     let mut total = 0;
     for _ in 0..n {
         match tokio::time::timeout(PHASE_TIMEOUT, acked_rx.recv()).await? {
