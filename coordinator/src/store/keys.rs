@@ -35,43 +35,94 @@ pub fn result_key(vantage: &str, result_id: &str) -> Vec<u8> {
     k
 }
 
-/// Secondary index entry: (component, start, primary key).
-pub fn timed_key(component: &str, start_ns: i64, pk: &[u8]) -> Vec<u8> {
-    let mut k = str_prefix(component);
-    push_time(&mut k, start_ns);
-    k.extend_from_slice(pk);
+/// Width of one time bucket of the secondary indexes, ns.
+pub const BUCKET_NS: i64 = 10_000_000_000;
+
+/// The bucket a start time falls in.
+pub fn bucket(start_ns: i64) -> i64 {
+    start_ns.div_euclid(BUCKET_NS)
+}
+
+/// Secondary index entry ("posting"): (component, bucket, group, chunk) → the
+/// (start, primary key) pairs of traces of that component and bucket stored by one ingest
+/// group. `component` is the vantage or destination; the time index has none.
+pub fn posting_key(component: Option<&str>, bucket: i64, group: u64, chunk: u32) -> Vec<u8> {
+    let mut k = component.map(str_prefix).unwrap_or_default();
+    push_time(&mut k, bucket);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(&chunk.to_be_bytes());
     k
 }
 
-/// Time index entry: (start, primary key).
-pub fn time_key(start_ns: i64, pk: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + pk.len());
-    push_time(&mut k, start_ns);
-    k.extend_from_slice(pk);
-    k
+/// Length of the (component, bucket) part of a posting key: keys that agree on it hold
+/// the same bucket.
+pub fn posting_bucket_len(component: Option<&str>) -> usize {
+    component.map_or(0, |c| 2 + c.len().min(u16::MAX as usize)) + 8
 }
 
-/// Bounds of a time range under an optional component prefix, for sled `range`.
-pub fn time_bounds(
+/// Bounds of the postings whose bucket may hold starts in [since, until], for sled `range`.
+pub fn posting_bounds(
     component: Option<&str>,
     since: Option<i64>,
     until: Option<i64>,
 ) -> (Vec<u8>, Vec<u8>) {
     let prefix = component.map(str_prefix).unwrap_or_default();
     let mut lo = prefix.clone();
-    push_time(&mut lo, since.unwrap_or(i64::MIN));
+    push_time(&mut lo, bucket(since.unwrap_or(i64::MIN)));
     let mut hi = prefix;
-    push_time(&mut hi, until.unwrap_or(i64::MAX));
-    // Everything at `until` itself, whatever primary key follows, sorts below this.
-    hi.push(0xff);
-    hi.extend_from_slice(&[0xff; 8]);
+    push_time(&mut hi, bucket(until.unwrap_or(i64::MAX)));
+    hi.extend_from_slice(&[0xff; 12]);
     (lo, hi)
 }
 
-/// Decodes the primary key at the end of a timed/time index key.
-pub fn pk_after_time<'a>(key: &'a [u8], component: Option<&str>) -> Option<&'a [u8]> {
-    let skip = component.map(|c| c.len() + 2).unwrap_or(0) + 8;
-    key.get(skip..)
+/// Appends one (start, primary key) pair to a posting value.
+pub fn push_posting(out: &mut Vec<u8>, start_ns: i64, pk: &[u8]) {
+    out.extend_from_slice(&start_ns.to_be_bytes());
+    let len = u16::try_from(pk.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&pk[..len as usize]);
+}
+
+/// The (start, primary key) pairs of a posting value; None if it is malformed.
+pub fn parse_postings(mut v: &[u8]) -> Option<Vec<(i64, &[u8])>> {
+    let mut out = Vec::new();
+    while !v.is_empty() {
+        let start = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        let len = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;
+        out.push((start, v.get(10..10 + len)?));
+        v = &v[10 + len..];
+    }
+    Some(out)
+}
+
+/// Whether `result_id` is the one agents derive from the slot itself
+/// (`campaign/round/dst`, see `tracemesh_proto::result_id`) and unambiguously so (no '/'
+/// in campaign or destination). Two such ids are equal only for the same slot, so for
+/// them the primary key alone catches a re-upload.
+pub fn is_canonical_result_id(result_id: &str, campaign: &str, round: u32, dst: &str) -> bool {
+    if campaign.contains('/') || dst.contains('/') {
+        return false;
+    }
+    let Some(rest) = result_id
+        .strip_prefix(campaign)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return false;
+    };
+    let Some((r, d)) = rest.split_once('/') else {
+        return false;
+    };
+    d == dst
+        && r.parse::<u32>()
+            .is_ok_and(|n| n == round && n.to_string() == r)
+}
+
+/// The slot (campaign, round, dst) a canonical-looking result id names, if any.
+pub fn parse_canonical_result_id(result_id: &str) -> Option<(&str, u32, &str)> {
+    let (c, rest) = result_id.split_once('/')?;
+    let (r, d) = rest.split_once('/')?;
+    let round = r.parse::<u32>().ok()?;
+    (round.to_string() == r && !d.contains('/')).then_some((c, round, d))
 }
 
 #[cfg(test)]
@@ -88,22 +139,54 @@ mod tests {
     #[test]
     fn rounds_and_times_sort_numerically() {
         assert!(trace_key("c", 2, "v", "d") < trace_key("c", 10, "v", "d"));
-        assert!(time_key(-5, b"") < time_key(3, b""));
-        assert!(time_key(255, b"") < time_key(256, b""));
+        assert!(posting_key(None, -5, 9, 9) < posting_key(None, 3, 0, 0));
+        assert!(posting_key(Some("v"), 255, 9, 9) < posting_key(Some("v"), 256, 0, 0));
     }
 
     #[test]
-    fn time_bounds_are_inclusive() {
-        let pk = trace_key("c", 0, "v", "d");
-        let (lo, hi) = time_bounds(Some("v"), Some(10), Some(20));
-        for (t, inside) in [(9, false), (10, true), (20, true), (21, false)] {
-            let k = timed_key("v", t, &pk);
-            assert_eq!(k >= lo && k <= hi, inside, "t={t}");
-            assert_eq!(pk_after_time(&k, Some("v")), Some(pk.as_slice()));
+    fn posting_bounds_cover_the_buckets_of_the_range() {
+        let (lo, hi) = posting_bounds(Some("v"), Some(10 * BUCKET_NS + 5), Some(20 * BUCKET_NS));
+        for (b, inside) in [(9, false), (10, true), (15, true), (20, true), (21, false)] {
+            let k = posting_key(Some("v"), b, u64::MAX, u32::MAX);
+            assert_eq!(k >= lo && k <= hi, inside, "bucket {b}");
+            assert_eq!(k.len(), posting_bucket_len(Some("v")) + 12);
         }
-        let (lo, hi) = time_bounds(None, None, Some(20));
-        let k = time_key(20, &pk);
-        assert!(k >= lo && k <= hi);
-        assert_eq!(pk_after_time(&k, None), Some(pk.as_slice()));
+        let (lo, hi) = posting_bounds(None, None, None);
+        for b in [bucket(i64::MIN), -1, 0, bucket(i64::MAX)] {
+            let k = posting_key(None, b, 0, 0);
+            assert!(k >= lo && k <= hi);
+        }
+        assert!(posting_key(None, -1, 9, 9) < posting_key(None, 0, 0, 0));
+        assert_eq!(bucket(-1), -1);
+    }
+
+    #[test]
+    fn postings_round_trip() {
+        let mut v = Vec::new();
+        push_posting(&mut v, -7, b"pk1");
+        push_posting(&mut v, 1 << 40, b"");
+        assert_eq!(
+            parse_postings(&v),
+            Some(vec![(-7, &b"pk1"[..]), (1 << 40, &b""[..])])
+        );
+        assert_eq!(parse_postings(&v[..5]), None);
+    }
+
+    #[test]
+    fn canonical_result_ids() {
+        let id = canon("c1", 3, "1.1.1.1");
+        assert!(is_canonical_result_id(&id, "c1", 3, "1.1.1.1"));
+        assert!(!is_canonical_result_id(&id, "c1", 4, "1.1.1.1"));
+        assert!(!is_canonical_result_id(&id, "c", 3, "1.1.1.1"));
+        assert!(!is_canonical_result_id("c1/03/1.1.1.1", "c1", 3, "1.1.1.1"));
+        assert!(!is_canonical_result_id("a/1/2/x", "a/1", 2, "x"));
+        assert!(!is_canonical_result_id("x", "c1", 3, "1.1.1.1"));
+        assert_eq!(parse_canonical_result_id(&id), Some(("c1", 3, "1.1.1.1")));
+        assert_eq!(parse_canonical_result_id("a/1/2/x"), None);
+        assert_eq!(parse_canonical_result_id("x"), None);
+    }
+
+    fn canon(c: &str, r: u32, d: &str) -> String {
+        tracemesh_proto::result_id(c, r, d)
     }
 }
