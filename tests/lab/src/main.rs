@@ -53,6 +53,11 @@ enum Cmd {
         /// Emulator threads (default: one per core).
         #[arg(long)]
         emu_threads: Option<usize>,
+        /// A PeeringDB dump directory (`*ix.json`, `*ixlan.json`, `*ixpfx.json`) for the
+        /// coordinator, as an operator would download it: exchange LANs and the cities
+        /// exchanges are in, which sharpen ingress positions.
+        #[arg(long, value_name = "DIR")]
+        peeringdb: Option<PathBuf>,
     },
 }
 
@@ -163,6 +168,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             out,
             rate,
             emu_threads,
+            peeringdb,
         } => {
             let rate = match rate {
                 Some(r) => r,
@@ -173,6 +179,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 out: out.clone(),
                 rate,
                 emu_threads,
+                peeringdb,
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(

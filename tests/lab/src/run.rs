@@ -133,6 +133,8 @@ pub struct RunOptions {
     pub rate: u32,
     /// Emulator threads (default: one per core).
     pub emu_threads: Option<usize>,
+    /// PeeringDB dump directory handed to the coordinator.
+    pub peeringdb: Option<PathBuf>,
 }
 
 /// CPU seconds (user + system) this process has used, from /proc/self/stat.
@@ -247,18 +249,22 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         .arg(&data)
         .args(["--listen", &listen]);
     // Annotation inputs and adversaries, as a user would pass them.
-    let adversaries: Vec<String> = world
+    let mut detect_args: Vec<String> = world
         .s
         .adversary_asns
         .iter()
         .flat_map(|a| ["--adversary".to_string(), a.to_string()])
         .collect();
+    if let Some(p) = &opts.peeringdb {
+        detect_args.push("--peeringdb".into());
+        detect_args.push(p.display().to_string());
+    }
     serve
         .arg("--pfx2as")
         .arg(&pfx)
         .arg("--asnames")
         .arg(&names)
-        .args(&adversaries);
+        .args(&detect_args);
     let _coordinator = spawn_logged(serve, &out.join("logs/coordinator.log"))?;
     let cli = |args: &[&str]| {
         let mut c = in_netns(&topo.control, &coordinator_bin);
@@ -433,7 +439,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         .arg(&pfx)
         .arg("--asnames")
         .arg(&names)
-        .args(&adversaries);
+        .args(&detect_args);
     let diversions = output(report)?;
     std::fs::write(out.join("diversions.json"), diversions)?;
 

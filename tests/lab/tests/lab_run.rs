@@ -33,6 +33,7 @@ fn a_small_scenario_runs_end_to_end_through_the_lab() {
         out: out.path().to_path_buf(),
         rate: 1000,
         emu_threads: None,
+        peeringdb: None,
     })
     .expect("the lab runs");
     assert_eq!(lab["traces_stored"], lab["traces_expected"], "{lab}");

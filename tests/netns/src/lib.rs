@@ -357,8 +357,9 @@ mod tests {
                 .expect("ping runs");
             assert!(
                 out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
         }
         let list = run("ip", &["netns", "list"]).unwrap();
