@@ -41,7 +41,8 @@ enum Cmd {
         duration: f64,
     },
     /// The whole lab: namespaces, emulator, the real coordinator and one real agent per
-    /// vantage, the scenario's campaign; writes lab.json, traces.jsonl, diversions.json.
+    /// vantage, the scenario's campaign; writes lab.json, traces.jsonl, diversions.json
+    /// and diversions.txt.
     Run {
         scenario: PathBuf,
         #[arg(long)]
@@ -183,7 +184,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(
-                "wrote {}/lab.json, traces.jsonl, diversions.json",
+                "wrote {}/lab.json, traces.jsonl, diversions.json, diversions.txt",
                 out.display()
             );
             Ok(())

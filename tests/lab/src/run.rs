@@ -1,6 +1,7 @@
 //! `tracemesh-lab run`: the scenario's internet in namespaces, the real coordinator in
 //! the control namespace, one real agent per vantage, the scenario's campaign, and the
-//! files a run leaves behind (`lab.json`, `traces.jsonl`, `diversions.json`).
+//! files a run leaves behind (`lab.json`, `traces.jsonl`, `diversions.json` and its drawn
+//! form `diversions.txt`).
 //!
 //! The coordinator gets what a user would give it: a prefix-to-AS table and AS names
 //! generated from the scenario's `[[as]]`, and the adversary ASNs. Router positions,
@@ -433,15 +434,19 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     }
     let stored = lines.lines().count();
     std::fs::write(out.join("traces.jsonl"), &lines)?;
-    let mut report = cli(&["diversions", "--json"]);
-    report
-        .arg("--pfx2as")
-        .arg(&pfx)
-        .arg("--asnames")
-        .arg(&names)
-        .args(&detect_args);
-    let diversions = output(report)?;
-    std::fs::write(out.join("diversions.json"), diversions)?;
+    let report = |extra: &[&str]| {
+        let mut c = cli(&["diversions"]);
+        c.args(extra)
+            .arg("--pfx2as")
+            .arg(&pfx)
+            .arg("--asnames")
+            .arg(&names)
+            .args(&detect_args);
+        output(c)
+    };
+    std::fs::write(out.join("diversions.json"), report(&["--json"])?)?;
+    // The same report as an operator reads it: incidents with both paths drawn.
+    std::fs::write(out.join("diversions.txt"), report(&[])?)?;
 
     let mut emulator = emu.stats.report(campaign_s);
     // This process is the emulator (the coordinator and agents run apart).

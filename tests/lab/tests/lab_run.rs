@@ -110,4 +110,11 @@ fn a_small_scenario_runs_end_to_end_through_the_lab() {
         (6.0..=6.0 + world.s.round_s + 1.0).contains(&first),
         "onset at {first} s"
     );
+    // The drawn report names the same incident, hand-off and ingress.
+    let text = std::fs::read_to_string(out.path().join("diversions.txt")).unwrap();
+    assert!(text.contains("Incident 1: AS4134"), "{text}");
+    let handoff = text.lines().find(|l| l.contains("<- hand-off")).unwrap();
+    assert!(handoff.contains("24.114.255.1"), "{text}");
+    let ingress = text.lines().find(|l| l.contains("<- ingress")).unwrap();
+    assert!(ingress.contains("!202.97.12.1"), "{text}");
 }
