@@ -72,6 +72,15 @@ impl Histogram {
         self.max.fetch_max(v, Ordering::Relaxed);
     }
 
+    /// How many values were at least `v`, give or take the bucket `v` falls in (values
+    /// down to 1/8 below `v` may count).
+    pub fn count_at_least(&self, v: u64) -> u64 {
+        self.counts[bucket_of(v)..]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn summary(&self) -> Summary {
         let counts: Vec<u64> = self
             .counts
@@ -183,6 +192,11 @@ mod tests {
         assert!(near(s.p50, 500_000), "{s:?}");
         assert!(near(s.p99, 990_000), "{s:?}");
         assert!(s.p999 <= s.max && near(s.p999, 999_000), "{s:?}");
+        // Exactly: 1 value is >= 1 ms and 101 are >= 900 us; within a bucket, those down
+        // to 1/8 below may count too.
+        assert!((1..=126).contains(&h.count_at_least(1_000_000)));
+        assert!((101..=213).contains(&h.count_at_least(900_000)));
+        assert_eq!(h.count_at_least(0), 1000);
         assert_eq!(Histogram::default().summary().p99, 0);
     }
 

@@ -85,6 +85,7 @@ struct Tally {
     hops: usize,
     tcp: usize,
     worst_err_ms: f64,
+    retries: usize,
 }
 
 /// What a trace is checked against: the model, its t0, and the emulator's own figures
@@ -95,7 +96,58 @@ struct Ctx<'a> {
     emu: &'a EmuStats,
 }
 
-fn check(ctx: &Ctx<'_>, v: usize, tg: usize, dst: IpAddr, tr: &Value, tally: &mut Tally) -> f64 {
+/// An answer the emulator itself sent this late (ns) means the machine took its CPU: a
+/// runnable real-time thread waits only for the hypervisor or other real-time work. A
+/// trace that met such a stall measured the machine, not the model, and is taken again.
+const STALL_NS: u64 = 500_000;
+const ATTEMPTS: usize = 3;
+
+/// Traces `dst` with scamper from vantage `v` and checks it (see [`check`]), taking the
+/// trace again (up to [`ATTEMPTS`] in all) only where its RTTs were off while the
+/// emulator stalled; returns the trace and its time.
+fn traced(
+    ctx: &Ctx<'_>,
+    ns: &str,
+    method: &str,
+    (v, tg, dst): (usize, usize, IpAddr),
+    tally: &mut Tally,
+) -> (Value, f64) {
+    let mut attempt = 1;
+    loop {
+        let stalls = ctx.emu.late.count_at_least(STALL_NS);
+        let tr = scamper(ns, method, dst);
+        let mut this = Tally::default();
+        match check(ctx, v, tg, dst, &tr, &mut this) {
+            Ok(t) => {
+                tally.hops += this.hops;
+                tally.worst_err_ms = tally.worst_err_ms.max(this.worst_err_ms);
+                return (tr, t);
+            }
+            Err(msg) => {
+                let stalled = ctx.emu.late.count_at_least(STALL_NS) - stalls;
+                assert!(
+                    stalled > 0 && attempt < ATTEMPTS,
+                    "{msg} (attempt {attempt}; emulator answers ≥ 0.5 ms late meanwhile: {stalled})"
+                );
+                eprintln!("retrying: {msg}; {stalled} emulator answers ≥ 0.5 ms late meanwhile");
+                tally.retries += 1;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Checks one scamper trace against the model at the trace's start time and returns
+/// that time (seconds after t0). Paths, answer types, quotes and MPLS must match; an RTT
+/// off by more than 10% + 0.5 ms is returned as the error, for [`traced`] to judge.
+fn check(
+    ctx: &Ctx<'_>,
+    v: usize,
+    tg: usize,
+    dst: IpAddr,
+    tr: &Value,
+    tally: &mut Tally,
+) -> Result<f64, String> {
     let (w, t0_s, emu) = (ctx.w, ctx.t0_s, ctx.emu);
     let start = tr["start"]["sec"].as_f64().unwrap() + tr["start"]["usec"].as_f64().unwrap() / 1e6;
     let t = start - t0_s;
@@ -143,12 +195,13 @@ fn check(ctx: &Ctx<'_>, v: usize, tg: usize, dst: IpAddr, tr: &Value, tally: &mu
         );
         let got_rtt = hop["rtt"].as_f64().unwrap();
         let err = (got_rtt - rtt).abs();
-        assert!(
-            err <= 0.1 * rtt + 0.5,
-            "{method} {dst} t={t:.2} hop {ttl}: rtt {got_rtt} ms, model {rtt:.3} ms; the emulator's \
-             answers so far left at most {:.3} ms late",
-            emu.late.summary().max as f64 / 1e6
-        );
+        if err > 0.1 * rtt + 0.5 {
+            return Err(format!(
+                "{method} {dst} t={t:.2} hop {ttl}: rtt {got_rtt} ms, model {rtt:.3} ms; the \
+                 emulator's answers so far left at most {:.3} ms late",
+                emu.late.summary().max as f64 / 1e6
+            ));
+        }
         tally.hops += 1;
         tally.worst_err_ms = tally.worst_err_ms.max(err);
         let (ty, code) = (hop["icmp_type"].as_u64(), hop["icmp_code"].as_u64());
@@ -189,7 +242,7 @@ fn check(ctx: &Ctx<'_>, v: usize, tg: usize, dst: IpAddr, tr: &Value, tally: &mu
             .unwrap_or_default();
         assert_eq!(labels, want_labels, "{method} {dst} hop {ttl} MPLS");
     }
-    t
+    Ok(t)
 }
 
 #[test]
@@ -221,8 +274,7 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
     // a silent hop lasts about 1.3 s; all of them end well before the event edge.
     for (v, tg, dst) in [(toronto, kr4, d4), (toronto, kr6, d6), (vancouver, kr4, d4)] {
         for method in ["icmp-paris", "udp-paris"] {
-            let tr = scamper(&topo.vantages[v], method, dst);
-            let t = check(&ctx, v, tg, dst, &tr, &mut tally);
+            let (_, t) = traced(&ctx, &topo.vantages[v], method, (v, tg, dst), &mut tally);
             assert!(t + 2.0 < DIVERSION_AT, "too slow: trace at t={t:.2}");
         }
     }
@@ -234,14 +286,22 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
     for (dst, tg) in [(d4, kr4), (d6, kr6)] {
         let rtt = w.hops(toronto, tg, 1.0).unwrap().last().unwrap().2;
         for port in [80, 443] {
-            let ms = connect_ms(&topo.vantages[toronto], dst, port)
-                .unwrap_or_else(|e| panic!("connect {dst}:{port}: {e}"));
-            assert!(
-                (ms - rtt).abs() <= 0.1 * rtt + 0.5,
-                "connect {dst}:{port} took {ms:.3} ms, model RTT {rtt:.3} ms; the emulator's \
-                 answers so far left at most {:.3} ms late",
-                emu.stats.late.summary().max as f64 / 1e6
-            );
+            // As for traces: a handshake is taken again only if the emulator stalled.
+            for attempt in 1..=ATTEMPTS {
+                let stalls = emu.stats.late.count_at_least(STALL_NS);
+                let ms = connect_ms(&topo.vantages[toronto], dst, port)
+                    .unwrap_or_else(|e| panic!("connect {dst}:{port}: {e}"));
+                if (ms - rtt).abs() <= 0.1 * rtt + 0.5 {
+                    break;
+                }
+                let stalled = emu.stats.late.count_at_least(STALL_NS) - stalls;
+                assert!(
+                    stalled > 0 && attempt < ATTEMPTS,
+                    "connect {dst}:{port} took {ms:.3} ms, model RTT {rtt:.3} ms (attempt \
+                     {attempt}; emulator answers ≥ 0.5 ms late meanwhile: {stalled})"
+                );
+                tally.retries += 1;
+            }
             tally.tcp += 1;
         }
         let refused = connect_ms(&topo.vantages[toronto], dst, 22).unwrap_err();
@@ -252,8 +312,13 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
     // After the edge: Toronto's path goes through China Telecom, Vancouver's does not.
     let wait = Duration::from_secs_f64(DIVERSION_AT + 0.5).saturating_sub(began.elapsed());
     std::thread::sleep(wait);
-    let tr = scamper(&topo.vantages[toronto], "icmp-paris", d4);
-    let t = check(&ctx, toronto, kr4, d4, &tr, &mut tally);
+    let (tr, t) = traced(
+        &ctx,
+        &topo.vantages[toronto],
+        "icmp-paris",
+        (toronto, kr4, d4),
+        &mut tally,
+    );
     assert!(t >= DIVERSION_AT, "{t}");
     let after = w.path(toronto, kr4, t).unwrap().0;
     assert_ne!(before, after, "the diversion must change the model's path");
@@ -266,20 +331,32 @@ fn scamper_sees_the_model_paths_and_the_diversion() {
             .any(|h| h["addr"] == ct.as_str()),
         "diverted path lacks the ingress PoP: {tr}"
     );
-    let tr = scamper(&topo.vantages[toronto], "udp-paris", d6);
-    check(&ctx, toronto, kr6, d6, &tr, &mut tally);
-    let tr = scamper(&topo.vantages[vancouver], "icmp-paris", d4);
-    check(&ctx, vancouver, kr4, d4, &tr, &mut tally);
+    traced(
+        &ctx,
+        &topo.vantages[toronto],
+        "udp-paris",
+        (toronto, kr6, d6),
+        &mut tally,
+    );
+    traced(
+        &ctx,
+        &topo.vantages[vancouver],
+        "icmp-paris",
+        (vancouver, kr4, d4),
+        &mut tally,
+    );
 
     let s = &emu.stats;
     eprintln!(
-        "{} hops and {} TCP handshakes agree with the model (worst RTT error {:.3} ms); emulator: {} packets in, {} answers, {} dropped",
+        "{} hops and {} TCP handshakes agree with the model (worst RTT error {:.3} ms, {} taken again after an emulator stall); emulator: {} packets in, {} answers, {} dropped, {:?}",
         tally.hops,
         tally.tcp,
         tally.worst_err_ms,
+        tally.retries,
         s.packets_in.load(std::sync::atomic::Ordering::Relaxed),
         s.answers.load(std::sync::atomic::Ordering::Relaxed),
-        s.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        s.late.summary()
     );
     assert!(tally.hops >= 30 && tally.tcp == 6, "{tally:?}");
     emu.stop();
