@@ -76,6 +76,8 @@ fn draw_paths(out: &mut String, r: &DiversionRecord) {
         " normal path", " diverted path"
     );
     let mut past_handoff = false;
+    // A diverted path may loop back through the ingress; it is marked where it entered.
+    let mut ingress_seen = false;
     for ttl in ttls {
         let n = ev.normal_path.iter().find(|h| h.ttl == ttl);
         let d = ev.diverted_path.iter().find(|h| h.ttl == ttl);
@@ -83,8 +85,9 @@ fn draw_paths(out: &mut String, r: &DiversionRecord) {
         if r.handoff.ttl == Some(ttl) {
             note.push_str("<- hand-off: leaves the normal path");
             past_handoff = true;
-        } else if d.and_then(|h| h.addr) == Some(r.ingress.addr) {
+        } else if !ingress_seen && d.and_then(|h| h.addr) == Some(r.ingress.addr) {
             note.push_str("<- ingress: first hop in the adversary's network");
+            ingress_seen = true;
         } else if past_handoff && d.is_some_and(|h| h.adversary) {
             note.push_str("   (adversary)");
         }
