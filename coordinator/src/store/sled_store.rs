@@ -308,10 +308,13 @@ impl SledStore {
         let since = q.since_ns.unwrap_or(i64::MIN);
         let until = q.until_ns.unwrap_or(i64::MAX);
         let mut bucket: Vec<u8> = Vec::new();
-        let mut pending: Vec<(i64, sled::IVec, std::ops::Range<usize>)> = Vec::new();
+        // (start, posting value, where the primary key is in it) for the current bucket.
+        type Pending = Vec<(i64, sled::IVec, std::ops::Range<usize>)>;
+        let mut pending: Pending = Vec::new();
         // Emits `pending` in order; false once `f` wants no more.
-        let mut emit = |pending: &mut Vec<(i64, sled::IVec, std::ops::Range<usize>)>| -> Result<bool, StoreError> {
-            pending.sort_unstable_by(|a, b| (a.0, &a.1[a.2.clone()]).cmp(&(b.0, &b.1[b.2.clone()])));
+        let mut emit = |pending: &mut Pending| -> Result<bool, StoreError> {
+            pending
+                .sort_unstable_by(|a, b| (a.0, &a.1[a.2.clone()]).cmp(&(b.0, &b.1[b.2.clone()])));
             let mut last: Option<(i64, &[u8])> = None;
             for (start, v, r) in pending.iter() {
                 let pk = &v[r.clone()];
