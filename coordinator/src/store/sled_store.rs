@@ -845,7 +845,7 @@ mod kill_tests {
         let vantage = format!("v{}", i / 250);
         v1::TraceRecord {
             // Every third trace has an agent-chosen id, so markers are exercised too.
-            result_id: if i % 3 == 0 {
+            result_id: if i.is_multiple_of(3) {
                 format!("spool-{g}-{i}")
             } else {
                 tracemesh_proto::result_id("c1", 0, &dst)
