@@ -11,7 +11,7 @@
 //! most the hard RLIMIT_NOFILE minus ~100, as the coordinator needs one descriptor per
 //! session), TM_BENCH_TRACES (200000), TM_BENCH_BATCH (100 traces per TraceBatch),
 //! TM_BENCH_STORE_TRACES (100000 for the store-only phase, 0 skips it),
-//! TM_BENCH_STORE_GROUP (2000), TM_BENCH_ONLY=store.
+//! TM_BENCH_STORE_GROUP (20000, the writer's largest group), TM_BENCH_ONLY=store.
 
 // The only unsafe code: setrlimit (tens of thousands of TLS connections) and
 // clock_gettime (CPU time, and one monotonic clock across the processes).
@@ -302,11 +302,15 @@ fn store_phase(records: usize, group: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = SledStore::open(dir.path())?;
     let rss0 = rss_mib();
-    let vantages = 2_000;
+    // In the order the writer sees them: batches of 100 traces of one vantage each,
+    // the vantages taking turns.
+    let (vantages, batch) = (2_000, 100);
     let all: Vec<v1::TraceRecord> = (0..records)
         .map(|i| {
-            let mut r = record("c1", i % vantages, i / vantages);
-            r.vantage = format!("bench-{:05}", i % vantages);
+            let (b, k) = (i / batch, i % batch);
+            let v = b % vantages;
+            let mut r = record("c1", v, (b / vantages) * batch + k);
+            r.vantage = format!("bench-{v:05}");
             r.received_at_ns = 1;
             r
         })
@@ -412,7 +416,7 @@ fn main() -> anyhow::Result<()> {
             .block_on(agents_child());
     }
     let store_traces = env_usize("TM_BENCH_STORE_TRACES", 100_000)?;
-    let store_group = env_usize("TM_BENCH_STORE_GROUP", 2_000)?.max(1);
+    let store_group = env_usize("TM_BENCH_STORE_GROUP", 20_000)?.max(1);
     if std::env::var("TM_BENCH_ONLY").is_ok_and(|v| v == "store") {
         return store_phase(store_traces, store_group);
     }
