@@ -343,14 +343,16 @@ fn store_phase(records: usize, group: usize) -> anyhow::Result<()> {
     let (dw, df, dcpu, _) = pass(IngestOutcome::Duplicate)?;
     println!(
         "store only: {records} traces in groups of {group}: {:.0} traces/s (ingest_many {} ms + flush {} ms; \
-         CPU {} ms in the writer = {:.1} µs/trace, {} ms in the process); RSS {:+.0} MiB",
+         CPU {} ms in the writer = {:.1} µs/trace, {} ms in the process); process RSS {:.0} MiB \
+         (after the session phase freed its memory, so not a delta: {:.0} MiB before this phase)",
         records as f64 / (w + f).as_secs_f64(),
         w.as_millis(),
         f.as_millis(),
         cpu.as_millis(),
         cpu.as_secs_f64() * 1e6 / records as f64,
         pcpu.as_millis(),
-        rss1 - rss0,
+        rss1,
+        rss0,
     );
     println!(
         "store only: the same again, all duplicates: {:.0} traces/s (writer CPU {:.1} µs/trace)",
