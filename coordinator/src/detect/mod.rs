@@ -74,6 +74,36 @@ struct AddrFacts {
     adversary: Option<u32>,
 }
 
+/// Most vantages a link keeps RTT minima for: any one whose path crosses the link
+/// bounds its length, a few guard against one vantage's bad luck.
+const LINK_VANTAGES: usize = 8;
+
+/// A link a → b as seen by up to [`LINK_VANTAGES`] vantages: per vantage, the minimum
+/// RTT to each end over the traces that crossed the link. The step is taken between the
+/// two minima, not per trace: one round in which the near end's answer came back late
+/// (a busy prober stamps its send early) would otherwise shrink the step, and the bound
+/// it gives, below the link's real length.
+#[derive(Debug, Default, Clone)]
+struct LinkObs(Vec<(u32, f64, f64)>);
+
+impl LinkObs {
+    fn observe(&mut self, vid: u32, ra: f64, rb: f64) {
+        if let Some((_, a, b)) = self.0.iter_mut().find(|(v, _, _)| *v == vid) {
+            *a = a.min(ra);
+            *b = b.min(rb);
+        } else if self.0.len() < LINK_VANTAGES {
+            self.0.push((vid, ra, rb));
+        }
+    }
+
+    fn step(&self) -> f64 {
+        self.0
+            .iter()
+            .map(|(_, a, b)| b - a)
+            .fold(f64::INFINITY, f64::min)
+    }
+}
+
 #[derive(Debug, Default)]
 struct PairState {
     clean: BTreeMap<u64, CleanObs>,
@@ -94,9 +124,8 @@ pub struct Detector {
     /// minimum is the tightest distance bound.
     rtts: FxHashMap<IpAddr, FxHashMap<u32, f64>>,
     /// For each address, the hops seen answering shortly before it (at most
-    /// `MAX_LINK_GAP` TTLs), with the smallest RTT step between them: a stretch of path
-    /// whose length the step bounds.
-    preds: FxHashMap<IpAddr, FxHashMap<IpAddr, f64>>,
+    /// `MAX_LINK_GAP` TTLs): a stretch of path whose length the RTT step bounds.
+    preds: FxHashMap<IpAddr, FxHashMap<IpAddr, LinkObs>>,
     /// Per-address annotation, valid for annotator generation `facts_generation`.
     facts: FxHashMap<IpAddr, AddrFacts>,
     facts_generation: u64,
@@ -246,8 +275,12 @@ impl Detector {
                 && h.ttl - ta <= MAX_LINK_GAP
                 && a != b
             {
-                let e = self.preds.entry(b).or_default().entry(a).or_insert(rb - ra);
-                *e = e.min(rb - ra);
+                self.preds
+                    .entry(b)
+                    .or_default()
+                    .entry(a)
+                    .or_default()
+                    .observe(vid, ra, rb);
             }
             last = Some((h.ttl, b, rb));
         }
@@ -401,7 +434,7 @@ impl Detector {
         if depth > 0
             && let Some(preds) = self.preds.get(&addr)
         {
-            let mut preds: Vec<(IpAddr, f64)> = preds.iter().map(|(a, s)| (*a, *s)).collect();
+            let mut preds: Vec<(IpAddr, f64)> = preds.iter().map(|(a, l)| (*a, l.step())).collect();
             // The shortest links say the most; a handful is plenty.
             preds.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
             for (p, step) in preds.into_iter().take(4) {
@@ -821,4 +854,27 @@ pub fn detect(
         d.ingest(t, annot);
     }
     d.report(annot, gazetteer, now)
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::LinkObs;
+
+    #[test]
+    fn a_late_near_end_in_one_round_does_not_shrink_the_step() {
+        let mut l = LinkObs::default();
+        // Vantage 0: 0.4 → 4.8 ms normally; one round the near end came back at 3.3 ms.
+        l.observe(0, 0.4, 4.8);
+        l.observe(0, 3.3, 4.85);
+        l.observe(0, 0.45, 4.9);
+        assert!((l.step() - 4.4).abs() < 1e-9, "{}", l.step());
+        // Another vantage nearer the link bounds it tighter: the smallest step wins.
+        l.observe(1, 7.6, 7.9);
+        assert!((l.step() - 0.3).abs() < 1e-9);
+        // Only a handful of vantages are kept.
+        for v in 2..40 {
+            l.observe(v, 1.0, 100.0);
+        }
+        assert_eq!(l.0.len(), super::LINK_VANTAGES);
+    }
 }
