@@ -1087,6 +1087,36 @@ async fn diversions_are_found_in_stored_traces() {
     );
 }
 
+/// Enrols "ottawa", subscribes to diversion alerts, uploads the diversion scenario (rounds
+/// ten minutes ago) and waits for its ack; returns the subscription and when the upload
+/// was sent.
+async fn upload_diversion_while_subscribed(
+    coord: &Coordinator,
+) -> (tonic::Streaming<v1::Diversion>, Instant) {
+    let id = enrol(&coord.token(
+        "ottawa",
+        &["--country", "CA", "--loc", "45.42,-75.70", "--asn", "812"],
+    ))
+    .await
+    .unwrap();
+    let sub = coord
+        .admin()
+        .await
+        .subscribe_diversions(v1::SubscribeDiversionsRequest { vantage: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut s = Session::open(&id, &[]).await;
+    let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
+    let sent = Instant::now();
+    s.send(Up::TraceBatch(v1::TraceBatch {
+        results: diversion_scenario(t0),
+    }))
+    .await;
+    assert!(matches!(s.next().await, Down::Ack(_)));
+    (sub, sent)
+}
+
 /// `serve` re-reads its tables on SIGHUP: a diversion invisible with a table that does
 /// not know the adversary's prefix is announced once the fixed table is loaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1103,26 +1133,7 @@ async fn annotation_reload_on_sighup_reruns_detection() {
         dir.path(),
         &["--adversary", "4134", "--pfx2as", pfx2as.to_str().unwrap()],
     );
-    let id = enrol(&coord.token(
-        "ottawa",
-        &["--country", "CA", "--loc", "45.42,-75.70", "--asn", "812"],
-    ))
-    .await
-    .unwrap();
-    let mut sub = coord
-        .admin()
-        .await
-        .subscribe_diversions(v1::SubscribeDiversionsRequest { vantage: None })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut s = Session::open(&id, &[]).await;
-    let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
-    s.send(Up::TraceBatch(v1::TraceBatch {
-        results: diversion_scenario(t0),
-    }))
-    .await;
-    assert!(matches!(s.next().await, Down::Ack(_)));
+    let (mut sub, _) = upload_diversion_while_subscribed(&coord).await;
     // The live detector batches arrivals for 0.5 s; give it several times that.
     let quiet = tokio::time::timeout(Duration::from_secs(3), sub.message()).await;
     assert!(
@@ -1164,27 +1175,7 @@ async fn live_detection_streams_diversions_to_subscribers() {
         dir.path(),
         &["--adversary", "4134", "--pfx2as", pfx2as.to_str().unwrap()],
     );
-    let id = enrol(&coord.token(
-        "ottawa",
-        &["--country", "CA", "--loc", "45.42,-75.70", "--asn", "812"],
-    ))
-    .await
-    .unwrap();
-    let mut sub = coord
-        .admin()
-        .await
-        .subscribe_diversions(v1::SubscribeDiversionsRequest { vantage: None })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut s = Session::open(&id, &[]).await;
-    let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
-    let t = Instant::now();
-    s.send(Up::TraceBatch(v1::TraceBatch {
-        results: diversion_scenario(t0),
-    }))
-    .await;
-    assert!(matches!(s.next().await, Down::Ack(_)));
+    let (mut sub, t) = upload_diversion_while_subscribed(&coord).await;
     let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
         .await
         .expect("diversion announced in time")

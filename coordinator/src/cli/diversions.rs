@@ -63,12 +63,8 @@ pub async fn run(
         .await
         .map_err(|s| status("diversions", s))?
         .into_inner();
-    let adversary = Adversary::from_asns(a.adversary.iter().copied()).with_countries(
-        a.adversary_countries
-            .iter()
-            .map(|c| c.to_ascii_uppercase())
-            .collect::<Vec<_>>(),
-    );
+    let adversary =
+        Adversary::from_asns(a.adversary.iter().copied()).with_countries(&a.adversary_countries);
     // Traces go to the detector as they stream in: a long history never has to fit in
     // memory as records.
     let mut det = Detector::new(adversary);

@@ -371,12 +371,7 @@ async fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         // Loaded now so a bad path fails `serve` at once rather than in the background.
         let loaded = a.annotation.load()?;
         let adversary = tracemesh::detect::Adversary::from_asns(a.adversary.iter().copied())
-            .with_countries(
-                a.adversary_countries
-                    .iter()
-                    .map(|c| c.to_ascii_uppercase())
-                    .collect::<Vec<_>>(),
-            );
+            .with_countries(&a.adversary_countries);
         Some((adversary, loaded, a.annotation.clone()))
     };
     server::serve_with(

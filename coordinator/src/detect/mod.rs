@@ -292,7 +292,8 @@ impl Detector {
             last = Some((h.ttl, b, rb));
         }
 
-        let dst_belongs = self.facts(annot, trace.dst).adversary.is_some();
+        let dst_facts = self.facts(annot, trace.dst);
+        let dst_belongs = dst_facts.adversary.is_some();
         let ingress = hops.iter().position(|h| h.adversary.is_some());
         // Traffic to or from the adversary's own country legitimately rides its national
         // carriers (a Korean user reaching a Chinese university crosses China Telecom by
@@ -301,10 +302,7 @@ impl Detector {
         let home = ingress
             .and_then(|i| hops[i].adversary)
             .and_then(|a| annot.as_country(a));
-        let dst_country = self
-            .facts(annot, trace.dst)
-            .asn
-            .and_then(|a| annot.as_country(a));
+        let dst_country = dst_facts.asn.and_then(|a| annot.as_country(a));
         let same_country = |cc: Option<&str>| matches!((cc, home), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
         let vinfo = &self.vantages[vid as usize];
         let domestic = same_country(dst_country) || same_country(vinfo.country.as_deref());

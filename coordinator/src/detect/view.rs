@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use super::{DiversionRecord, DiversionReport, Incident, PathHop};
 use crate::annotate::Annotator;
@@ -214,9 +213,8 @@ fn incident_header(
         inc.targets.len(),
         join(&inc.targets)
     );
-    let handoffs: Vec<IpAddr> = inc.handoffs.clone();
-    if !handoffs.is_empty() {
-        let _ = writeln!(out, "  hand-off(s): {}", join(&handoffs));
+    if !inc.handoffs.is_empty() {
+        let _ = writeln!(out, "  hand-off(s): {}", join(&inc.handoffs));
     }
 }
 
