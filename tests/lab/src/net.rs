@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::due::DueQueue;
-use crate::respond::{Dropped, Responder};
+use crate::respond::{Dropped, Responder, Shared};
 use crate::scenario::World;
 use crate::stats::{Histogram, Timeline};
 
@@ -440,6 +440,8 @@ fn set_nonblocking(f: &File) -> std::io::Result<()> {
 /// the emulator can use every core in the bursts when all agents start a round at once.
 struct Shard {
     world: Arc<World>,
+    /// The routers' rate-limit buckets and IP-ID counters, common to every thread.
+    routers: Arc<Shared>,
     /// The (vantage, TUN) pairs this thread reads.
     tuns: Vec<(usize, File)>,
     /// Every vantage's TUN, by vantage: an answer may be for a vantage another thread
@@ -479,7 +481,7 @@ impl Shard {
             ep.ctl(libc::EPOLL_CTL_ADD, tun.as_raw_fd(), i as u64)
                 .map_err(io("watching a TUN"))?;
         }
-        let responder = Responder::new(&self.world);
+        let responder = Responder::with_shared(&self.world, self.routers.clone());
         let mut queue: DueQueue<(usize, Vec<u8>)> = DueQueue::default();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; self.tuns.len().max(1)];
         let mut buf = vec![0u8; 65536];
@@ -541,7 +543,13 @@ impl Shard {
                     queue.insert(due, (e.vantage, e.packet));
                 }
             }
-            Err(Dropped::Malformed | Dropped::NoRoute | Dropped::Silent | Dropped::NotAProbe) => {
+            Err(
+                Dropped::Malformed
+                | Dropped::NoRoute
+                | Dropped::Silent
+                | Dropped::RateLimited
+                | Dropped::NotAProbe,
+            ) => {
                 s.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -590,16 +598,15 @@ impl Emulator {
     }
 
     /// Starts answering on the topology's TUNs with `threads` threads (at least one, at
-    /// most one per vantage). Every route is computed before the first probe is read.
+    /// most one per vantage). Least costs are computed when the scenario loads, so a
+    /// probe's route is a walk of a few steps, never a search.
     pub fn spawn_with(
         world: Arc<World>,
         topo: &Topology,
         threads: usize,
     ) -> Result<Emulator, NetError> {
         let threads = threads.clamp(1, topo.tuns.len().max(1));
-        let began = Instant::now();
-        world.warm_routes(threads);
-        tracing::debug!(elapsed = ?began.elapsed(), "routes computed");
+        let routers = Arc::new(Shared::new(&world));
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(EmuStats::default());
         let t0_unix_ns = Arc::new(AtomicU64::new(unix_ns()));
@@ -619,6 +626,7 @@ impl Emulator {
         for (i, tuns) in shares.into_iter().enumerate() {
             let shard = Shard {
                 world: world.clone(),
+                routers: routers.clone(),
                 tuns,
                 writers: writers.clone(),
                 stop: stop.clone(),

@@ -1,9 +1,9 @@
-//! Scenario format v1 (`shared/scenarios/FORMAT.md`): parsing, validation, and the
-//! routing semantics the oracle (`scenario.py`) defines — minimum-delay paths with
-//! lexicographic tie-breaks, events that divert, re-route or silence, RTTs per hop.
+//! Scenario formats v1 and v2 (`shared/scenarios/FORMAT.md`): parsing and validation.
+//! The routing semantics the oracle (`scenario.py`) defines — minimum-cost paths with
+//! name tie-breaks, ECMP branches, events, hops and their RTT ranges — are in
+//! [`route`](self::route).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -52,6 +52,8 @@ pub struct Scenario {
     pub targets: Vec<Target>,
     #[serde(default, rename = "event")]
     pub events: Vec<Event>,
+    /// Version 2: every vantage also traces every other vantage's `addr`.
+    pub mesh: Option<bool>,
 }
 
 fn default_protocols() -> Vec<String> {
@@ -82,6 +84,39 @@ pub struct Router {
     pub respond: bool,
     #[serde(default)]
     pub mpls: Vec<u32>,
+    /// Version 2: `"loopback"` (errors from `addr`) or `"incoming"` (from the interface
+    /// the probe came in on).
+    pub reply_from: Option<ReplyFrom>,
+    /// Version 2: the slow path's time to generate an ICMP error, drawn per reply.
+    pub icmp_delay_ms: Option<[f64; 2]>,
+    /// Version 2: ICMP errors per second (token bucket, burst = rate).
+    pub icmp_rate: Option<f64>,
+    /// Version 2: an MPLS LSR without TTL propagation: never a hop, never answers.
+    pub hidden: Option<bool>,
+    /// Version 2: splits flows over equal-cost next hops.
+    pub ecmp: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyFrom {
+    Loopback,
+    Incoming,
+}
+
+impl Router {
+    pub fn is_hidden(&self) -> bool {
+        self.hidden == Some(true)
+    }
+
+    pub fn is_ecmp(&self) -> bool {
+        self.ecmp == Some(true)
+    }
+
+    /// The ICMP slow path's bounds, ms.
+    pub fn icmp_delay(&self) -> [f64; 2] {
+        self.icmp_delay_ms.unwrap_or([0.0, 0.0])
+    }
 }
 
 fn yes() -> bool {
@@ -94,6 +129,15 @@ pub struct Link {
     pub a: String,
     pub b: String,
     pub delay_ms: Option<f64>,
+    /// Version 2: interface addresses of `a`'s and `b`'s ends.
+    pub addr_a: Option<IpAddr>,
+    pub addr_b: Option<IpAddr>,
+    pub addr6_a: Option<IpAddr>,
+    pub addr6_b: Option<IpAddr>,
+    /// Version 2: routing metric (default: the delay).
+    pub cost: Option<f64>,
+    /// Version 2: extra wait per crossing, uniform in [0, jitter_ms].
+    pub jitter_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,19 +208,82 @@ pub fn km(a: [f64; 2], b: [f64; 2]) -> f64 {
     2.0 * 6371.0 * h.min(1.0).sqrt().asin()
 }
 
-/// A scenario with names resolved to indices, ready to route.
+/// A link as routing sees it.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    pub a: usize,
+    pub b: usize,
+    /// One-way delay, ms.
+    pub delay: f64,
+    /// Routing cost in integer units of 1e-9 (the oracle's), so equal-cost paths tie
+    /// exactly and the name sequence decides.
+    pub units: i64,
+    /// Greatest extra wait per crossing, ms.
+    pub jitter: f64,
+    /// Index into the scenario's `links`.
+    pub link: usize,
+}
+
+/// Either end of a traced pair: FORMAT.md's *endpoints*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ep {
+    Vantage(usize),
+    Target(usize),
+}
+
+/// A scenario with names resolved to indices and least costs computed, ready to route.
 #[derive(Debug)]
 pub struct World {
     pub s: Scenario,
     router_ix: HashMap<String, usize>,
     vantage_ix: HashMap<String, usize>,
     target_ix: HashMap<String, usize>,
-    /// Per router: (neighbour, delay ms), sorted by neighbour name.
-    adj: Vec<Vec<(usize, f64)>>,
+    pub(crate) wires: Vec<Wire>,
+    /// Per router: (neighbour, wire) with the cheapest wire to each neighbour, in
+    /// neighbour-name order (the tie-break).
+    pub(crate) nb: Vec<Vec<(usize, usize)>>,
+    /// `dist[d][r]`: least cost from router r to router d (`i64::MAX`: no way).
+    pub(crate) dist: Vec<Vec<i64>>,
     /// Probe addresses of every target (defaults filled in).
     pub probes: Vec<Vec<IpAddr>>,
-    /// Normal paths, computed once: (from router, to router) → routers.
-    cache: std::sync::Mutex<HashMap<(usize, usize), Vec<usize>>>,
+    /// Every address a router answers for (`addr`, `addr6`, its interfaces).
+    addr_router: HashMap<IpAddr, usize>,
+}
+
+/// The keys only a version-2 file may use, where they are set.
+fn v2_keys(s: &Scenario) -> Vec<String> {
+    let mut keys = Vec::new();
+    if s.mesh.is_some() {
+        keys.push("mesh".to_string());
+    }
+    for r in &s.routers {
+        for (k, set) in [
+            ("reply_from", r.reply_from.is_some()),
+            ("icmp_delay_ms", r.icmp_delay_ms.is_some()),
+            ("icmp_rate", r.icmp_rate.is_some()),
+            ("hidden", r.hidden.is_some()),
+            ("ecmp", r.ecmp.is_some()),
+        ] {
+            if set {
+                keys.push(format!("router {}: {k}", r.name));
+            }
+        }
+    }
+    for l in &s.links {
+        for (k, set) in [
+            ("addr_a", l.addr_a.is_some()),
+            ("addr_b", l.addr_b.is_some()),
+            ("addr6_a", l.addr6_a.is_some()),
+            ("addr6_b", l.addr6_b.is_some()),
+            ("cost", l.cost.is_some()),
+            ("jitter_ms", l.jitter_ms.is_some()),
+        ] {
+            if set {
+                keys.push(format!("link {}-{}: {k}", l.a, l.b));
+            }
+        }
+    }
+    keys
 }
 
 impl World {
@@ -211,8 +318,18 @@ impl World {
     }
 
     pub fn new(s: Scenario) -> Result<World, ScenarioError> {
-        if s.version != 1 {
-            return Err(invalid(format!("version must be 1, not {}", s.version)));
+        if s.version != 1 && s.version != 2 {
+            return Err(invalid(format!(
+                "version must be 1 or 2, not {}",
+                s.version
+            )));
+        }
+        if s.version == 1
+            && let Some(k) = v2_keys(&s).first()
+        {
+            return Err(invalid(format!(
+                "{k} is a version-2 key (version-2 keys: set version = 2)"
+            )));
         }
         if s.name.is_empty()
             || !s
@@ -250,25 +367,101 @@ impl World {
                     r.name, r.addr, r.asn
                 )));
             }
+            let [lo, hi] = r.icmp_delay();
+            if !(0.0 <= lo && lo <= hi && hi.is_finite()) {
+                return Err(invalid(format!(
+                    "router {}: icmp_delay_ms must be [lo, hi] with 0 <= lo <= hi",
+                    r.name
+                )));
+            }
+            if r.icmp_rate.is_some_and(|x| !(x > 0.0 && x.is_finite())) {
+                return Err(invalid(format!(
+                    "router {}: icmp_rate must be a positive number",
+                    r.name
+                )));
+            }
         }
-        let mut adj: Vec<Vec<(usize, f64)>> = vec![Vec::new(); s.routers.len()];
-        for l in &s.links {
+        // Addresses: a router's or vantage's own, then interface addresses, each held by
+        // one router (one port may serve several links: an exchange LAN).
+        let mut addr_router: HashMap<IpAddr, usize> = HashMap::new();
+        let mut used: HashMap<IpAddr, String> = HashMap::new();
+        for (i, r) in s.routers.iter().enumerate() {
+            for a in [Some(r.addr), r.addr6].into_iter().flatten() {
+                used.insert(a, format!("{}'s address", r.name));
+                addr_router.insert(a, i);
+            }
+        }
+        for v in &s.vantages {
+            for a in [Some(v.addr), v.addr6].into_iter().flatten() {
+                used.insert(a, format!("vantage {}'s address", v.name));
+            }
+        }
+        let mut wires = Vec::new();
+        let mut nb: Vec<Vec<(usize, usize)>> = vec![Vec::new(); s.routers.len()];
+        for (li, l) in s.links.iter().enumerate() {
+            let w = format!("link {}-{}", l.a, l.b);
             let a = *router_ix
                 .get(&l.a)
-                .ok_or_else(|| invalid(format!("link {}-{}: unknown router {}", l.a, l.b, l.a)))?;
+                .ok_or_else(|| invalid(format!("{w}: unknown router {}", l.a)))?;
             let b = *router_ix
                 .get(&l.b)
-                .ok_or_else(|| invalid(format!("link {}-{}: unknown router {}", l.a, l.b, l.b)))?;
-            let d = l
+                .ok_or_else(|| invalid(format!("{w}: unknown router {}", l.b)))?;
+            let delay = l
                 .delay_ms
                 .unwrap_or_else(|| km(s.routers[a].loc, s.routers[b].loc) * 1.5 / 200.0 + 0.05);
-            if !(d >= 0.0 && d.is_finite()) {
-                return Err(invalid(format!("link {}-{}: bad delay {d}", l.a, l.b)));
+            if !(delay >= 0.0 && delay.is_finite()) {
+                return Err(invalid(format!("{w}: bad delay {delay}")));
             }
-            adj[a].push((b, d));
-            adj[b].push((a, d));
+            let cost = l.cost.unwrap_or(delay);
+            let units = (cost * 1e9).round();
+            if s.version == 2 && !(units > 0.0 && units.is_finite()) {
+                return Err(invalid(format!(
+                    "{w}: cost must be positive (set cost where delay_ms is 0)"
+                )));
+            }
+            let jitter = l.jitter_ms.unwrap_or(0.0);
+            if !(jitter >= 0.0 && jitter.is_finite()) {
+                return Err(invalid(format!("{w}: jitter_ms must be >= 0")));
+            }
+            for (k, addr, owner, six) in [
+                ("addr_a", l.addr_a, a, false),
+                ("addr_b", l.addr_b, b, false),
+                ("addr6_a", l.addr6_a, a, true),
+                ("addr6_b", l.addr6_b, b, true),
+            ] {
+                let Some(ip) = addr else { continue };
+                if six && !ip.is_ipv6() {
+                    return Err(invalid(format!("{w}: {k} must be IPv6")));
+                }
+                if let Some(holder) = used.get(&ip)
+                    && addr_router.get(&ip) != Some(&owner)
+                {
+                    return Err(invalid(format!("{w}: {k} {ip} is also {holder}")));
+                }
+                used.insert(ip, format!("{w} {k}"));
+                addr_router.insert(ip, owner);
+            }
+            let wi = wires.len();
+            wires.push(Wire {
+                a,
+                b,
+                delay,
+                units: units as i64,
+                jitter,
+                link: li,
+            });
+            for (x, y) in [(a, b), (b, a)] {
+                match nb[x].iter_mut().find(|(n, _)| *n == y) {
+                    Some(slot) => {
+                        if wires[wi].units < wires[slot.1].units {
+                            slot.1 = wi;
+                        }
+                    }
+                    None => nb[x].push((y, wi)),
+                }
+            }
         }
-        for list in &mut adj {
+        for list in &mut nb {
             list.sort_by(|x, y| s.routers[x.0].name.cmp(&s.routers[y.0].name));
         }
         let mut vantage_ix = HashMap::new();
@@ -288,6 +481,12 @@ impl World {
         for (i, t) in s.targets.iter().enumerate() {
             if target_ix.insert(t.name.clone(), i).is_some() {
                 return Err(invalid(format!("duplicate target {}", t.name)));
+            }
+            if s.version == 2 && vantage_ix.contains_key(&t.name) {
+                return Err(invalid(format!(
+                    "a vantage and a target share the name {}",
+                    t.name
+                )));
             }
             if !router_ix.contains_key(&t.router) {
                 return Err(invalid(format!(
@@ -323,14 +522,18 @@ impl World {
             for r in e.via.iter().chain(&e.routers) {
                 check(r)?;
             }
+            // Version 2: `from` and `to` may name any endpoint.
+            let any = s.version == 2;
             for v in &e.from {
-                if v != "*" && !vantage_ix.contains_key(v) {
-                    return Err(invalid(format!("event: unknown vantage {v}")));
+                if v != "*" && !vantage_ix.contains_key(v) && !(any && target_ix.contains_key(v)) {
+                    let what = if any { "endpoint" } else { "vantage" };
+                    return Err(invalid(format!("event: unknown {what} {v}")));
                 }
             }
             for t in &e.to {
-                if t != "*" && !target_ix.contains_key(t) {
-                    return Err(invalid(format!("event: unknown target {t}")));
+                if t != "*" && !target_ix.contains_key(t) && !(any && vantage_ix.contains_key(t)) {
+                    let what = if any { "endpoint" } else { "target" };
+                    return Err(invalid(format!("event: unknown {what} {t}")));
                 }
             }
             if e.kind != EventKind::Silence {
@@ -345,7 +548,7 @@ impl World {
                     .map(|n| router_ix[n])
                     .collect();
                 for w in chain.windows(2) {
-                    if !adj[w[0]].iter().any(|(n, _)| *n == w[1]) {
+                    if !nb[w[0]].iter().any(|(n, _)| *n == w[1]) {
                         return Err(invalid(format!(
                             "event: {} and {} are not linked",
                             s.routers[w[0]].name, s.routers[w[1]].name
@@ -362,15 +565,30 @@ impl World {
                 }
             }
         }
-        Ok(World {
+        let dist = route::least_costs(&wires, &nb);
+        let w = World {
             s,
             router_ix,
             vantage_ix,
             target_ix,
-            adj,
+            wires,
+            nb,
+            dist,
             probes,
-            cache: std::sync::Mutex::new(HashMap::new()),
-        })
+            addr_router,
+        };
+        if w.is_v2() {
+            w.check_v2()?;
+        }
+        Ok(w)
+    }
+
+    pub fn is_v2(&self) -> bool {
+        self.s.version == 2
+    }
+
+    pub fn mesh(&self) -> bool {
+        self.s.mesh == Some(true)
     }
 
     pub fn router(&self, name: &str) -> Option<usize> {
@@ -385,169 +603,11 @@ impl World {
         self.target_ix.get(name).copied()
     }
 
-    /// Minimum-delay path; ties broken by the lexicographically smaller name sequence.
-    pub fn shortest(&self, src: usize, dst: usize) -> Option<Vec<usize>> {
-        if let Ok(c) = self.cache.lock()
-            && let Some(p) = c.get(&(src, dst))
-        {
-            return Some(p.clone());
-        }
-        let p = self.dijkstra(src, dst)?;
-        if let Ok(mut c) = self.cache.lock() {
-            c.insert((src, dst), p.clone());
-        }
-        Some(p)
-    }
-
-    fn dijkstra(&self, src: usize, dst: usize) -> Option<Vec<usize>> {
-        // Distances in integer units of 1e-9 ms, as the oracle rounds to 9 decimals, so
-        // equal-delay paths tie exactly and the name sequence decides.
-        type Key = (i64, Vec<String>);
-        let unit = |d: f64| (d * 1e9).round() as i64;
-        let names = |p: &[usize]| -> Vec<String> {
-            p.iter().map(|&i| self.s.routers[i].name.clone()).collect()
-        };
-        let mut best: HashMap<usize, Key> = HashMap::new();
-        // (distance, names of the path, the path): ordered as the oracle's tuples.
-        type Entry = Reverse<(i64, Vec<String>, Vec<usize>)>;
-        let mut heap: BinaryHeap<Entry> = BinaryHeap::new();
-        best.insert(src, (0, names(&[src])));
-        heap.push(Reverse((0, names(&[src]), vec![src])));
-        while let Some(Reverse((dist, pnames, path))) = heap.pop() {
-            let node = *path.last()?;
-            if best.get(&node) != Some(&(dist, pnames.clone())) {
-                continue;
-            }
-            if node == dst {
-                return Some(path);
-            }
-            for &(next, w) in &self.adj[node] {
-                if path.contains(&next) {
-                    continue;
-                }
-                let mut np = path.clone();
-                np.push(next);
-                let cand: Key = (dist + unit(w), names(&np));
-                if best.get(&next).is_none_or(|b| cand < *b) {
-                    best.insert(next, cand.clone());
-                    heap.push(Reverse((cand.0, cand.1, np)));
-                }
-            }
-        }
-        None
-    }
-
-    pub fn link_delay(&self, a: usize, b: usize) -> f64 {
-        self.adj[a]
-            .iter()
-            .filter(|(n, _)| *n == b)
-            .map(|(_, d)| *d)
-            .fold(f64::INFINITY, f64::min)
-    }
-
-    fn matches(e: &Event, vantage: &str, target: &str) -> bool {
-        (e.from.iter().any(|f| f == "*" || f == vantage))
-            && (e.to.iter().any(|t| t == "*" || t == target))
-    }
-
-    /// Computes every vantage-to-target path, at the start and at every event edge, on
-    /// `threads` threads, so that answering a probe never waits for a route: a route is
-    /// a Dijkstra with name tie-breaks (about half a millisecond on 300 routers), and the
-    /// 5,000 pairs of a 50 × 100 scenario, met at the first round's start, made that
-    /// round's answers late by seconds. Paths toward vantages and routers (rarely
-    /// probed) are still computed on first use.
-    pub fn warm_routes(&self, threads: usize) {
-        let mut times = vec![0.0];
-        times.extend(self.edges());
-        let vantages: Vec<usize> = (0..self.s.vantages.len()).collect();
-        let per = vantages.len().div_ceil(threads.max(1)).max(1);
-        std::thread::scope(|scope| {
-            for chunk in vantages.chunks(per) {
-                let times = &times;
-                scope.spawn(move || {
-                    for &v in chunk {
-                        for tg in 0..self.s.targets.len() {
-                            for &t in times {
-                                let _ = self.path(v, tg, t);
-                            }
-                        }
-                    }
-                });
-            }
-        });
-    }
-
-    /// Routers from the vantage's first hop to the target's last router at `t` seconds
-    /// after campaign start, and the diversion/reroute event in force, if any.
-    pub fn path(&self, v: usize, tg: usize, t: f64) -> Option<(Vec<usize>, Option<usize>)> {
-        let vant = &self.s.vantages[v];
-        let targ = &self.s.targets[tg];
-        let from = self.router_ix[&vant.router];
-        let to = self.router_ix[&targ.router];
-        let normal = self.shortest(from, to)?;
-        for (ei, e) in self.s.events.iter().enumerate() {
-            if e.kind == EventKind::Silence || !(e.start_s <= t && t < e.end_s) {
-                continue;
-            }
-            if !Self::matches(e, &vant.name, &targ.name) {
-                continue;
-            }
-            let Some(at) = e.at.as_ref().map(|a| self.router_ix[a]) else {
-                continue;
-            };
-            let Some(pos) = normal.iter().position(|&r| r == at) else {
-                continue;
-            };
-            let mut p: Vec<usize> = normal[..=pos].to_vec();
-            p.extend(e.via.iter().map(|n| self.router_ix[n]));
-            let last = *p.last()?;
-            let tail = self.shortest(last, to)?;
-            p.extend_from_slice(&tail[1..]);
-            return Some((p, Some(ei)));
-        }
-        Some((normal, None))
-    }
-
-    /// Whether a router answers at `t`.
-    pub fn silent(&self, r: usize, t: f64) -> bool {
-        let router = &self.s.routers[r];
-        !router.respond
-            || self.s.events.iter().any(|e| {
-                e.kind == EventKind::Silence
-                    && e.start_s <= t
-                    && t < e.end_s
-                    && e.routers.contains(&router.name)
-            })
-    }
-
-    /// One-way delay from the vantage to hop k (1-based) along `path`: the vantage's
-    /// access delay plus the first k − 1 links.
-    pub fn one_way_to_hop(&self, v: usize, path: &[usize], k: usize) -> f64 {
-        let mut d = self.s.vantages[v]
-            .access_delay_ms
-            .unwrap_or(DEFAULT_ACCESS_MS);
-        for w in path[..k.min(path.len())].windows(2) {
-            d += self.link_delay(w[0], w[1]);
-        }
-        d
-    }
-
-    /// Expected hops: (ttl, addr or None if silent, RTT ms), the destination last (addr
-    /// None there: its address is whichever was probed).
-    pub fn hops(&self, v: usize, tg: usize, t: f64) -> Option<Vec<(usize, Option<IpAddr>, f64)>> {
-        let (path, _) = self.path(v, tg, t)?;
-        let mut out = Vec::new();
-        for k in 1..=path.len() {
-            let r = path[k - 1];
-            let addr = (!self.silent(r, t)).then_some(self.s.routers[r].addr);
-            out.push((k, addr, 2.0 * self.one_way_to_hop(v, &path, k)));
-        }
-        let dest = self.one_way_to_hop(v, &path, path.len())
-            + self.s.targets[tg]
-                .access_delay_ms
-                .unwrap_or(DEFAULT_ACCESS_MS);
-        out.push((path.len() + 1, None, 2.0 * dest));
-        Some(out)
+    /// The endpoint of that name (a vantage or a target).
+    pub fn endpoint(&self, name: &str) -> Option<Ep> {
+        self.vantage(name)
+            .map(Ep::Vantage)
+            .or_else(|| self.target(name).map(Ep::Target))
     }
 
     /// The target whose prefix holds `addr` (the longest, if nested).
@@ -566,6 +626,11 @@ impl World {
             .vantages
             .iter()
             .position(|v| v.addr == addr || v.addr6 == Some(addr))
+    }
+
+    /// The router that holds `addr` (its own address or an interface's).
+    pub fn router_by_addr(&self, addr: IpAddr) -> Option<usize> {
+        self.addr_router.get(&addr).copied()
     }
 
     /// Every (start_s, end_s) edge, like the oracle's `edges()`.
@@ -608,6 +673,8 @@ fn first_host(p: IpNet) -> IpAddr {
         IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
     }
 }
+
+pub mod route;
 
 #[cfg(test)]
 pub(crate) mod tests;
