@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """Checks a lab run's traces against the oracle: every hop of traces.jsonl must match
-scenario.py's expected path at the instant the trace was taken (address per TTL; RTT
-within 10% + 0.5 ms), except traces that straddle an event edge: an edge between a
-trace's start and the coordinator's receipt of it (a bound on its end; both on this
-machine's clock) means the path may have changed mid-trace. Where the oracle's path
-itself loops (a diversion whose way on passes the diverting router again) and the agent
-stopped for the loop, the hops past the loop were never probed and are not compared.
+scenario.py's expected path at the instant the trace was taken, except traces that
+straddle an event edge: an edge between a trace's start and the coordinator's receipt of
+it (a bound on its end; both on this machine's clock) means the path may have changed
+mid-trace. Where the oracle's path itself loops (a diversion whose way on passes the
+diverting router again) and the agent stopped for the loop, the hops past the loop were
+never probed and are not compared.
+
+Version 1: address per TTL; RTT within 10% + 0.5 ms of the oracle's.
+Version 2: the trace must follow one of the pair's equal-cost branches throughout (the
+branch that fits it best is taken, and every hop that does not fit it counts against
+it); each RTT must lie in [rtt_min - 0.2 ms, rtt_max + 0.5 ms + 5%] (the tolerance is
+for the agent's own send stamps and this machine's scheduling); a hop the oracle marks
+may-be-silent (rate-limited) may be `*`.
 
 usage: check_paths.py SCENARIO OUT_DIR [--oracle DIR] [--min-addr-share F] [--min-share F]
 The oracle directory defaults to ../shared/tools beside the repository.
@@ -41,6 +48,9 @@ def main():
     t0 = float(lab["t0"])
     edges = [float(e[k]) for e in s.events for k in ("start_s", "end_s")]
     probe_to_target = {p: name for name, tg in s.targets.items() for p in tg["probe"]}
+    v2 = s.version == 2
+    if v2:
+        probe_to_target.update({v["addr"]: name for name, v in s.vantages.items()})
     hops_total = hops_ok = addr_ok = skipped = traces = loops = 0
     bad = []
     for line in open(os.path.join(args.out_dir, "traces.jsonl")):
@@ -53,29 +63,51 @@ def main():
             skipped += 1
             continue
         tname = probe_to_target[tr["dst"]]
-        expected = s.hops(tr["vantage"], tname, t)
         got = {h["ttl"]: h for h in tr["hops"]}
+        if v2:
+            branches = s.traces(tr["vantage"], tname, t)
+        else:
+            branches = [[(ttl, addr, rtt, rtt, False) for ttl, addr, rtt in s.hops(tr["vantage"], tname, t)]]
         if tr.get("stop_reason") == "loop" and got:
             last = max(got)
-            seen = [a for ttl, a, _ in expected if ttl <= last and a not in (None, "DEST")]
-            if len(seen) != len(set(seen)):
-                expected = [h for h in expected if h[0] <= last]
+            cut = []
+            for br in branches:
+                seen = [h[1] for h in br if h[0] <= last and h[1] not in (None, "DEST")]
+                cut.append([h for h in br if h[0] <= last] if len(seen) != len(set(seen)) else br)
+            if cut != branches:
                 loops += 1
-        for ttl, addr, rtt in expected:
-            hops_total += 1
+            branches = cut
+
+        def judge(hop):
+            """(address matches, address and RTT match) for one expected hop."""
+            ttl, addr, lo, hi, rated = hop
             h = got.get(ttl)
+            answered = h is not None and h.get("addr") is not None
+            if addr is None or (rated and not answered):
+                ok = not answered if addr is None else True
+                return ok, ok
             want_addr = tr["dst"] if addr == "DEST" else addr
-            if want_addr is None:
-                ok = addr_match = h is None or h.get("addr") is None
-            else:
-                addr_match = h is not None and h.get("addr") == want_addr
-                ok = addr_match and abs(h["rtt_ms"] - rtt) <= 0.1 * rtt + 0.5
+            if not (answered and h.get("addr") == want_addr):
+                return False, False
+            rtt = h["rtt_ms"]
+            if v2:
+                return True, lo - 0.2 <= rtt <= hi + 0.5 + 0.05 * hi
+            return True, abs(rtt - lo) <= 0.1 * lo + 0.5
+
+        # The branch this trace followed: the one most of its hops fit.
+        scored = [[judge(hop) for hop in br] for br in branches]
+        best = max(range(len(branches)), key=lambda i: (sum(a for a, _ in scored[i]), sum(b for _, b in scored[i])))
+        for hop, (addr_match, ok) in zip(branches[best], scored[best]):
+            hops_total += 1
             addr_ok += addr_match
             if ok:
                 hops_ok += 1
             elif len(bad) < 10:
+                ttl, addr, lo, hi = hop[:4]
+                h = got.get(ttl)
+                want_addr = tr["dst"] if addr == "DEST" else addr
                 bad.append(f"{tr['vantage']}>{tr['dst']} round {tr['round']} t={t:.1f}s ttl {ttl}: "
-                           f"want {want_addr} {rtt} ms, got {h and h.get('addr')} "
+                           f"want {want_addr} {lo}..{hi} ms, got {h and h.get('addr')} "
                            f"{h and h.get('rtt_ms')}")
     share = hops_ok / hops_total if hops_total else 0.0
     addr_share = addr_ok / hops_total if hops_total else 0.0

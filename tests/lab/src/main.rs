@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use tracemesh_lab::net::{Emulator, Topology};
 use tracemesh_lab::run::{self, RunOptions};
 use tracemesh_lab::scenario::World;
+use tracemesh_lab::scenario::route::Hop;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,52 +96,98 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Check { scenario, at, json } => {
             let w = World::load(&scenario)?;
             let times = at.map_or_else(|| w.edges(), |t| vec![t]);
+            let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+            // As the oracle writes hops: [ttl, addr, rtt] (v1) or [ttl, addr, rtt_min,
+            // rtt_max, may_be_silent] (v2), "DEST" for the destination, null if silent.
+            let hop_json = |h: &Hop| {
+                let a = match h.addr {
+                    None => serde_json::Value::from("DEST"),
+                    Some(a) => a.map_or(serde_json::Value::Null, |a| a.to_string().into()),
+                };
+                if w.is_v2() {
+                    serde_json::json!([h.ttl, a, r3(h.lo), r3(h.hi), h.rated])
+                } else {
+                    serde_json::json!([h.ttl, a, r3(h.lo)])
+                }
+            };
+            // Instants keyed as the oracle writes them (Python's `str(float)`: "40.0").
+            let key = |t: f64| {
+                if t.fract() == 0.0 && t.abs() < 1e15 {
+                    format!("{t:.1}")
+                } else {
+                    t.to_string()
+                }
+            };
             let mut paths = serde_json::Map::new();
+            let mut ecmp = serde_json::Map::new();
             for t in &times {
                 let mut pairs = serde_json::Map::new();
-                for (vi, v) in w.s.vantages.iter().enumerate() {
-                    for (ti, tg) in w.s.targets.iter().enumerate() {
-                        let hops = w.hops(vi, ti, *t).context("no path")?;
-                        let hops: Vec<serde_json::Value> = hops
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (ttl, addr, rtt))| {
-                                let a = if i + 1 == hops.len() {
-                                    serde_json::Value::from("DEST")
-                                } else {
-                                    addr.map_or(serde_json::Value::Null, |a| a.to_string().into())
-                                };
-                                serde_json::json!([ttl, a, (rtt * 1000.0).round() / 1000.0])
-                            })
-                            .collect();
-                        pairs.insert(format!("{}>{}", v.name, tg.name), hops.into());
+                let mut multi = serde_json::Map::new();
+                for (v, y) in w.pairs() {
+                    let branches = w.expected(v, y, *t);
+                    anyhow::ensure!(!branches.is_empty(), "no path");
+                    let key = format!("{}>{}", w.s.vantages[v].name, w.ep_name(y));
+                    let list: Vec<serde_json::Value> = branches
+                        .iter()
+                        .map(|b| b.iter().map(&hop_json).collect::<Vec<_>>().into())
+                        .collect();
+                    pairs.insert(key.clone(), list[0].clone());
+                    if list.len() > 1 {
+                        multi.insert(key, list.into());
                     }
                 }
-                paths.insert(t.to_string(), pairs.into());
+                paths.insert(key(*t), pairs.into());
+                if !multi.is_empty() {
+                    ecmp.insert(key(*t), multi.into());
+                }
             }
             if json {
-                out!("{}", serde_json::json!({"name": w.s.name, "paths": paths}));
+                let mut doc = serde_json::json!({"name": w.s.name, "paths": paths});
+                if w.is_v2() {
+                    doc["ecmp_paths"] = ecmp.into();
+                }
+                out!("{doc}");
             } else {
                 out!(
-                    "{}: {} ASes, {} routers, {} links, {} vantages, {} targets, {} events",
+                    "{}: version {}, {} ASes, {} routers, {} links, {} vantages, {} targets, {} events{}",
                     w.s.name,
+                    w.s.version,
                     w.s.ases.len(),
                     w.s.routers.len(),
                     w.s.links.len(),
                     w.s.vantages.len(),
                     w.s.targets.len(),
-                    w.s.events.len()
+                    w.s.events.len(),
+                    if w.mesh() { ", mesh" } else { "" }
                 );
+                let fmt = |hops: &serde_json::Value| -> String {
+                    let h: Vec<String> = hops
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|h| {
+                            let a = h[1].as_str().unwrap_or("*");
+                            if h.as_array().is_some_and(|x| x.len() == 5) {
+                                let q = if h[4] == true { "?" } else { "" };
+                                format!("{a}({}..{}){q}", h[2], h[3])
+                            } else {
+                                format!("{a}({})", h[2])
+                            }
+                        })
+                        .collect();
+                    h.join(" ")
+                };
                 for (t, pairs) in &paths {
                     out!("t={t}s");
                     for (pair, hops) in pairs.as_object().into_iter().flatten() {
-                        let h: Vec<String> = hops
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|h| format!("{}({})", h[1].as_str().unwrap_or("*"), h[2]))
-                            .collect();
-                        out!("  {pair}: {}", h.join(" "));
+                        out!("  {pair}: {}", fmt(hops));
+                        let more = ecmp
+                            .get(t)
+                            .and_then(|m| m.get(pair))
+                            .and_then(|l| l.as_array());
+                        for (n, b) in more.into_iter().flatten().enumerate().skip(1) {
+                            out!("  {pair} #{}: {}", n + 1, fmt(b));
+                        }
                     }
                 }
             }

@@ -210,6 +210,10 @@ impl Topology {
                 "net.ipv4.conf.default.rp_filter=0",
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0",
+                // Agents trace each other (mesh): a vantage's kernel answers like a
+                // host of the emulated internet, without its own ICMP rate limit.
+                "net.ipv4.icmp_ratelimit=0",
+                "net.ipv6.icmp.ratelimit=0",
             ] {
                 sysctl(&ns, kv)?;
             }

@@ -363,31 +363,59 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     for p in &world.probes {
         targets.extend(p.iter().map(|a| a.to_string()));
     }
+    // The scenario's campaign: every vantage traces every target; with `mesh`, each
+    // vantage also traces every other vantage (a campaign per vantage, so that none
+    // traces itself), all on the same round instants.
+    let mut plans: Vec<(Vec<String>, Option<String>)> = vec![(targets.clone(), None)];
+    if world.mesh() {
+        for v in &world.s.vantages {
+            let others: Vec<String> = world
+                .s
+                .vantages
+                .iter()
+                .filter(|w| w.name != v.name)
+                .map(|w| w.addr.to_string())
+                .collect();
+            plans.push((others, Some(format!("name:{}", v.name))));
+        }
+    }
     let mut campaigns = Vec::new();
+    let mut expected = 0usize;
     for proto in &world.s.protocols {
-        let mut args: Vec<String> = vec!["campaign".into(), "create".into(), "--targets".into()];
-        args.extend(targets.iter().cloned());
-        args.extend([
-            "--proto".into(),
-            proto.clone(),
-            "--every".into(),
-            format!("{}s", round_s as u64),
-            "--rounds".into(),
-            rounds.to_string(),
-            "--attempts".into(),
-            "2".into(),
-            "--wait-ms".into(),
-            "1000".into(),
-            "--start-at".into(),
-            rfc3339(t0),
-            "--json".into(),
-        ]);
-        let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-        let c: serde_json::Value = serde_json::from_str(&output(cli(&args_ref))?)?;
-        let id = c["id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("campaign without id: {c}"))?;
-        campaigns.push(id.to_string());
+        for (dsts, agents) in &plans {
+            if dsts.is_empty() {
+                continue;
+            }
+            let mut args: Vec<String> =
+                vec!["campaign".into(), "create".into(), "--targets".into()];
+            args.extend(dsts.iter().cloned());
+            if let Some(sel) = agents {
+                args.extend(["--agents".into(), sel.clone()]);
+            }
+            args.extend([
+                "--proto".into(),
+                proto.clone(),
+                "--every".into(),
+                format!("{}s", round_s as u64),
+                "--rounds".into(),
+                rounds.to_string(),
+                "--attempts".into(),
+                "2".into(),
+                "--wait-ms".into(),
+                "1000".into(),
+                "--start-at".into(),
+                rfc3339(t0),
+                "--json".into(),
+            ]);
+            let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+            let c: serde_json::Value = serde_json::from_str(&output(cli(&args_ref))?)?;
+            let id = c["id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("campaign without id: {c}"))?;
+            campaigns.push(id.to_string());
+            let vantages = if agents.is_some() { 1 } else { want };
+            expected += rounds as usize * vantages * dsts.len();
+        }
     }
     tracing::info!(?campaigns, rounds, round_s, "campaign scheduled");
     let end = t0 + rounds as f64 * round_s;
@@ -413,7 +441,6 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let sched = emu.stats.sched_times();
     let steal = steal_s() - steal_before;
     // Let the last uploads land: stop when the count is complete or stops growing.
-    let expected = rounds as usize * want * targets.len() * campaigns.len();
     let mut lines = String::new();
     let started = Instant::now();
     let mut last = 0;

@@ -246,11 +246,13 @@ fn check(
 }
 
 #[test]
+#[ignore = "needs root, /dev/net/tun and scamper"]
 fn scamper_sees_the_model_paths_and_the_diversion() {
-    if !can_build_namespaces() || !Path::new(SCAMPER).exists() {
-        eprintln!("skipped: needs root, /dev/net/tun and {SCAMPER}");
-        return;
-    }
+    assert!(can_build_namespaces(), "needs root and /dev/net/tun");
+    assert!(
+        Path::new(SCAMPER).exists(),
+        "needs {SCAMPER} (apt-get install scamper)"
+    );
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/lab-emulator.toml");
     let w = Arc::new(World::load(&file).unwrap());
     let topo = Topology::build(&w).unwrap();

@@ -20,11 +20,12 @@ fn can_build_namespaces() -> bool {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun, and the workspace's binaries built"]
 fn a_small_scenario_runs_end_to_end_through_the_lab() {
-    if !can_build_namespaces() {
-        eprintln!("skipped: the lab needs root and /dev/net/tun");
-        return;
-    }
+    assert!(
+        can_build_namespaces(),
+        "the lab needs root and /dev/net/tun"
+    );
     let scenario =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/tiny-diversion.toml");
     let out = tempfile::tempdir().unwrap();
