@@ -219,7 +219,6 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The sockets of one attempt at a session, as far as it got.
@@ -532,7 +531,6 @@ async fn run_round(
     round: u32,
     start_ns: i64,
 ) -> Result<Vec<TraceResult>, String> {
-
     let offset_s = offset_ns.load(Ordering::Relaxed) as f64 / 1e9;
     let wall = unix_ns() as f64 / 1e9 + offset_s;
     let nanos = unix_ns() as u64;

@@ -121,7 +121,9 @@ pub enum Effect {
 #[derive(Debug)]
 enum Link {
     /// Disconnected; dial again at this instant.
-    Waiting { dial_at: Instant },
+    Waiting {
+        dial_at: Instant,
+    },
     Dialling,
     Opening,
     Up(Live),

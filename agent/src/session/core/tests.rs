@@ -252,7 +252,10 @@ fn results_are_spooled_before_they_are_sent_and_acks_delete_them() {
             results: vec![result("192.0.2.1"), result("192.0.2.2")],
         },
     );
-    assert!(batches(&fx).is_empty(), "nothing is sent before the spool holds it");
+    assert!(
+        batches(&fx).is_empty(),
+        "nothing is sent before the spool holds it"
+    );
     let records = spooled(&fx);
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["c/0/192.0.2.1", "c/0/192.0.2.2"]);
@@ -401,14 +404,16 @@ fn the_clock_offset_is_the_lowest_rtt_sample_of_the_last_16() {
         let (input, t4) = echo(t, offset, out, back);
         t = t4 + MS;
         let fx = core.handle(at_unix(now, t4), input);
-        fx.iter()
-            .find_map(|e| match e {
-                Effect::ClockOffset(o) => Some(*o),
-                _ => None,
-            })
+        fx.iter().find_map(|e| match e {
+            Effect::ClockOffset(o) => Some(*o),
+            _ => None,
+        })
     };
     // Asymmetric paths skew the estimate by half the asymmetry; the low-RTT sample wins.
-    assert_eq!(feed(&mut core, 2 * S, 30 * MS, 10 * MS), Some(2 * S + 10 * MS));
+    assert_eq!(
+        feed(&mut core, 2 * S, 30 * MS, 10 * MS),
+        Some(2 * S + 10 * MS)
+    );
     assert_eq!(feed(&mut core, 2 * S, MS, MS), Some(2 * S));
     assert_eq!(feed(&mut core, 2 * S, 25 * MS, 5 * MS), None, "unchanged");
     assert_eq!(core.offset_ns(), 2 * S);
