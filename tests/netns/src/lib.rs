@@ -354,9 +354,18 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs root and network namespaces"]
+    #[ignore = "needs root, network namespaces and ping"]
     fn a_chain_is_built_and_removed() {
         require();
+        assert!(
+            Command::new("ping")
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
+            "this test needs ping (apt-get install iputils-ping)"
+        );
         let names;
         {
             let chain = Chain::build(2, "unit").expect("chain builds");
