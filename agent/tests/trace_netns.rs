@@ -8,17 +8,14 @@ use std::path::Path;
 use std::process::Command;
 
 use tracemesh_testnet::compare::{self, Run};
-use tracemesh_testnet::{Chain, addr, available, ip};
+use tracemesh_testnet::{Chain, addr, ip, require};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_tracemesh-agent");
 const ROUTERS: usize = 8;
 
-fn chain(tag: &str) -> Option<Chain> {
-    if !available() {
-        eprintln!("skipped: building network namespaces needs root and iproute2");
-        return None;
-    }
-    Some(Chain::build(ROUTERS, tag).expect("build the namespace chain"))
+fn chain(tag: &str) -> Chain {
+    require();
+    Chain::build(ROUTERS, tag).expect("build the namespace chain")
 }
 
 fn allow() -> [&'static str; 4] {
@@ -38,13 +35,11 @@ fn expected_path(dst: IpAddr) -> Vec<IpAddr> {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and scamper"]
 fn every_method_and_family_matches_the_topology_and_scamper() {
-    let Some(chain) = chain("cmp") else { return };
+    compare::require_scamper();
+    let chain = chain("cmp");
     let dir = tempfile::tempdir().unwrap();
-    let with_scamper = compare::scamper_available();
-    if !with_scamper {
-        eprintln!("scamper comparison skipped: scamper is not installed (apt-get install scamper)");
-    }
     for v6 in [false, true] {
         let targets: Vec<IpAddr> = (0..25).map(|i| addr::destination(i, v6)).collect();
         for (proto, scamper_method) in [
@@ -78,32 +73,31 @@ fn every_method_and_family_matches_the_topology_and_scamper() {
                     "{what}: last hop {last}"
                 );
             }
-            if with_scamper {
-                let file = compare::write_targets(dir.path(), "scamper.txt", &targets).unwrap();
-                let theirs = compare::scamper(&chain.source, scamper_method, &file, 5000, 1)
-                    .expect("scamper runs");
-                let (agree, total) = compare::agreement(&ours.paths, &theirs.paths);
-                eprintln!("{what}: {agree}/{total} hops agree with scamper {scamper_method}");
+            let file = compare::write_targets(dir.path(), "scamper.txt", &targets).unwrap();
+            let theirs = compare::scamper(&chain.source, scamper_method, &file, 5000, 1)
+                .expect("scamper runs");
+            let (agree, total) = compare::agreement(&ours.paths, &theirs.paths);
+            eprintln!("{what}: {agree}/{total} hops agree with scamper {scamper_method}");
+            assert_eq!(
+                theirs.paths.len(),
+                targets.len(),
+                "scamper traced all targets"
+            );
+            assert_eq!(agree, total, "{what}: hops differ from scamper");
+            for &dst in &targets {
                 assert_eq!(
-                    theirs.paths.len(),
-                    targets.len(),
-                    "scamper traced all targets"
+                    theirs.stop[&dst], ours.stop[&dst],
+                    "{what} stop reason for {dst}"
                 );
-                assert_eq!(agree, total, "{what}: hops differ from scamper");
-                for &dst in &targets {
-                    assert_eq!(
-                        theirs.stop[&dst], ours.stop[&dst],
-                        "{what} stop reason for {dst}"
-                    );
-                }
             }
         }
     }
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn stop_reasons_unreachable_and_gap_limit_on_real_routes() {
-    let Some(chain) = chain("stop") else { return };
+    let chain = chain("stop");
     let dir = tempfile::tempdir().unwrap();
     // Router 4 refuses 10.210/16 with an ICMP host-unreachable; router 5 silently drops
     // 10.211/16 (and their IPv6 twins), so hops 5.. never answer.
@@ -167,8 +161,9 @@ fn tx_packets(ns: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn denied_targets_are_refused_without_sending() {
-    let Some(chain) = chain("deny") else { return };
+    let chain = chain("deny");
     // Silence IPv6 housekeeping (neighbour discovery, MLD) so the counter counts probes.
     let quiet = Command::new("ip")
         .args([

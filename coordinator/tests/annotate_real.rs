@@ -1,4 +1,5 @@
-//! Annotation against the real data in ../shared/data beside the repository (skipped elsewhere).
+//! Annotation against the real data in ../shared/data beside the repository: ignored by
+//! default, run with `cargo test -- --ignored` where that directory is.
 
 // Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -12,12 +13,12 @@ use tracemesh::annotate::{AnnotateError, Annotator, load_mrt_file, load_peeringd
 /// `shared/data` beside the repository, as on the development machine and in CI.
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data");
 
-fn have_data() -> bool {
-    let ok = Path::new(DATA).join("asn/ipasn_20140513.dat.gz").exists();
-    if !ok {
-        println!("skipped: {DATA} not present");
-    }
-    ok
+/// Asked to run, a test without its data fails, saying where the data should be.
+fn require_data() {
+    assert!(
+        Path::new(DATA).join("asn/ipasn_20140513.dat.gz").exists(),
+        "this test needs the shared data: {DATA} (../shared/data beside the repository) is not there"
+    );
 }
 
 /// Every "addr" string anywhere in a JSON value (scamper `trace` hops, `tracelb` nodes
@@ -40,10 +41,9 @@ fn collect_addrs(v: &serde_json::Value, out: &mut Vec<IpAddr>) {
 }
 
 #[test]
+#[ignore = "needs ../shared/data"]
 fn scamper_hops_get_origin_ases() {
-    if !have_data() {
-        return;
-    }
+    require_data();
     let mut annot = Annotator::new();
     let n4 = annot
         .load_prefix_file(&Path::new(DATA).join("asn/ipasn_20140513.dat.gz"))
@@ -129,10 +129,9 @@ fn scamper_hops_get_origin_ases() {
 }
 
 #[test]
+#[ignore = "needs ../shared/data"]
 fn truncated_mrt_reports_offset_after_yielding_entries() {
-    if !have_data() {
-        return;
-    }
+    require_data();
     let load = load_mrt_file(&Path::new(DATA).join("mrt/rib.20140523.0600_firstMB.bz2"));
     println!(
         "{} records, {} prefixes, error: {:?}",

@@ -1,31 +1,31 @@
-//! The agent's long-running mode: enrol once, then keep one mutually authenticated
-//! session with the coordinator, hold campaign schedules, fire rounds at their instant on
-//! the corrected clock, spool results until acknowledged.
-//!
-//! Three parts run side by side: the session (reconnects with backoff and jitter), the
-//! round runner (fires rounds whether or not a session is up), and the spool between them.
+//! The agent's long-running mode: enrol once, then drive the session core (`core.rs`)
+//! with real sockets, timers and files. Every decision — when to dial, what to send, when
+//! a round fires on the corrected clock, what the spool keeps — is the core's; this file
+//! performs its effects: the gRPC session, one timer, spool and campaign fsyncs (on the
+//! blocking pool, one at a time), and a task per round that owns its raw sockets.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use thiserror::Error;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracemesh_proto::COORDINATOR_TLS_NAME;
 use tracemesh_proto::token::EnrolToken;
-use tracemesh_proto::v1::agent_message::Msg as Up;
 use tracemesh_proto::v1::agent_service_client::AgentServiceClient;
-use tracemesh_proto::v1::coordinator_message::Msg as Down;
 use tracemesh_proto::v1::{self as pb};
-use tracemesh_proto::{COORDINATOR_TLS_NAME, clock};
 
-use super::convert::{held_from_instruction, record_from_result};
-use super::schedule::Held;
-use super::spool::{Record, Spool};
+use super::core::{Effect, Input, Now, SessionCore};
+use super::schedule::HeldCampaign;
+use super::spool::Spool;
 use super::state::{AgentIdentity, Credentials, StateDir, StateError};
 use crate::probe::denylist::DenyList;
 use crate::probe::driver::{self, Needs};
@@ -50,8 +50,8 @@ pub enum SessionError {
     Connect { coordinator: String, reason: String },
     #[error("making a key pair or CSR: {0}")]
     Key(String),
-    #[error("agent state lock poisoned by an earlier panic")]
-    Poisoned,
+    #[error("a spool or state write panicked: {0}")]
+    Panicked(String),
 }
 
 #[derive(Debug, Clone)]
@@ -70,23 +70,10 @@ fn unix_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Shared between the session, the runner and the spool.
-struct Shared {
-    state: StateDir,
-    held: Mutex<Held>,
-    spool: Mutex<Spool>,
-    /// coordinator clock − agent clock, ns.
-    offset_ns: AtomicI64,
-    /// Wakes the runner when campaigns change.
-    campaigns_changed: Notify,
-    /// Wakes the session when the spool has new results.
-    results_ready: Notify,
-    cfg: RunConfig,
-}
-
-impl Shared {
-    fn corrected_now_ns(&self) -> i64 {
-        unix_ns() + self.offset_ns.load(Ordering::Relaxed)
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        unix_ns: unix_ns(),
     }
 }
 
@@ -108,27 +95,36 @@ pub async fn run(cfg: RunConfig) -> Result<(), SessionError> {
     for p in problems {
         tracing::error!(error = %p, "spool file set aside");
     }
-    let mut held = state.load_campaigns()?;
-    held.prune(unix_ns());
+    let held = state.load_campaigns()?;
+    let start = now();
+    let core = SessionCore::new(held, spool.unacked(), start);
     tracing::info!(
         agent = %identity.name,
         %coordinator,
         spooled = waiting.len(),
-        campaigns = held.campaigns.len(),
+        campaigns = core.held().campaigns.len(),
         "agent starting"
     );
-    let shared = Arc::new(Shared {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&creds.ca_pem))
+        .identity(Identity::from_pem(&creds.cert_chain_pem, &creds.key_pem))
+        .domain_name(COORDINATOR_TLS_NAME);
+    let (rounds_tx, rounds_rx) = mpsc::unbounded_channel();
+    Driver {
+        core,
+        spool: Some(spool),
         state,
-        held: Mutex::new(held),
-        spool: Mutex::new(spool),
-        offset_ns: AtomicI64::new(0),
-        campaigns_changed: Notify::new(),
-        results_ready: Notify::new(),
-        cfg,
-    });
-    tokio::spawn(runner(shared.clone()));
-    session_loop(shared, coordinator, creds).await;
-    Ok(())
+        cfg: Arc::new(cfg),
+        coordinator,
+        tls,
+        offset_ns: Arc::new(AtomicI64::new(0)),
+        rounds_tx,
+        rounds_rx,
+        link: LinkIo::default(),
+        timer: tokio::time::Instant::from_std(start.mono),
+    }
+    .run(start)
+    .await
 }
 
 async fn enrol(
@@ -223,247 +219,319 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-async fn session_loop(shared: Arc<Shared>, coordinator: String, creds: Credentials) {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&creds.ca_pem))
-        .identity(Identity::from_pem(&creds.cert_chain_pem, &creds.key_pem))
-        .domain_name(COORDINATOR_TLS_NAME);
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let started = Instant::now();
-        match session_once(&shared, &coordinator, tls.clone()).await {
-            Ok(()) => tracing::warn!("session closed by the coordinator"),
-            Err(e) => tracing::warn!(error = %e, "session failed"),
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(250);
-        }
-        // Full jitter: a coordinator restart must not see every agent return at once.
-        let jitter = (unix_ns() as u64 % 1000) as f64 / 1000.0;
-        let wait = backoff.mul_f64(0.5 + jitter);
-        tracing::info!(wait_ms = wait.as_millis() as u64, "reconnecting");
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The sockets of one attempt at a session, as far as it got.
+#[derive(Default)]
+struct LinkIo {
+    dialling: Option<BoxFuture<Result<Channel, SessionError>>>,
+    channel: Option<Channel>,
+    opening: Option<BoxFuture<Result<Streaming<pb::CoordinatorMessage>, SessionError>>>,
+    /// Unbounded so that a slow coordinator never stalls the driver (and with it the
+    /// rounds); what waits here is also in the spool, and goes when the session dies.
+    tx: Option<mpsc::UnboundedSender<pb::AgentMessage>>,
+    inbound: Option<Streaming<pb::CoordinatorMessage>>,
 }
 
-fn up(msg: Up) -> pb::AgentMessage {
-    pb::AgentMessage { msg: Some(msg) }
+struct RoundOutcome {
+    campaign_id: String,
+    round: u32,
+    results: Result<Vec<TraceResult>, String>,
 }
 
-async fn session_once(
-    shared: &Arc<Shared>,
-    coordinator: &str,
+/// What woke the driver.
+enum Event {
+    Timer,
+    Round(RoundOutcome),
+    Dialled(Result<Channel, SessionError>),
+    Opened(Result<Streaming<pb::CoordinatorMessage>, SessionError>),
+    Inbound(Result<Option<pb::CoordinatorMessage>, tonic::Status>),
+}
+
+/// Where effects came from: a failed write asked for by the coordinator's message ends
+/// the session (the coordinator learns nothing was kept); one the runner asked for is
+/// only logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Coordinator,
+    Agent,
+}
+
+struct Driver {
+    core: SessionCore,
+    /// Taken while a write runs on the blocking pool.
+    spool: Option<Spool>,
+    state: StateDir,
+    cfg: Arc<RunConfig>,
+    coordinator: String,
     tls: ClientTlsConfig,
-) -> Result<(), SessionError> {
-    let channel = connect(coordinator, tls).await?;
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(1024);
-    let hello = {
-        let held = shared.held.lock().map_err(|_| poisoned())?;
-        let spool = shared.spool.lock().map_err(|_| poisoned())?;
-        pb::Hello {
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            state: Some(pb::AgentState {
-                campaign_ids: held.ids(),
-                spooled_results: spool.pending() as u64,
-            }),
-        }
-    };
-    let _ = tx.send(up(Up::Hello(hello))).await;
-    let mut inbound = AgentServiceClient::new(channel)
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| SessionError::Connect {
-            coordinator: coordinator.into(),
-            reason: format!("{}: {}", code_name(s.code()), s.message()),
-        })?
-        .into_inner();
-    // Everything still unacknowledged goes out again; ingest is idempotent.
-    let unacked = shared.spool.lock().map_err(|_| poisoned())?.unacked();
-    send_records(&tx, &unacked).await;
-    let mut samples: Vec<clock::ClockEstimate> = Vec::new();
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
-    // Quick clock samples first, so the first round already fires on a corrected clock.
-    let mut quick_samples = 5u32;
-    let mut sampler = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            msg = inbound.message() => {
-                let msg = msg.map_err(|s| SessionError::Connect {
-                    coordinator: coordinator.into(),
-                    reason: format!("{}: {}", code_name(s.code()), s.message()),
-                })?;
-                let Some(pb::CoordinatorMessage { msg: Some(msg) }) = msg else {
-                    if msg.is_none() { return Ok(()); }
+    /// The core's clock offset, for round tasks waiting for their instant.
+    offset_ns: Arc<AtomicI64>,
+    rounds_tx: mpsc::UnboundedSender<RoundOutcome>,
+    rounds_rx: mpsc::UnboundedReceiver<RoundOutcome>,
+    link: LinkIo,
+    timer: tokio::time::Instant,
+}
+
+impl Driver {
+    async fn run(mut self, start: Now) -> Result<(), SessionError> {
+        let mut effects = self.core.handle(start, Input::Timer);
+        let mut origin = Origin::Agent;
+        loop {
+            if let Some(e) = self.perform(effects, origin).await? {
+                self.link = LinkIo::default();
+                effects = self
+                    .core
+                    .handle(now(), Input::Disconnected(Some(e.to_string())));
+                origin = Origin::Agent;
+                continue;
+            }
+            let event = tokio::select! {
+                () = tokio::time::sleep_until(self.timer) => Event::Timer,
+                Some(r) = self.rounds_rx.recv() => Event::Round(r),
+                r = poll_slot(&mut self.link.dialling) => Event::Dialled(r),
+                r = poll_slot(&mut self.link.opening) => Event::Opened(r),
+                m = next_message(&mut self.link.inbound) => Event::Inbound(m),
+            };
+            origin = Origin::Agent;
+            let input = match event {
+                Event::Timer => Input::Timer,
+                Event::Round(RoundOutcome {
+                    campaign_id,
+                    round,
+                    results,
+                }) => match results {
+                    Ok(results) => Input::RoundDone {
+                        campaign_id,
+                        round,
+                        results,
+                    },
+                    Err(e) => {
+                        tracing::error!(campaign = %campaign_id, round, error = %e, "round failed");
+                        effects = Vec::new();
+                        continue;
+                    }
+                },
+                Event::Dialled(Ok(channel)) => {
+                    self.link.channel = Some(channel);
+                    Input::Dialled
+                }
+                Event::Opened(Ok(inbound)) => {
+                    self.link.inbound = Some(inbound);
+                    Input::Opened
+                }
+                Event::Dialled(Err(e)) | Event::Opened(Err(e)) => {
+                    self.link = LinkIo::default();
+                    Input::Disconnected(Some(e.to_string()))
+                }
+                Event::Inbound(Ok(Some(pb::CoordinatorMessage { msg: Some(msg) }))) => {
+                    origin = Origin::Coordinator;
+                    Input::Message(msg)
+                }
+                Event::Inbound(Ok(Some(pb::CoordinatorMessage { msg: None }))) => {
+                    effects = Vec::new();
                     continue;
-                };
-                handle_down(shared, msg, &mut samples, &mut heartbeat)?;
-            }
-            _ = sampler.tick(), if quick_samples > 0 => {
-                quick_samples -= 1;
-                let _ = tx.send(up(Up::ClockSample(pb::ClockSample { t1_ns: unix_ns() }))).await;
-            }
-            _ = heartbeat.tick() => {
-                let best = clock::best(samples.iter().copied());
-                let pending = shared.spool.lock().map_err(|_| poisoned())?.pending() as u64;
-                let _ = tx.send(up(Up::ClockSample(pb::ClockSample { t1_ns: unix_ns() }))).await;
-                let _ = tx.send(up(Up::Heartbeat(pb::Heartbeat {
-                    sent_at_ns: unix_ns(),
-                    clock_offset_ns: best.map_or(0, |b| b.offset_ns),
-                    clock_rtt_ns: best.map_or(0, |b| b.rtt_ns),
-                    spooled_results: pending,
-                }))).await;
-            }
-            _ = shared.results_ready.notified() => {
-                let unacked = shared.spool.lock().map_err(|_| poisoned())?.unacked();
-                send_records(&tx, &unacked).await;
+                }
+                Event::Inbound(Ok(None)) => {
+                    self.link = LinkIo::default();
+                    Input::Disconnected(None)
+                }
+                Event::Inbound(Err(s)) => {
+                    self.link = LinkIo::default();
+                    Input::Disconnected(Some(self.status_error(&s).to_string()))
+                }
+            };
+            effects = self.core.handle(now(), input);
+        }
+    }
+
+    fn status_error(&self, s: &tonic::Status) -> SessionError {
+        SessionError::Connect {
+            coordinator: self.coordinator.clone(),
+            reason: format!("{}: {}", code_name(s.code()), s.message()),
+        }
+    }
+
+    /// Performs effects in order (and those of the spool writes they complete). Returns
+    /// the first write failure that must end the session; `Err` only if a write panicked.
+    async fn perform(
+        &mut self,
+        effects: Vec<Effect>,
+        origin: Origin,
+    ) -> Result<Option<SessionError>, SessionError> {
+        let mut queue = std::collections::VecDeque::from(effects);
+        let mut session_error = None;
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Connect => {
+                    let (coordinator, tls) = (self.coordinator.clone(), self.tls.clone());
+                    self.link.dialling =
+                        Some(Box::pin(async move { connect(&coordinator, tls).await }));
+                }
+                Effect::OpenSession { hello } => {
+                    let Some(channel) = self.link.channel.take() else {
+                        session_error.get_or_insert(SessionError::Connect {
+                            coordinator: self.coordinator.clone(),
+                            reason: "no channel to open the session on".into(),
+                        });
+                        continue;
+                    };
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    // Queued before the stream opens: the coordinator answers only once it
+                    // has read the Hello.
+                    let _ = tx.send(hello);
+                    self.link.tx = Some(tx);
+                    let coordinator = self.coordinator.clone();
+                    self.link.opening = Some(Box::pin(async move {
+                        AgentServiceClient::new(channel)
+                            .session(UnboundedReceiverStream::new(rx))
+                            .await
+                            .map(tonic::Response::into_inner)
+                            .map_err(|s| SessionError::Connect {
+                                coordinator,
+                                reason: format!("{}: {}", code_name(s.code()), s.message()),
+                            })
+                    }));
+                }
+                Effect::Send(msg) => {
+                    if let Some(tx) = &self.link.tx {
+                        // A closed stream shows up on the inbound side.
+                        let _ = tx.send(msg);
+                    }
+                }
+                Effect::SaveCampaigns(held) => {
+                    let state = self.state.clone();
+                    if let Err(e) = blocking(move || state.save_campaigns(&held)).await? {
+                        match origin {
+                            Origin::Coordinator => {
+                                session_error.get_or_insert(e.into());
+                            }
+                            Origin::Agent => {
+                                tracing::error!(error = %e, "cannot save campaign state");
+                            }
+                        }
+                    }
+                }
+                Effect::Spool {
+                    campaign_id,
+                    round,
+                    records,
+                } => {
+                    let mut spool = self.take_spool()?;
+                    let (spool, records, r) = blocking(move || {
+                        let r = spool.push(&records);
+                        (spool, records, r)
+                    })
+                    .await?;
+                    self.spool = Some(spool);
+                    match r {
+                        Ok(()) => queue.extend(self.core.handle(now(), Input::Spooled(records))),
+                        Err(e) => {
+                            tracing::error!(campaign = %campaign_id, round, error = %e, "round failed");
+                        }
+                    }
+                }
+                Effect::SpoolAck(ids) => {
+                    let mut spool = self.take_spool()?;
+                    let (spool, r) = blocking(move || {
+                        let r = spool.ack(ids.iter().map(String::as_str));
+                        (spool, r)
+                    })
+                    .await?;
+                    self.spool = Some(spool);
+                    if let Err(e) = r {
+                        session_error.get_or_insert(e.into());
+                    }
+                }
+                Effect::StartRound {
+                    campaign,
+                    round,
+                    start_ns,
+                } => {
+                    let (cfg, offset_ns, done) = (
+                        self.cfg.clone(),
+                        self.offset_ns.clone(),
+                        self.rounds_tx.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let results = run_round(&cfg, &offset_ns, &campaign, round, start_ns).await;
+                        let _ = done.send(RoundOutcome {
+                            campaign_id: campaign.id,
+                            round,
+                            results,
+                        });
+                    });
+                }
+                Effect::ClockOffset(ns) => self.offset_ns.store(ns, Ordering::Relaxed),
+                Effect::ArmTimer(at) => self.timer = tokio::time::Instant::from_std(at),
             }
         }
+        Ok(session_error)
+    }
+
+    fn take_spool(&mut self) -> Result<Spool, SessionError> {
+        self.spool
+            .take()
+            .ok_or_else(|| SessionError::Panicked("the spool was lost by an earlier write".into()))
     }
 }
 
-fn poisoned() -> SessionError {
-    SessionError::Poisoned
+/// Runs a file write on the blocking pool: an fsync must not hold up a runtime thread
+/// that a round's probes may need.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SessionError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SessionError::Panicked(e.to_string()))
 }
 
-fn handle_down(
-    shared: &Arc<Shared>,
-    msg: Down,
-    samples: &mut Vec<clock::ClockEstimate>,
-    heartbeat: &mut tokio::time::Interval,
-) -> Result<(), SessionError> {
-    match msg {
-        Down::Welcome(w) => {
-            tracing::info!(agent = %w.agent_name, "session established");
-            if w.heartbeat_interval_s > 0 {
-                *heartbeat =
-                    tokio::time::interval(Duration::from_secs(u64::from(w.heartbeat_interval_s)));
-            }
+/// Polls the future in `slot`, emptying it once done; pending forever when empty.
+async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
+    match slot {
+        Some(f) => {
+            let r = f.as_mut().await;
+            *slot = None;
+            r
         }
-        Down::Campaign(c) => match held_from_instruction(&c) {
-            Ok(h) => {
-                tracing::info!(campaign = %h.id, rounds = h.rounds, targets = h.targets.len(), "campaign received");
-                let mut held = shared.held.lock().map_err(|_| poisoned())?;
-                held.upsert(h);
-                shared.state.save_campaigns(&held)?;
-                shared.campaigns_changed.notify_one();
-            }
-            Err(e) => tracing::error!(campaign = %c.id, error = %e, "campaign refused"),
-        },
-        Down::CancelCampaign(c) => {
-            let mut held = shared.held.lock().map_err(|_| poisoned())?;
-            if held.cancel(&c.campaign_id) {
-                shared.state.save_campaigns(&held)?;
-                tracing::info!(campaign = %c.campaign_id, "campaign cancelled");
-            }
-            shared.campaigns_changed.notify_one();
-        }
-        Down::Ack(a) => {
-            let mut spool = shared.spool.lock().map_err(|_| poisoned())?;
-            spool.ack(a.result_ids.iter().map(String::as_str))?;
-        }
-        Down::ClockEcho(e) => {
-            let est = clock::estimate(e.t1_ns, e.t2_ns, e.t3_ns, unix_ns());
-            samples.push(est);
-            if samples.len() > 16 {
-                samples.remove(0);
-            }
-            if let Some(best) = clock::best(samples.iter().copied()) {
-                shared.offset_ns.store(best.offset_ns, Ordering::Relaxed);
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn send_records(tx: &mpsc::Sender<pb::AgentMessage>, records: &[Record]) {
-    use prost::Message as _;
-    for chunk in records.chunks(500) {
-        let results: Vec<pb::TraceRecord> = chunk
-            .iter()
-            .filter_map(|r| pb::TraceRecord::decode(r.payload.as_slice()).ok())
-            .collect();
-        if tx
-            .send(up(Up::TraceBatch(pb::TraceBatch { results })))
-            .await
-            .is_err()
-        {
-            return;
-        }
+        None => std::future::pending().await,
     }
 }
 
-/// Fires rounds at their instants, independent of the session's state.
-async fn runner(shared: Arc<Shared>) {
-    loop {
-        let due = {
-            let Ok(held) = shared.held.lock() else { return };
-            held.next_due(shared.corrected_now_ns())
-                .map(|d| (d.campaign.clone(), d.round, d.start_ns))
-        };
-        let Some((campaign, round, start_ns)) = due else {
-            // Nothing scheduled: wait for a campaign (or check again soon).
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), shared.campaigns_changed.notified())
-                    .await;
-            continue;
-        };
-        // Wake a little early: the round task prepares its sockets and engine, then waits
-        // for the instant itself.
-        const PREPARE_NS: i64 = 100_000_000;
-        let wait_ns = start_ns - shared.corrected_now_ns() - PREPARE_NS;
-        if wait_ns > 0 {
-            let wait = Duration::from_nanos(wait_ns as u64);
-            // A new campaign may start earlier than the one we wait for.
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shared.campaigns_changed.notified() => continue,
-            }
-        }
-        let s = shared.clone();
-        let c = campaign.clone();
-        tokio::spawn(async move {
-            if let Err(e) = run_round(&s, &c, round, start_ns).await {
-                tracing::error!(campaign = %c.id, round, error = %e, "round failed");
-            }
-        });
-        // Persist after the round is under way: an fsync must not delay the probes.
-        let s = shared.clone();
-        let persisted = tokio::task::spawn_blocking(move || {
-            let Ok(mut held) = s.held.lock() else { return };
-            held.fired(&campaign.id, round);
-            if let Err(e) = s.state.save_campaigns(&held) {
-                tracing::error!(error = %e, "cannot save campaign state");
-            }
-        })
-        .await;
-        if persisted.is_err() {
-            return;
-        }
+async fn next_message(
+    inbound: &mut Option<Streaming<pb::CoordinatorMessage>>,
+) -> Result<Option<pb::CoordinatorMessage>, tonic::Status> {
+    match inbound {
+        Some(s) => s.message().await,
+        None => std::future::pending().await,
     }
+}
+
+fn corrected_now_ns(offset_ns: &AtomicI64) -> i64 {
+    unix_ns() + offset_ns.load(Ordering::Relaxed)
 }
 
 /// Sleeps until shortly before `start_ns` (corrected clock), then spins the rest: timers
 /// wake up to a millisecond late, and vantages should fire within a fraction of one.
-async fn wait_for_instant(shared: &Shared, start_ns: i64) {
+async fn wait_for_instant(offset_ns: &AtomicI64, start_ns: i64) {
     const SPIN_NS: i64 = 1_500_000;
-    let wait_ns = start_ns - shared.corrected_now_ns() - SPIN_NS;
+    let wait_ns = start_ns - corrected_now_ns(offset_ns) - SPIN_NS;
     if wait_ns > 0 {
         tokio::time::sleep(Duration::from_nanos(wait_ns as u64)).await;
     }
-    while shared.corrected_now_ns() < start_ns {
+    while corrected_now_ns(offset_ns) < start_ns {
         std::hint::spin_loop();
     }
 }
 
 async fn run_round(
-    shared: &Arc<Shared>,
-    campaign: &super::schedule::HeldCampaign,
+    cfg: &RunConfig,
+    offset_ns: &AtomicI64,
+    campaign: &HeldCampaign,
     round: u32,
     start_ns: i64,
-) -> Result<(), String> {
-    let cfg = &shared.cfg;
-    let offset_s = shared.offset_ns.load(Ordering::Relaxed) as f64 / 1e9;
+) -> Result<Vec<TraceResult>, String> {
+    let offset_s = offset_ns.load(Ordering::Relaxed) as f64 / 1e9;
     let wall = unix_ns() as f64 / 1e9 + offset_s;
     let nanos = unix_ns() as u64;
     // A fresh cookie per round: concurrent rounds share the host's raw sockets.
@@ -523,8 +591,8 @@ async fn run_round(
     } else {
         None
     };
-    wait_for_instant(shared, start_ns).await;
-    let late_ms = (shared.corrected_now_ns() - start_ns) as f64 / 1e6;
+    wait_for_instant(offset_ns, start_ns).await;
+    let late_ms = (corrected_now_ns(offset_ns) - start_ns) as f64 / 1e6;
     tracing::info!(campaign = %campaign.id, round, late_ms, "round started");
     if let Some(sockets) = sockets {
         sockets
@@ -539,24 +607,5 @@ async fn run_round(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let records: Vec<Record> = results
-        .iter()
-        .map(|r| {
-            use prost::Message as _;
-            let rec = record_from_result(&campaign.id, round, r);
-            Record {
-                id: rec.result_id.clone(),
-                payload: rec.encode_to_vec(),
-            }
-        })
-        .collect();
-    tracing::info!(campaign = %campaign.id, round, traces = records.len(), "round done");
-    shared
-        .spool
-        .lock()
-        .map_err(|_| "spool lock poisoned".to_string())?
-        .push(&records)
-        .map_err(|e| e.to_string())?;
-    shared.results_ready.notify_one();
-    Ok(())
+    Ok(results)
 }

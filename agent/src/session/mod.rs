@@ -2,6 +2,7 @@
 
 mod client;
 pub mod convert;
+pub mod core;
 pub mod schedule;
 pub mod spool;
 pub mod state;

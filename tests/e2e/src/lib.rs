@@ -24,6 +24,23 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// For tests marked `#[ignore = "needs root ..."]`: once asked to run, a test without
+/// root fails, saying why, rather than passing without having tested anything.
+pub fn require_root(why: &str) {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "this test needs root ({why}): run `cargo test -- --ignored` as root"
+    );
+}
+
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tracemesh_e2e::{Proc, bin, free_port, run, wait_for};
+use tracemesh_e2e::{Proc, bin, free_port, require_root, run, wait_for};
 
 const ROUNDS: u64 = 8;
 const TARGETS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
@@ -75,7 +75,9 @@ fn traces(data: &Path, campaign: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs root (the agents trace loopback with raw sockets)"]
 fn results_survive_kill_9_of_coordinator_and_agent_exactly_once() {
+    require_root("the agents trace loopback with raw sockets");
     let dir = tempfile::tempdir().unwrap();
     let (data, logs) = (dir.path().join("coord"), dir.path().join("logs"));
     std::fs::create_dir_all(&logs).unwrap();

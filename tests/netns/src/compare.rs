@@ -32,6 +32,14 @@ pub fn scamper_available() -> bool {
         .is_ok()
 }
 
+/// For tests and benchmarks that compare with scamper: fails, saying so, without it.
+pub fn require_scamper() {
+    assert!(
+        scamper_available(),
+        "this test needs scamper on the PATH (apt-get install scamper)"
+    );
+}
+
 pub fn write_targets(dir: &Path, name: &str, targets: &[IpAddr]) -> std::io::Result<PathBuf> {
     let path = dir.join(name);
     let mut f = std::fs::File::create(&path)?;

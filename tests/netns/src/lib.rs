@@ -60,6 +60,19 @@ pub fn available() -> bool {
         && is_root()
 }
 
+/// For tests marked `#[ignore = "needs root and network namespaces"]`: once asked to run,
+/// a missing prerequisite is a failure that says what is missing, never a silent pass.
+pub fn require() {
+    assert!(
+        is_root(),
+        "this test needs root: building network namespaces does (run `cargo test -- --ignored` as root)"
+    );
+    assert!(
+        available(),
+        "this test needs network namespaces: `ip netns list` must work (apt-get install iproute2) and /proc/self/ns/net exist"
+    );
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -341,11 +354,18 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ping"]
     fn a_chain_is_built_and_removed() {
-        if !available() {
-            eprintln!("skipped: needs root and iproute2 to build network namespaces");
-            return;
-        }
+        require();
+        assert!(
+            Command::new("ping")
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
+            "this test needs ping (apt-get install iputils-ping)"
+        );
         let names;
         {
             let chain = Chain::build(2, "unit").expect("chain builds");
