@@ -1,6 +1,7 @@
 //! The probe engine: packet codecs, the per-trace state machine, the multi-trace engine
 //! with its rate caps and deny-list (all pure), and the raw-socket driver.
 
+pub mod alias;
 pub mod bucket;
 pub mod checksum;
 pub mod denylist;

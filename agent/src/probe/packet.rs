@@ -392,6 +392,16 @@ pub fn parse_v4(pkt: &[u8]) -> Result<Reply, ParseError> {
     })
 }
 
+/// Parses a whole IPv4 packet like [`parse_v4`], and also returns the identification
+/// field of the reply's own IP header, which alias resolution reads (IP-ID series). IPv6
+/// has no identification in its base header (only a fragment header carries one), so
+/// there is no IPv6 counterpart.
+pub fn parse_v4_with_id(pkt: &[u8]) -> Result<(Reply, u16), ParseError> {
+    let reply = parse_v4(pkt)?;
+    // `parse_v4` has checked that a 20-byte header is there.
+    Ok((reply, be16(pkt, 4)))
+}
+
 /// Parses an IPv6 reply as a raw `IPPROTO_ICMPV6` or `IPPROTO_TCP` socket delivers it:
 /// without the IPv6 header, whose source and hop limit come from `recvmsg`.
 pub fn parse_v6(
@@ -586,5 +596,7 @@ fn parse_quoted_l4(proto: u8, l4: &[u8], v6: bool) -> QuotedL4 {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod replies;
 #[cfg(test)]
 mod tests;

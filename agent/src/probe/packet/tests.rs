@@ -415,6 +415,58 @@ mod prop {
         }
 
         #[test]
+        fn parse_v4_with_id_never_panics_and_agrees_with_parse_v4(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            match (parse_v4(&bytes), parse_v4_with_id(&bytes)) {
+                (Ok(a), Ok((b, id))) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(id, u16::from_be_bytes([bytes[4], bytes[5]]));
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+            }
+        }
+
+        #[test]
+        fn built_alias_replies_round_trip(
+            udp in any::<bool>(),
+            ip_id in any::<u16>(),
+            id in 1u16..0xffff,
+            from in any::<u32>(),
+            cut in 0usize..100,
+        ) {
+            // A router's answer to an alias probe: the parser gives back its source, its
+            // identification, and what identifies our probe.
+            use super::super::replies::{ReplyKind, reply_v4};
+            let proto = if udp { Proto::Udp } else { Proto::Icmp };
+            let s = spec(proto, false, 64, id);
+            let probe = build(&s);
+            let kind = if udp { ReplyKind::PortUnreachable } else { ReplyKind::Echo };
+            let from = Ipv4Addr::from(from);
+            let pkt = reply_v4(&probe, from, ip_id, kind).unwrap();
+            let (r, got) = parse_v4_with_id(&pkt).unwrap();
+            prop_assert_eq!(got, ip_id);
+            prop_assert_eq!(r.from, IpAddr::V4(from));
+            match r.body {
+                ReplyBody::EchoReply { id: cookie, seq, .. } => {
+                    prop_assert!(!udp);
+                    prop_assert_eq!((cookie, seq), (0xa1b2, id));
+                }
+                ReplyBody::IcmpError { icmp_type: 3, icmp_code: 3, quoted, .. } => {
+                    prop_assert!(udp);
+                    prop_assert_eq!(quoted.dst, s.dst);
+                    prop_assert_eq!(quoted.l4, QuotedL4::Udp {
+                        sport: s.flow.sport, dport: s.flow.dport, checksum: id,
+                    });
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+            // Truncated anywhere, it is an error or a reply, never a panic.
+            let _ = parse_v4_with_id(&pkt[..cut.min(pkt.len())]);
+        }
+
+        #[test]
         fn built_probes_round_trip_through_a_quote(
             proto in prop_oneof![Just(Proto::Icmp), Just(Proto::Udp), Just(Proto::Tcp)],
             v6 in any::<bool>(),
