@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+use tracemesh_agent::probe::alias::{AliasConfig, AliasProber, AliasReport, Evidence, Method};
 use tracemesh_agent::probe::denylist::DenyList;
 use tracemesh_agent::probe::driver::{self, Needs};
 use tracemesh_agent::probe::engine::RequestError;
@@ -29,6 +30,41 @@ enum Command {
     Trace(TraceArgs),
     /// Join a coordinator: enrol once with a token, then run its campaigns.
     Run(RunArgs),
+    /// Find which addresses belong to one router (alias resolution): Mercator UDP probes
+    /// and IP-ID series.
+    Alias(AliasArgs),
+}
+
+#[derive(Args, Debug)]
+struct AliasArgs {
+    /// mercator: UDP to a closed port, note where the Port Unreachable comes from; ipid:
+    /// interleaved pings, one IPv4 identification counter means one router (IPv4 only).
+    #[arg(long, default_value = "both")]
+    method: Method,
+    /// Global cap on probes per second.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: u32,
+    /// IP-ID rounds: echo probes per address.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
+    /// Least time between two probes to one address.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    spacing_ms: u64,
+    /// How long to wait for each reply.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    wait_ms: u64,
+    /// Mercator UDP probes per address at most (retries follow timeouts).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=10))]
+    attempts: u8,
+    /// Lift the deny-list for a range (repeatable), e.g. --allow 10.0.0.0/8.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<IpNet>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Addresses to resolve (IPv4 or IPv6 literals).
+    #[arg(required = true, value_name = "ADDR")]
+    addrs: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +164,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Trace(args) => trace(args),
         Command::Run(args) => run(args),
+        Command::Alias(args) => alias(args),
     };
     match outcome {
         Ok(code) => code,
@@ -271,11 +308,7 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
             args.max_ttl
         );
     }
-    // Distinct per process, so two agents (or scamper) on one host ignore each other.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let cookie = (std::process::id() as u16) ^ (nanos as u16) ^ ((nanos >> 16) as u16);
+    let cookie = engine_cookie();
     let cfg = EngineConfig {
         rate_pps: args.rate,
         per_dst_pps: args.per_dst_rate,
@@ -407,4 +440,121 @@ fn write_text(out: &mut impl Write, r: &TraceResult) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn engine_cookie() -> u16 {
+    // Distinct per process, so two agents (or scamper) on one host ignore each other.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (std::process::id() as u16) ^ (nanos as u16) ^ ((nanos >> 16) as u16)
+}
+
+fn alias(args: AliasArgs) -> Result<ExitCode> {
+    let denylist = DenyList::with_allowed(args.allow.iter().copied());
+    let mut failures = 0usize;
+    let mut targets = Vec::new();
+    for a in &args.addrs {
+        let dst: IpAddr = a
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{a:?} is not an IP address"))?;
+        if let Err(d) = denylist.check(dst) {
+            eprintln!("error: {d}");
+            failures += 1;
+            continue;
+        }
+        match driver::source_for(dst) {
+            Ok(src) => targets.push((dst, src)),
+            Err(e) => {
+                eprintln!("error: no route to {dst}: {e}");
+                failures += 1;
+            }
+        }
+    }
+    if targets.is_empty() {
+        bail!("no address left to probe");
+    }
+    let cfg = AliasConfig {
+        method: args.method,
+        rate_pps: args.rate,
+        rounds: args.rounds,
+        spacing: Duration::from_millis(args.spacing_ms),
+        wait: Duration::from_millis(args.wait_ms),
+        mercator_attempts: args.attempts,
+        cookie: engine_cookie(),
+        denylist,
+        ..AliasConfig::default()
+    };
+    let mut prober = AliasProber::new(cfg, &targets, Instant::now())?;
+    let mut needs = Needs::default();
+    for (dst, _) in &targets {
+        needs.add(*dst, Proto::Icmp);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(driver::run_alias(&mut prober, &needs))?;
+    let report = prober.report();
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    if args.json {
+        serde_json::to_writer(&mut out, &report).context("writing the report")?;
+        writeln!(out).context("writing the report")?;
+    } else {
+        write_alias_text(&mut out, &report, args.method).context("writing the report")?;
+    }
+    out.flush().context("writing the report")?;
+    Ok(if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_alias_text(out: &mut impl Write, r: &AliasReport, method: Method) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "alias resolution ({}) of {} addresses: {} probes",
+        method.as_str(),
+        r.probes_per_addr.len(),
+        r.probes_sent
+    )?;
+    if r.groups.is_empty() {
+        writeln!(out, "no aliases found")?;
+    }
+    for g in &r.groups {
+        let addrs: Vec<String> = g.addrs.iter().map(ToString::to_string).collect();
+        let why = match &g.evidence {
+            Evidence::Mercator { answers } => answers
+                .iter()
+                .filter(|(x, y)| x != y)
+                .map(|(x, y)| format!("{x} answered from {y}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Evidence::IpId {
+                samples,
+                velocity_per_s,
+                ..
+            } => {
+                let n: Vec<String> = samples.values().map(ToString::to_string).collect();
+                let v = velocity_per_s.values().copied().fold(0.0, f64::max);
+                format!("one IP-ID counter, {} samples, {v:.1} ids/s", n.join("+"))
+            }
+        };
+        writeln!(out, "{:<9} {}  ({why})", g.method.as_str(), addrs.join(" "))?;
+    }
+    for u in &r.unusable {
+        let reason = serde_json::to_value(u.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        writeln!(out, "unusable  {} ({})", u.addr, reason.replace('_', " "))?;
+    }
+    let per: Vec<String> = r
+        .probes_per_addr
+        .iter()
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    writeln!(out, "probes per address: {}", per.join(", "))
 }

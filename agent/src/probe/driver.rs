@@ -1,8 +1,9 @@
-//! The thin tokio driver around [`Engine`]: raw sockets, kernel timestamps, timers.
+//! The thin tokio driver around the sans-IO probers ([`Engine`] for traceroutes,
+//! [`AliasProber`] for alias resolution): raw sockets, kernel timestamps, timers.
 //!
 //! One task per receiving socket parses replies and stamps them with the kernel's
-//! receive time; the main loop feeds them to the engine, sends whatever the engine
-//! allows, and sleeps until the engine's next deadline or the next reply.
+//! receive time; the main loop feeds them to the prober, sends whatever the prober
+//! allows, and sleeps until the prober's next deadline or the next reply.
 
 use std::collections::HashSet;
 use std::io;
@@ -16,10 +17,65 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::alias::AliasProber;
 use super::engine::{Engine, EngineStats};
 use super::model::{Proto, TraceResult};
-use super::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Reply, parse_v4, parse_v6};
+use super::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Reply, parse_v4_with_id, parse_v6};
 use super::sys;
+
+/// A reply as the receive tasks hand it over: parsed, with the IPv4 identification of
+/// its header (`None` for IPv6) and the kernel's receive time.
+type Received = (Reply, Option<u16>, Instant);
+
+/// What the driver loop runs: a sans-IO prober that writes probes into a buffer, takes
+/// replies and timeouts with `now`, and says when it wants to be called back.
+pub trait Prober {
+    /// The next probe to send at `now`, written into `buf`; its destination.
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<IpAddr>;
+    /// When to call back even if no reply arrives.
+    fn poll_timeout(&self, now: Instant) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant);
+    /// A reply, with its IPv4 identification when it came over IPv4.
+    fn handle_reply(&mut self, reply: &Reply, ip_id: Option<u16>, rx: Instant);
+    /// Nothing left to send, await or report.
+    fn is_done(&self) -> bool;
+}
+
+impl Prober for Engine {
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<IpAddr> {
+        Engine::poll_transmit(self, now, buf).map(|t| t.dst)
+    }
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        Engine::poll_timeout(self, now)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Engine::handle_timeout(self, now);
+    }
+    fn handle_reply(&mut self, reply: &Reply, _ip_id: Option<u16>, rx: Instant) {
+        Engine::handle_reply(self, reply, rx);
+    }
+    fn is_done(&self) -> bool {
+        self.is_idle()
+    }
+}
+
+impl Prober for AliasProber {
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<IpAddr> {
+        AliasProber::poll_transmit(self, now, buf)
+    }
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        AliasProber::poll_timeout(self, now)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        AliasProber::handle_timeout(self, now);
+    }
+    fn handle_reply(&mut self, reply: &Reply, ip_id: Option<u16>, rx: Instant) {
+        AliasProber::handle_reply(self, reply, ip_id, rx);
+    }
+    fn is_done(&self) -> bool {
+        AliasProber::is_done(self)
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum DriverError {
@@ -74,7 +130,7 @@ fn open(what: &'static str, r: io::Result<Socket>) -> Result<AsyncFd<Socket>, Dr
 #[derive(Debug)]
 pub struct Sockets {
     senders: Senders,
-    rx: mpsc::Receiver<(Reply, Instant)>,
+    rx: mpsc::Receiver<Received>,
     receivers: Vec<JoinHandle<()>>,
 }
 
@@ -108,7 +164,7 @@ impl Sockets {
                 .then(|| open("IPv6", sys::open_sender(true)))
                 .transpose()?,
         };
-        let (tx, rx) = mpsc::channel::<(Reply, Instant)>(65536);
+        let (tx, rx) = mpsc::channel::<Received>(65536);
         let mut receivers: Vec<JoinHandle<()>> = Vec::new();
         let tcp = needs.protos.contains(&Proto::Tcp);
         let mut spawn = |v6: bool, proto: u8, what: &'static str| -> Result<(), DriverError> {
@@ -139,22 +195,43 @@ impl Sockets {
     /// Runs the engine until it is idle, handing each finished trace to `sink`.
     /// `progress` is called about once a second with the engine's counters.
     pub async fn run(
-        mut self,
+        self,
         engine: &mut Engine,
         mut sink: impl FnMut(TraceResult) -> Result<(), String>,
         mut progress: impl FnMut(&Engine, Duration),
     ) -> Result<EngineStats, DriverError> {
-        // Replies that arrived before the run belong to nobody in this engine.
-        while self.rx.try_recv().is_ok() {}
-        main_loop(
-            engine,
-            &self.senders,
-            &mut self.rx,
-            &mut sink,
-            &mut progress,
-        )
+        let started = Instant::now();
+        let mut next_progress = started + Duration::from_secs(1);
+        self.drive(engine, |engine, now| {
+            while let Some(r) = engine.poll_result() {
+                sink(r).map_err(DriverError::Sink)?;
+            }
+            if now >= next_progress {
+                progress(engine, now.duration_since(started));
+                next_progress = now + Duration::from_secs(1);
+            }
+            Ok(())
+        })
         .await?;
         Ok(engine.stats())
+    }
+
+    /// Runs the alias prober until it is done; its findings are in
+    /// [`AliasProber::report`].
+    pub async fn run_alias(self, prober: &mut AliasProber) -> Result<(), DriverError> {
+        self.drive(prober, |_, _| Ok(())).await
+    }
+
+    /// Runs any prober until it is done; `after_send` is called on every turn of the
+    /// loop, after sending, to collect results.
+    pub async fn drive<P: Prober>(
+        mut self,
+        prober: &mut P,
+        after_send: impl FnMut(&mut P, Instant) -> Result<(), DriverError>,
+    ) -> Result<(), DriverError> {
+        // Replies that arrived before the run belong to nobody in this prober.
+        while self.rx.try_recv().is_ok() {}
+        main_loop(prober, &self.senders, &mut self.rx, after_send).await
     }
 }
 
@@ -168,23 +245,25 @@ pub async fn run(
     Sockets::open(needs)?.run(engine, sink, progress).await
 }
 
-async fn main_loop(
-    engine: &mut Engine,
+/// Opens sockets for `needs` and runs the alias prober until it is done.
+pub async fn run_alias(prober: &mut AliasProber, needs: &Needs) -> Result<(), DriverError> {
+    Sockets::open(needs)?.run_alias(prober).await
+}
+
+async fn main_loop<P: Prober>(
+    engine: &mut P,
     senders: &Senders,
-    rx: &mut mpsc::Receiver<(Reply, Instant)>,
-    sink: &mut impl FnMut(TraceResult) -> Result<(), String>,
-    progress: &mut impl FnMut(&Engine, Duration),
+    rx: &mut mpsc::Receiver<Received>,
+    mut after_send: impl FnMut(&mut P, Instant) -> Result<(), DriverError>,
 ) -> Result<(), DriverError> {
     let mut buf = Vec::with_capacity(128);
-    let started = Instant::now();
-    let mut next_progress = started + Duration::from_secs(1);
     loop {
         let now = Instant::now();
         engine.handle_timeout(now);
         // A fresh instant per probe: the engine stamps the probe's send time with it, and
         // on a busy machine the sends of one burst can be far apart.
-        while let Some(t) = engine.poll_transmit(Instant::now(), &mut buf) {
-            let sock = if t.dst.is_ipv4() {
+        while let Some(dst) = engine.poll_transmit(Instant::now(), &mut buf) {
+            let sock = if dst.is_ipv4() {
                 senders.v4.as_ref()
             } else {
                 senders.v6.as_ref()
@@ -192,21 +271,15 @@ async fn main_loop(
             let Some(sock) = sock else {
                 // `Needs` was built from the same requests; a miss is a caller bug.
                 return Err(DriverError::Send {
-                    dst: t.dst,
+                    dst,
                     source: io::Error::other("no socket opened for this family"),
                 });
             };
-            send(sock, &buf, t.dst).await?;
+            send(sock, &buf, dst).await?;
         }
-        while let Some(r) = engine.poll_result() {
-            sink(r).map_err(DriverError::Sink)?;
-        }
-        if engine.is_idle() {
+        after_send(engine, now)?;
+        if engine.is_done() {
             return Ok(());
-        }
-        if now >= next_progress {
-            progress(engine, now.duration_since(started));
-            next_progress = now + Duration::from_secs(1);
         }
         let deadline = engine
             .poll_timeout(now)
@@ -214,16 +287,16 @@ async fn main_loop(
         tokio::select! {
             biased;
             got = rx.recv() => {
-                let Some((reply, at)) = got else {
+                let Some((reply, ip_id, at)) = got else {
                     // Every receiver died: nothing more can be matched, let timeouts run.
                     tokio::time::sleep_until(deadline.into()).await;
                     continue;
                 };
-                engine.handle_reply(&reply, at);
+                engine.handle_reply(&reply, ip_id, at);
                 // Drain what else is queued so a burst is handled in one pass.
                 for _ in 0..4096 {
                     match rx.try_recv() {
-                        Ok((reply, at)) => { engine.handle_reply(&reply, at); }
+                        Ok((reply, ip_id, at)) => { engine.handle_reply(&reply, ip_id, at); }
                         Err(_) => break,
                     }
                 }
@@ -263,7 +336,7 @@ async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<(), 
     Ok(())
 }
 
-async fn receive(fd: AsyncFd<Socket>, v6: bool, proto: u8, tx: mpsc::Sender<(Reply, Instant)>) {
+async fn receive(fd: AsyncFd<Socket>, v6: bool, proto: u8, tx: mpsc::Sender<Received>) {
     let mut buf = sys::recv_buffer();
     loop {
         let Ok(mut guard) = fd.readable().await else {
@@ -275,15 +348,16 @@ async fn receive(fd: AsyncFd<Socket>, v6: bool, proto: u8, tx: mpsc::Sender<(Rep
                     let at = rx_instant(meta.timestamp);
                     let bytes = &buf[..meta.len];
                     let parsed = match (v6, meta.from) {
-                        (false, _) => parse_v4(bytes),
+                        (false, _) => parse_v4_with_id(bytes).map(|(r, id)| (r, Some(id))),
                         (true, IpAddr::V6(from)) => {
                             parse_v6(from, meta.hop_limit.unwrap_or(0), proto, bytes)
+                                .map(|r| (r, None))
                         }
                         (true, IpAddr::V4(_)) => continue,
                     };
                     match parsed {
-                        Ok(reply) => {
-                            if tx.send((reply, at)).await.is_err() {
+                        Ok((reply, ip_id)) => {
+                            if tx.send((reply, ip_id, at)).await.is_err() {
                                 return;
                             }
                         }
