@@ -1,118 +1,21 @@
-//! The lab's network: one namespace per vantage with a TUN device as its only way out to
-//! the emulated internet, a control namespace (coordinator) bridged to every vantage, and
-//! the emulator loop that reads probes from the TUNs and writes answers back on time.
-//!
-//! Each vantage gets its own TUN rather than a route through a shared namespace: a
-//! forwarding Linux namespace would decrement TTLs and answer TTL-1 probes itself.
+//! The emulator threads: each reads the probes of its share of the vantages' TUNs,
+//! answers them with the [`Responder`], and writes every answer at its instant; and the
+//! counters they keep (lateness, rates, scheduler time).
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
-
+use super::epoll::Epoll;
+use super::tun::set_nonblocking;
+use super::{NetError, Topology, io, unix_ns};
 use crate::due::DueQueue;
 use crate::respond::{Dropped, Responder, Shared};
 use crate::scenario::World;
 use crate::stats::{Histogram, Timeline};
-
-#[derive(Debug, Error)]
-pub enum NetError {
-    #[error(transparent)]
-    Shell(#[from] tracemesh_testnet::NetError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("scenario address {addr} collides with the lab's control network {net}")]
-    Collision { addr: String, net: &'static str },
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
-    let what = what.into();
-    move |source| NetError::Io { what, source }
-}
-
-pub use tracemesh_testnet::{in_netns, ip};
-
-/// The control network between the coordinator and the agents (RFC 2544 benchmarking
-/// space, which no real scenario routes).
-pub const CONTROL_NET: &str = "198.18.0.0/16";
-pub const COORDINATOR_ADDR: &str = "198.18.0.1";
-
-const IFF_TUN: i16 = 0x0001;
-const IFF_NO_PI: i16 = 0x1000;
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-
-/// Opens a new TUN device named `ifname` inside namespace `ns`. The caller's own
-/// namespace never changes: a short-lived thread enters `ns`, creates the device there
-/// and hands the descriptor back.
-pub fn open_tun_in(ns: &str, ifname: &str) -> Result<File, NetError> {
-    let ns_path = format!("/run/netns/{ns}");
-    let ifname = ifname.to_string();
-    let what = format!("creating TUN {ifname} in {ns}");
-    std::thread::spawn(move || -> std::io::Result<File> {
-        let target = File::open(&ns_path)?;
-        setns_net(&target)?;
-        let tun = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")?;
-        tunsetiff(&tun, &ifname)?;
-        Ok(tun)
-    })
-    .join()
-    .map_err(|_| NetError::Io {
-        what: what.clone(),
-        source: std::io::Error::other("thread panicked"),
-    })?
-    .map_err(io(what))
-}
-
-#[allow(unsafe_code)]
-fn setns_net(f: &File) -> std::io::Result<()> {
-    // SAFETY: setns(2) on a descriptor we own, for this thread only; the thread ends
-    // right after it has created the TUN device.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[allow(unsafe_code)]
-fn tunsetiff(tun: &File, name: &str) -> std::io::Result<()> {
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: i16,
-        _pad: [u8; 22],
-    }
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: IFF_TUN | IFF_NO_PI,
-        _pad: [0; 22],
-    };
-    let bytes = name.as_bytes();
-    if bytes.len() > 15 {
-        return Err(std::io::Error::other("interface name longer than 15 bytes"));
-    }
-    req.name[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: TUNSETIFF reads and writes one `struct ifreq` (40 bytes, laid out as above)
-    // through the pointer, which stays valid for the call.
-    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
 
 #[allow(unsafe_code)]
 fn precise_timers() {
@@ -136,121 +39,6 @@ fn realtime_priority() {
     let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
     if rc != 0 {
         tracing::debug!(errno = rc, "no real-time priority for an emulator thread");
-    }
-}
-
-/// The namespaces of a lab, deleted on drop (also when building fails halfway).
-#[derive(Debug)]
-pub struct Topology {
-    pub control: String,
-    /// One per scenario vantage, in scenario order.
-    pub vantages: Vec<String>,
-    pub tuns: Vec<File>,
-    created: Vec<String>,
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..).rev() {
-            let _ = ip(&["netns", "del", &ns]);
-        }
-    }
-}
-
-fn sysctl(ns: &str, kv: &str) -> Result<(), NetError> {
-    Ok(ip(&["netns", "exec", ns, "sysctl", "-q", "-w", kv])?)
-}
-
-impl Topology {
-    pub fn build(world: &World) -> Result<Topology, NetError> {
-        let control_net: ipnet::IpNet = CONTROL_NET.parse().map_err(|_| NetError::Collision {
-            addr: CONTROL_NET.into(),
-            net: CONTROL_NET,
-        })?;
-        for a in world.s.ases.iter().flat_map(|a| a.prefixes.iter()) {
-            if control_net.contains(&a.network()) || a.contains(&control_net.network()) {
-                return Err(NetError::Collision {
-                    addr: a.to_string(),
-                    net: CONTROL_NET,
-                });
-            }
-        }
-        tracemesh_testnet::sweep_stale_with("tml");
-        let base = format!("tml{}", std::process::id());
-        let mut topo = Topology {
-            control: format!("{base}-ctl"),
-            vantages: Vec::new(),
-            tuns: Vec::new(),
-            created: Vec::new(),
-        };
-        ip(&["netns", "add", &topo.control])?;
-        topo.created.push(topo.control.clone());
-        let ctl = topo.control.clone();
-        ip(&["-n", &ctl, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ctl, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ctl,
-            "addr",
-            "add",
-            &format!("{COORDINATOR_ADDR}/16"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", &ctl, "link", "set", "br0", "up"])?;
-        let pid = std::process::id() % 100_000;
-        for (i, v) in world.s.vantages.iter().enumerate() {
-            let ns = format!("{base}-v{i}");
-            ip(&["netns", "add", &ns])?;
-            topo.created.push(ns.clone());
-            topo.vantages.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            for kv in [
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-                // Agents trace each other (mesh): a vantage's kernel answers like a
-                // host of the emulated internet, without its own ICMP rate limit.
-                "net.ipv4.icmp_ratelimit=0",
-                "net.ipv6.icmp.ratelimit=0",
-            ] {
-                sysctl(&ns, kv)?;
-            }
-            // Control link: the vantage's end in its namespace, the other on the bridge.
-            let (a, b) = (format!("c{pid}v{i}"), format!("b{pid}v{i}"));
-            ip(&[
-                "link", "add", &a, "netns", &ns, "type", "veth", "peer", "name", &b, "netns", &ctl,
-            ])?;
-            let caddr = format!("198.18.{}.{}/16", 1 + i / 250, 2 + i % 250);
-            ip(&["-n", &ns, "addr", "add", &caddr, "dev", &a])?;
-            ip(&["-n", &ns, "link", "set", &a, "up"])?;
-            ip(&["-n", &ctl, "link", "set", &b, "master", "br0"])?;
-            ip(&["-n", &ctl, "link", "set", &b, "up"])?;
-            // The emulated internet: everything else goes into the TUN.
-            let tun = open_tun_in(&ns, "tun0")?;
-            topo.tuns.push(tun);
-            ip(&["-n", &ns, "link", "set", "tun0", "up"])?;
-            for a in [Some(v.addr), v.addr6].into_iter().flatten() {
-                let (family, host) = if a.is_ipv6() {
-                    ("-6", "128")
-                } else {
-                    ("-4", "32")
-                };
-                let cidr = format!("{a}/{host}");
-                let mut add = vec!["-n", ns.as_str(), family, "addr", "add", cidr.as_str()];
-                add.extend(["dev", "tun0"]);
-                if a.is_ipv6() {
-                    add.push("nodad");
-                }
-                ip(&add)?;
-                let src = a.to_string();
-                ip(&[
-                    "-n", &ns, family, "route", "add", "default", "dev", "tun0", "src", &src,
-                ])?;
-            }
-        }
-        Ok(topo)
     }
 }
 
@@ -354,88 +142,6 @@ const MAX_WAIT: Duration = Duration::from_millis(20);
 /// Packets an emulator thread reads from one TUN before it sends what has come due and
 /// turns to its other TUNs: a burst on one vantage must not hold up the others' answers.
 const READ_BATCH: usize = 16;
-
-/// An epoll instance, closed on drop.
-#[derive(Debug)]
-struct Epoll(OwnedFd);
-
-impl Epoll {
-    #[allow(unsafe_code)]
-    fn new() -> std::io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new
-        // descriptor that we alone own from here.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is open and owned by nobody else.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    #[allow(unsafe_code)]
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> std::io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: both descriptors are open; `ev` is valid for the call.
-        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-
-    /// Waits up to `timeout` (to the nanosecond: epoll_pwait2) for readable descriptors;
-    /// returns how many entries of `events` it filled. A signal counts as a timeout.
-    #[allow(unsafe_code)]
-    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> std::io::Result<usize> {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-        };
-        let max = events.len().min(i32::MAX as usize) as libc::c_int;
-        // SAFETY: `events` has room for `max` entries and `ts` outlives the call; a null
-        // sigmask leaves the thread's mask alone.
-        let n = unsafe {
-            libc::epoll_pwait2(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                max,
-                &ts,
-                std::ptr::null(),
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::Interrupted {
-            Ok(0)
-        } else {
-            Err(e)
-        }
-    }
-}
-
-#[allow(unsafe_code)]
-fn set_nonblocking(f: &File) -> std::io::Result<()> {
-    // SAFETY: fcntl on an open descriptor we hold, with integer arguments only.
-    let rc = unsafe {
-        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 {
-            flags
-        } else {
-            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
-        }
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 /// One emulator thread: it reads the probes of its share of the vantages, answers them,
 /// and sends every answer it made at its instant. Reading, answering and sending in one
@@ -672,19 +378,6 @@ impl Drop for Emulator {
             let _ = t.join();
         }
     }
-}
-
-pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Whether the address is inside the control network.
-pub fn is_control(a: IpAddr) -> bool {
-    CONTROL_NET
-        .parse::<ipnet::IpNet>()
-        .is_ok_and(|n| n.contains(&a))
 }
 
 #[cfg(test)]
