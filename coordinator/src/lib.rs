@@ -5,5 +5,6 @@ pub mod campaign;
 pub mod deploy;
 pub mod detect;
 pub mod geo;
+pub mod live;
 pub mod server;
 pub mod store;

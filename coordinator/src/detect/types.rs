@@ -6,7 +6,16 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::geo::GeoPoint;
+use crate::annotate::Annotator;
+use crate::geo::{Gazetteer, GeoPoint};
+
+/// The reference data detection reads: the annotation index, and the gazetteer (with
+/// exchange cities when PeeringDB was loaded).
+#[derive(Debug)]
+pub struct Tables {
+    pub annot: Annotator,
+    pub gazetteer: Gazetteer,
+}
 
 /// One hop of a traceroute; unknown fields (icmp type, mpls, ...) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
