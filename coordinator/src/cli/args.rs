@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tracemesh_proto::time::parse_rfc3339_ns;
 
 use super::parse;
 
@@ -211,7 +212,7 @@ pub struct CampaignCreateArgs {
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
     /// Start of round 0, RFC 3339 (default: in a few seconds).
-    #[arg(long, value_parser = parse::rfc3339_ns, value_name = "RFC3339")]
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
     pub start_at: Option<i64>,
     #[arg(long)]
     pub json: bool,
@@ -228,10 +229,10 @@ pub struct TracesArgs {
     #[arg(long)]
     pub target: Option<String>,
     /// Only traces started at or after this RFC 3339 time.
-    #[arg(long, value_parser = parse::rfc3339_ns, value_name = "RFC3339")]
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
     pub since: Option<i64>,
     /// Only traces started at or before this RFC 3339 time.
-    #[arg(long, value_parser = parse::rfc3339_ns, value_name = "RFC3339")]
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
     pub until: Option<i64>,
     /// At most this many traces (0 = all).
     #[arg(long, default_value_t = 0)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use tracemesh::deploy::{self, BinarySource, Inventory};
+use tracemesh_proto::time::{Precision, format_rfc3339};
 
 use super::args::DeployRenderArgs;
 use super::client::{connect, status};
@@ -40,7 +41,10 @@ pub async fn render(
             .await
             .map_err(|s| status(&format!("token for {}", agent.name), s))?
             .into_inner();
-        let expires = deploy::rfc3339_utc(resp.expires_at_ns.div_euclid(1_000_000_000));
+        let expires = format_rfc3339(
+            resp.expires_at_ns.div_euclid(1_000_000_000) as f64,
+            Precision::Seconds,
+        );
         let doc = deploy::render(&inv, agent, &resp.token, &expires, &bin);
         let path = a.out.join(format!("{}.yaml", agent.name));
         write_secret(&path, doc.as_bytes())
