@@ -14,7 +14,9 @@ use tracemesh_proto::v1;
 
 mod inventory;
 
-pub use inventory::{AgentSpec, Inventory, Provider};
+pub use inventory::{
+    AgentProblem, AgentSpec, HostPortError, Inventory, InventoryError, InventoryProblem, Provider,
+};
 
 /// The systemd unit every rendered file installs.
 pub const UNIT: &str = include_str!("../../../deploy/tracemesh-agent.service");
@@ -28,9 +30,9 @@ pub const AGENT_STATE: &str = "/var/lib/tracemesh-agent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    /// The inventory is unreadable or invalid; the message is one line with the origin.
-    #[error("{0}")]
-    Inventory(String),
+    /// The inventory is invalid; the message is one line with the origin.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
     #[error("invalid --binary-sha256 {0:?}: expected 64 hexadecimal digits")]
     Sha256(String),
     #[error(
