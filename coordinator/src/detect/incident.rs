@@ -53,7 +53,7 @@ pub(super) fn group_incidents(records: &mut [DiversionRecord]) -> Vec<Incident> 
                 inc.targets.push(r.target);
             }
             inc.records += 1;
-            // Keep the best-constrained position as the incident's.
+            // The incident's position is that of its first record that has one.
             if r.ingress.loc.is_some() && inc.ingress_loc.is_none() {
                 inc.ingress_loc = r.ingress.loc;
                 inc.ingress_city = r.ingress.city.clone();
