@@ -35,6 +35,7 @@ fn vantage_of(m: &AgentMeta) -> VantageInfo {
     }
 }
 
+/// A record as `SubscribeDiversions` carries it.
 pub fn to_proto(d: &DiversionRecord) -> v1::Diversion {
     v1::Diversion {
         vantage: d.vantage.clone(),

@@ -1,5 +1,6 @@
-//! The annotation inputs a user downloads, as one set of flags shared by `serve`,
-//! `diversions` and `traces`, loaded into an [`Annotator`] and a [`Gazetteer`].
+//! The annotation inputs a user downloads (the flags `serve`, `diversions` and `traces`
+//! share, [`AnnotationArgs`]), loaded into an [`Annotator`] and a [`Gazetteer`]; and the
+//! annotation fields a hop gets in `traces --json`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use tracemesh::annotate::{self, Annotator};
 use tracemesh::detect::Tables;
 use tracemesh::geo::Gazetteer;
 
-pub use super::args::AnnotationArgs;
+use super::args::AnnotationArgs;
 
 impl AnnotationArgs {
     pub fn has_origins(&self) -> bool {
