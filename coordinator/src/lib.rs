@@ -1,9 +1,21 @@
-//! placeholder until this crate lands
+//! The tracemesh coordinator as a library; the `tracemesh` binary (`main.rs`, `cli/`) is
+//! a thin command line around it, and benches and tests use it directly.
+//!
+//! - [`server`]: the gRPC services, the session registry and the ingest writer.
+//! - [`store`]: persistence (sled) behind the `Store` trait.
+//! - [`ca`]: the coordinator's certificate authority and roles.
+//! - [`campaign`]: target and vantage selection, expansion, push decisions.
+//! - [`annotate`]: prefix→AS, AS names, IXP LANs, MRT dumps.
+//! - [`geo`]: distances, RTT-constrained multilateration, the gazetteer.
+//! - [`detect`]: diversion detection and triangulation (pure: no I/O, no clock).
+//! - [`live`]: live detection inside `tracemesh serve --adversary`.
+//! - [`deploy`]: inventory → cloud-init user-data.
 pub mod annotate;
 pub mod ca;
 pub mod campaign;
 pub mod deploy;
 pub mod detect;
 pub mod geo;
+pub mod live;
 pub mod server;
 pub mod store;

@@ -5,9 +5,11 @@
 //! - [`token`]: the enrolment token format (what `tracemesh token create` prints).
 //! - [`clock`] and [`schedule`]: the arithmetic both ends must agree on (NTP-style offset,
 //!   round start instants), as pure functions.
+//! - [`time`]: RFC 3339 timestamps, formatted and parsed the same way everywhere.
 
 pub mod clock;
 pub mod schedule;
+pub mod time;
 pub mod token;
 
 /// Generated code for package `tracemesh.v1`.

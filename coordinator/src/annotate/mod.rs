@@ -26,7 +26,9 @@ pub use mrt::{MrtLoad, load_mrt_file, read_mrt_rib};
 pub use names::{
     AsInfo, load_as2org, load_asnames, parse_as2org, parse_asnames, split_name_country,
 };
-pub use pfx2as::{Origin, load_prefix_file, parse_origin, parse_prefix_line, read_prefix_table};
+pub use pfx2as::{
+    Origin, PrefixLineError, load_prefix_file, parse_origin, parse_prefix_line, read_prefix_table,
+};
 
 /// What is known about one address.
 #[derive(Debug, Clone, Copy, PartialEq)]

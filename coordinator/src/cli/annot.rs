@@ -1,43 +1,16 @@
-//! The annotation inputs a user downloads, as one set of flags shared by `serve`,
-//! `diversions` and `traces`, loaded into an [`Annotator`] and a [`Gazetteer`].
+//! The annotation inputs a user downloads (the flags `serve`, `diversions` and `traces`
+//! share, [`AnnotationArgs`]), loaded into an [`Annotator`] and a [`Gazetteer`]; and the
+//! annotation fields a hop gets in `traces --json`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use clap::Args;
 use serde_json::{Value, json};
 use tracemesh::annotate::{self, Annotator};
+use tracemesh::detect::Tables;
 use tracemesh::geo::Gazetteer;
 
-#[derive(Debug, Clone, Default, Args)]
-pub struct AnnotationArgs {
-    /// Prefix-to-AS table (CAIDA pfx2as or pyasn ipasn; plain, .gz or .bz2; repeatable;
-    /// later files win).
-    #[arg(long = "pfx2as", value_name = "FILE")]
-    pub pfx2as: Vec<PathBuf>,
-    /// MRT RIB dump (TABLE_DUMP_V2 from RouteViews or RIS; plain, .gz or .bz2;
-    /// repeatable): origins from the AS paths. A damaged file is reported with the byte
-    /// offset and what was read before the damage is kept.
-    #[arg(long = "mrt", value_name = "FILE")]
-    pub mrt: Vec<PathBuf>,
-    /// AS names and countries, pyasn's asnames JSON.
-    #[arg(long, value_name = "FILE")]
-    pub asnames: Option<PathBuf>,
-    /// AS organisations and countries, CAIDA as2org text (fills ASes --asnames lacks).
-    #[arg(long, value_name = "FILE")]
-    pub as2org: Option<PathBuf>,
-    /// Directory with a PeeringDB dump: files ending in ix.json, ixlan.json and
-    /// ixpfx.json. Gives exchange LAN prefixes and exchange cities.
-    #[arg(long, value_name = "DIR")]
-    pub peeringdb: Option<PathBuf>,
-}
-
-/// Loaded annotation: the index and the gazetteer (with exchange cities when PeeringDB
-/// was given).
-pub struct Loaded {
-    pub annot: Annotator,
-    pub gazetteer: Gazetteer,
-}
+use super::args::AnnotationArgs;
 
 impl AnnotationArgs {
     pub fn has_origins(&self) -> bool {
@@ -53,7 +26,7 @@ impl AnnotationArgs {
 
     /// Reads every file; any unreadable one is an error naming it (a damaged MRT dump
     /// only warns, keeping the prefixes read before the damage).
-    pub fn load(&self) -> anyhow::Result<Loaded> {
+    pub fn load(&self) -> anyhow::Result<Tables> {
         let mut annot = Annotator::new();
         let mut gazetteer = Gazetteer::builtin();
         for p in &self.pfx2as {
@@ -97,7 +70,7 @@ impl AnnotationArgs {
             gazetteer.add_exchange_cities(cities.iter().map(|(c, cc)| (c.as_str(), cc.as_str())));
             tracing::info!(dir = %dir.display(), lans = lans.len(), "loaded PeeringDB");
         }
-        Ok(Loaded { annot, gazetteer })
+        Ok(Tables { annot, gazetteer })
     }
 }
 

@@ -3,15 +3,15 @@
 
 use anyhow::{anyhow, bail};
 use tonic::transport::Channel;
-use tracemesh::detect::{self, Adversary, Detector, Trace, VantageInfo};
+use tracemesh::detect::{self, Adversary, Detector, Tables, Trace, VantageInfo};
 use tracemesh::geo::GeoPoint;
 use tracemesh_proto::v1;
 use tracemesh_proto::v1::consumer_service_client::ConsumerServiceClient;
 
-use super::annot::Loaded;
-use super::{DiversionsArgs, status};
+use super::args::DiversionsArgs;
+use super::client::status;
 
-pub fn annotation(a: &DiversionsArgs) -> anyhow::Result<Loaded> {
+pub fn annotation(a: &DiversionsArgs) -> anyhow::Result<Tables> {
     if a.adversary.is_empty() && a.adversary_countries.is_empty() {
         bail!("name the adversary: --adversary ASN and/or --adversary-country CC");
     }
@@ -19,15 +19,6 @@ pub fn annotation(a: &DiversionsArgs) -> anyhow::Result<Loaded> {
         bail!("give a --pfx2as table or --mrt dump: without one no hop has an AS");
     }
     a.annotation.load()
-}
-
-pub fn to_vantage_meta(m: &tracemesh::store::AgentMeta) -> VantageInfo {
-    VantageInfo {
-        name: m.name.clone(),
-        loc: m.loc.map(|(lat, lon)| GeoPoint::new(lat, lon)),
-        country: (!m.country.is_empty()).then(|| m.country.clone()),
-        asn: m.asn,
-    }
 }
 
 pub fn to_vantage(a: &v1::AgentInfo) -> Option<VantageInfo> {
@@ -43,7 +34,7 @@ pub fn to_vantage(a: &v1::AgentInfo) -> Option<VantageInfo> {
 pub async fn run(
     c: &mut ConsumerServiceClient<Channel>,
     a: DiversionsArgs,
-    loaded: &Loaded,
+    loaded: &Tables,
 ) -> anyhow::Result<()> {
     let annot = &loaded.annot;
     let vantages: Vec<VantageInfo> = c

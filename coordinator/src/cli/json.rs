@@ -1,6 +1,8 @@
 //! JSON shapes of CLI output. Traces use the agent's field names (`tracemesh-agent trace`),
 //! so downstream tools read coordinator output and agent output alike.
 
+use std::io::Write as _;
+
 use serde_json::{Value, json};
 use tracemesh_proto::v1;
 
@@ -94,6 +96,14 @@ pub fn agent(a: &v1::AgentInfo) -> Value {
         "version": a.agent_version,
         "spooled_results": a.spooled_results,
     })
+}
+
+/// One JSON document on one line of stdout.
+pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 #[cfg(test)]

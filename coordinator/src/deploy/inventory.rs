@@ -19,8 +19,82 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use super::DeployError;
 use crate::ca::valid_name;
+
+/// Why an inventory is refused; always one line, starting with its origin (usually the
+/// file name) and, for TOML errors, the line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InventoryError {
+    /// Not TOML, or not in the shape of an inventory.
+    #[error("{origin}{}: {message}{}", at_line(.line), excerpt_of(.excerpt))]
+    Toml {
+        origin: String,
+        line: Option<usize>,
+        message: String,
+        /// The start of the offending line, since toml's message may not name the key.
+        excerpt: Option<String>,
+    },
+    #[error("{origin}: {problem}")]
+    Invalid {
+        origin: String,
+        problem: InventoryProblem,
+    },
+}
+
+fn at_line(line: &Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
+}
+
+fn excerpt_of(excerpt: &Option<String>) -> String {
+    excerpt
+        .as_ref()
+        .map(|e| format!(" (in `{e}`)"))
+        .unwrap_or_default()
+}
+
+/// What is wrong with a well-formed inventory.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InventoryProblem {
+    #[error("coordinator {address:?}: {problem}")]
+    Coordinator {
+        address: String,
+        problem: HostPortError,
+    },
+    #[error("no [[agent]] entries")]
+    NoAgents,
+    #[error("agent {name:?}: {problem}")]
+    Agent { name: String, problem: AgentProblem },
+    #[error("agent {0:?} is listed twice")]
+    Duplicate(String),
+}
+
+/// What is wrong with one `[[agent]]`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AgentProblem {
+    #[error("name must be 1-64 characters from [A-Za-z0-9._-]")]
+    Name,
+    #[error("country {0:?} is not an ISO 3166 alpha-2 code (e.g. \"CA\")")]
+    Country(String),
+    #[error("loc [{lat}, {lon}] is not [latitude, longitude] in degrees")]
+    Loc { lat: f64, lon: f64 },
+    #[error("city contains control characters")]
+    City,
+    #[error("tag {0:?} must be non-empty without spaces")]
+    Tag(String),
+    #[error("{what} {value} is outside 1..=1000000")]
+    Rate { what: &'static str, value: u32 },
+}
+
+/// What is wrong with a HOST:PORT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPortError {
+    #[error("expected HOST:PORT, e.g. \"203.0.113.10:7443\"")]
+    Shape,
+    #[error("port {0:?} is not 1-65535")]
+    Port(String),
+    #[error("host {0:?} is not a DNS name or IP address (IPv6 goes in brackets)")]
+    Host(String),
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,40 +160,47 @@ impl Provider {
 
 impl Inventory {
     /// Parses and validates an inventory; `origin` (usually the file name) prefixes errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Inventory, DeployError> {
+    pub fn parse(text: &str, origin: &str) -> Result<Inventory, InventoryError> {
         let inv: Inventory = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
+            let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
             // toml's message may not name the key ("invalid length 1"); the line does.
-            let src = line
+            let excerpt = line
                 .and_then(|l| text.lines().nth(l - 1))
                 .map(|t| t.trim().chars().take(60).collect::<String>())
                 .filter(|t| !t.is_empty());
-            DeployError::Inventory(match (line, src) {
-                (Some(l), Some(src)) => format!("{origin}:{l}: {msg} (in `{src}`)"),
-                (Some(l), None) => format!("{origin}:{l}: {msg}"),
-                _ => format!("{origin}: {msg}"),
-            })
+            InventoryError::Toml {
+                origin: origin.to_owned(),
+                line,
+                message: message.to_owned(),
+                excerpt,
+            }
         })?;
-        inv.validate()
-            .map_err(|m| DeployError::Inventory(format!("{origin}: {m}")))?;
+        inv.validate().map_err(|problem| InventoryError::Invalid {
+            origin: origin.to_owned(),
+            problem,
+        })?;
         Ok(inv)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        check_host_port(&self.coordinator)
-            .map_err(|m| format!("coordinator {:?}: {m}", self.coordinator))?;
+    fn validate(&self) -> Result<(), InventoryProblem> {
+        check_host_port(&self.coordinator).map_err(|problem| InventoryProblem::Coordinator {
+            address: self.coordinator.clone(),
+            problem,
+        })?;
         if self.agents.is_empty() {
-            return Err("no [[agent]] entries".into());
+            return Err(InventoryProblem::NoAgents);
         }
         let mut seen = HashSet::new();
         for a in &self.agents {
-            a.validate()
-                .map_err(|m| format!("agent {:?}: {m}", a.name))?;
+            a.validate().map_err(|problem| InventoryProblem::Agent {
+                name: a.name.clone(),
+                problem,
+            })?;
             if !seen.insert(a.name.as_str()) {
-                return Err(format!("agent {:?} is listed twice", a.name));
+                return Err(InventoryProblem::Duplicate(a.name.clone()));
             }
         }
         Ok(())
@@ -127,39 +208,35 @@ impl Inventory {
 }
 
 impl AgentSpec {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), AgentProblem> {
         if !valid_name(&self.name) {
-            return Err("name must be 1-64 characters from [A-Za-z0-9._-]".into());
+            return Err(AgentProblem::Name);
         }
         if let Some(c) = &self.country
             && !(c.len() == 2 && c.chars().all(|c| c.is_ascii_alphabetic()))
         {
-            return Err(format!(
-                "country {c:?} is not an ISO 3166 alpha-2 code (e.g. \"CA\")"
-            ));
+            return Err(AgentProblem::Country(c.clone()));
         }
         if let Some([lat, lon]) = self.loc
             && !((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon))
         {
-            return Err(format!(
-                "loc [{lat}, {lon}] is not [latitude, longitude] in degrees"
-            ));
+            return Err(AgentProblem::Loc { lat, lon });
         }
         if let Some(city) = &self.city
             && city.chars().any(char::is_control)
         {
-            return Err("city contains control characters".into());
+            return Err(AgentProblem::City);
         }
         for t in &self.tags {
             if t.is_empty() || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(format!("tag {t:?} must be non-empty without spaces"));
+                return Err(AgentProblem::Tag(t.clone()));
             }
         }
         for (what, v) in [("rate", self.rate), ("per_dst_rate", self.per_dst_rate)] {
-            if let Some(v) = v
-                && !(1..=1_000_000).contains(&v)
+            if let Some(value) = v
+                && !(1..=1_000_000).contains(&value)
             {
-                return Err(format!("{what} {v} is outside 1..=1000000"));
+                return Err(AgentProblem::Rate { what, value });
             }
         }
         Ok(())
@@ -167,18 +244,16 @@ impl AgentSpec {
 }
 
 /// host:port with a non-zero port; the host is a name, an IPv4 address or `[IPv6]`.
-fn check_host_port(s: &str) -> Result<(), String> {
+fn check_host_port(s: &str) -> Result<(), HostPortError> {
     if s.parse::<std::net::SocketAddr>()
         .is_ok_and(|a| a.port() != 0)
     {
         return Ok(());
     }
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or("expected HOST:PORT, e.g. \"203.0.113.10:7443\"")?;
+    let (host, port) = s.rsplit_once(':').ok_or(HostPortError::Shape)?;
     match port.parse::<u16>() {
         Ok(p) if p != 0 => {}
-        _ => return Err(format!("port {port:?} is not 1-65535")),
+        _ => return Err(HostPortError::Port(port.to_owned())),
     }
     let name_ok = !host.is_empty()
         && host.len() <= 253
@@ -192,9 +267,7 @@ fn check_host_port(s: &str) -> Result<(), String> {
     if name_ok {
         Ok(())
     } else {
-        Err(format!(
-            "host {host:?} is not a DNS name or IP address (IPv6 goes in brackets)"
-        ))
+        Err(HostPortError::Host(host.to_owned()))
     }
 }
 
@@ -277,5 +350,34 @@ mod tests {
 
         let e = err("[[agent]]\nname = \"a\"\n");
         assert!(e.contains("coordinator"), "{e}");
+    }
+
+    #[test]
+    fn messages_name_origin_agent_and_field_exactly() {
+        assert_eq!(
+            err(&ISSUE_EXAMPLE.replace("203.0.113.10:7443", "203.0.113.10")),
+            "inv.toml: coordinator \"203.0.113.10\": expected HOST:PORT, e.g. \"203.0.113.10:7443\""
+        );
+        assert_eq!(
+            err(&ISSUE_EXAMPLE.replace("\"CA\"", "\"Canada\"")),
+            "inv.toml: agent \"toronto-1\": country \"Canada\" is not an ISO 3166 alpha-2 code (e.g. \"CA\")"
+        );
+        assert_eq!(
+            err(&ISSUE_EXAMPLE.replace("-79.38", "-279.38")),
+            "inv.toml: agent \"toronto-1\": loc [43.65, -279.38] is not [latitude, longitude] in degrees"
+        );
+        assert_eq!(
+            err("coordinator = \"h:0\"\n[[agent]]\nname = \"a\"\n"),
+            "inv.toml: coordinator \"h:0\": port \"0\" is not 1-65535"
+        );
+        assert_eq!(
+            err("coordinator = \"h:1\"\n[[agent]]\nname = \"a\"\nrate = 0\n"),
+            "inv.toml: agent \"a\": rate 0 is outside 1..=1000000"
+        );
+        let e = err(&ISSUE_EXAMPLE.replace("city = ", "town = "));
+        assert!(
+            e.starts_with("inv.toml:5: ") && e.ends_with(" (in `town = \"Toronto\"`)"),
+            "{e}"
+        );
     }
 }

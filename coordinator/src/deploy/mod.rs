@@ -14,7 +14,9 @@ use tracemesh_proto::v1;
 
 mod inventory;
 
-pub use inventory::{AgentSpec, Inventory, Provider};
+pub use inventory::{
+    AgentProblem, AgentSpec, HostPortError, Inventory, InventoryError, InventoryProblem, Provider,
+};
 
 /// The systemd unit every rendered file installs.
 pub const UNIT: &str = include_str!("../../../deploy/tracemesh-agent.service");
@@ -28,9 +30,9 @@ pub const AGENT_STATE: &str = "/var/lib/tracemesh-agent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    /// The inventory is unreadable or invalid; the message is one line with the origin.
-    #[error("{0}")]
-    Inventory(String),
+    /// The inventory is invalid; the message is one line with the origin.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
     #[error("invalid --binary-sha256 {0:?}: expected 64 hexadecimal digits")]
     Sha256(String),
     #[error(
@@ -215,28 +217,6 @@ pub fn render(
     out
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (for the expiry comment; no time crate needed).
-pub fn rfc3339_utc(unix_s: i64) -> String {
-    let days = unix_s.div_euclid(86_400);
-    let sod = unix_s.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
-}
-
 fn indent(text: &str, n: usize) -> String {
     let pad = " ".repeat(n);
     let mut out = String::with_capacity(text.len() + text.lines().count() * n);
@@ -357,13 +337,6 @@ mod tests {
         assert_eq!(m.asn, Some(812));
         assert_eq!(m.tags, vec!["canada".to_string()]);
         assert_eq!(r.ttl_s, 3600);
-    }
-
-    #[test]
-    fn rfc3339_matches_known_instants() {
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_utc(1_798_761_599), "2026-12-31T23:59:59Z");
     }
 
     #[test]

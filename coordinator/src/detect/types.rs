@@ -1,12 +1,22 @@
 //! Inputs and outputs of the detector, in the shapes the coordinator stores and the
-//! `tracemesh diversions --json` contract (scenarios/FORMAT.md) prescribes.
+//! `tracemesh diversions --json` contract (scenarios/FORMAT.md) prescribes; every field
+//! of that output is described in docs/formats.md.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::geo::GeoPoint;
+use crate::annotate::Annotator;
+use crate::geo::{Gazetteer, GeoPoint};
+
+/// The reference data detection reads: the annotation index, and the gazetteer (with
+/// exchange cities when PeeringDB was loaded).
+#[derive(Debug)]
+pub struct Tables {
+    pub annot: Annotator,
+    pub gazetteer: Gazetteer,
+}
 
 /// One hop of a traceroute; unknown fields (icmp type, mpls, ...) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,21 +122,30 @@ pub struct HandoffRef {
     /// How the hand-off was found: `answered` (seen leaving the learned normal path),
     /// `filled-from-normal-path` (silent now, named by the learned path at that TTL),
     /// `no-history` (last non-adversary hop before the ingress), `other-pair` (taken
-    /// from another destination's path of the same vantage).
+    /// from another destination's path of the same vantage),
+    /// `last-answering-before-silence` (the true hand-off may hide in the silence).
     pub method: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IngressRef {
     pub addr: IpAddr,
+    /// Origin AS of `addr`; the adversary AS when `addr` has none (exchange LAN or
+    /// unannounced space).
     pub asn: u32,
+    /// Name of the adversary AS.
     pub as_name: Option<String>,
-    /// Multilaterated position; never taken from configuration.
+    /// Where the ingress probably is, from RTT constraints only (never from
+    /// configuration): when they leave a wide region, the likeliest metro inside it (a
+    /// hub city, see `Gazetteer::hub_prior`); otherwise the region's centroid.
     pub loc: Option<GeoPoint>,
+    /// Radius of a disc around the region's centroid (not around a hub `loc`) that holds
+    /// the whole feasible region, km, to 0.1 km.
     pub radius_km: Option<f64>,
+    /// The hub city chosen as `loc`, or else the gazetteer city nearest the centroid.
     pub city: Option<String>,
     pub city_country: Option<String>,
-    /// Number of RTT constraints behind `loc`.
+    /// Number of RTT constraints (discs) behind the region.
     pub constraints: usize,
     /// True when the ingress itself never answered and was inferred from other paths.
     pub inferred: bool,

@@ -6,12 +6,14 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use tracemesh_proto::time::{Precision, format_rfc3339};
+
 use super::{DiversionRecord, DiversionReport, Incident, PathHop};
 use crate::annotate::Annotator;
 use crate::geo::rtt_radius_km;
 
 fn utc(unix_s: f64) -> String {
-    crate::deploy::rfc3339_utc(unix_s.floor() as i64)
+    format_rfc3339(unix_s, Precision::Seconds)
 }
 
 fn as_label(annot: &Annotator, asn: u32) -> String {

@@ -75,6 +75,10 @@ pub fn posting_bounds(
     (lo, hi)
 }
 
+/// Bytes before the primary key in a posting pair: start (i64) and key length (u16),
+/// big-endian.
+const PAIR_HEADER: usize = 10;
+
 /// Appends one (start, primary key) pair to a posting value.
 pub fn push_posting(out: &mut Vec<u8>, start_ns: i64, pk: &[u8]) {
     out.extend_from_slice(&start_ns.to_be_bytes());
@@ -83,16 +87,50 @@ pub fn push_posting(out: &mut Vec<u8>, start_ns: i64, pk: &[u8]) {
     out.extend_from_slice(&pk[..len as usize]);
 }
 
+/// Length in bytes of the pair a posting value starts with; None if it is truncated.
+fn pair_len(v: &[u8]) -> Option<usize> {
+    let len = u16::from_be_bytes(v.get(8..PAIR_HEADER)?.try_into().ok()?) as usize;
+    let total = PAIR_HEADER + len;
+    (total <= v.len()).then_some(total)
+}
+
 /// The (start, primary key) pairs of a posting value; None if it is malformed.
 pub fn parse_postings(mut v: &[u8]) -> Option<Vec<(i64, &[u8])>> {
     let mut out = Vec::new();
     while !v.is_empty() {
-        let start = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-        let len = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;
-        out.push((start, v.get(10..10 + len)?));
-        v = &v[10 + len..];
+        let n = pair_len(v)?;
+        let start = i64::from_be_bytes(v[..8].try_into().ok()?);
+        out.push((start, &v[PAIR_HEADER..n]));
+        v = &v[n..];
     }
     Some(out)
+}
+
+/// Splits a posting value into consecutive values of at most `max_pairs` pairs each
+/// (at least one), without re-encoding. A malformed tail stays in the last value.
+pub fn chunk_postings(mut v: &[u8], max_pairs: usize) -> impl Iterator<Item = &[u8]> {
+    let max_pairs = max_pairs.max(1);
+    std::iter::from_fn(move || {
+        if v.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        for _ in 0..max_pairs {
+            match pair_len(&v[end..]) {
+                Some(n) => end += n,
+                None => {
+                    end = v.len();
+                    break;
+                }
+            }
+            if end == v.len() {
+                break;
+            }
+        }
+        let (chunk, rest) = v.split_at(end);
+        v = rest;
+        Some(chunk)
+    })
 }
 
 /// Whether `result_id` is the one agents derive from the slot itself
@@ -170,6 +208,25 @@ mod tests {
             Some(vec![(-7, &b"pk1"[..]), (1 << 40, &b""[..])])
         );
         assert_eq!(parse_postings(&v[..5]), None);
+        assert_eq!(parse_postings(&v[..12]), None);
+    }
+
+    #[test]
+    fn postings_split_into_chunks_of_whole_pairs() {
+        let mut v = Vec::new();
+        for i in 0..5i64 {
+            push_posting(&mut v, i, format!("pk{i}").as_bytes());
+        }
+        let chunks: Vec<&[u8]> = chunk_postings(&v, 2).collect();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks.concat(), v);
+        let starts: Vec<Vec<i64>> = chunks
+            .iter()
+            .map(|c| parse_postings(c).unwrap().iter().map(|p| p.0).collect())
+            .collect();
+        assert_eq!(starts, [vec![0, 1], vec![2, 3], vec![4]]);
+        assert_eq!(chunk_postings(&v, 64).collect::<Vec<_>>(), [&v[..]]);
+        assert_eq!(chunk_postings(&[], 64).count(), 0);
     }
 
     #[test]

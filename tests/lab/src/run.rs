@@ -164,29 +164,6 @@ fn steal_s() -> f64 {
         .map_or(0.0, |t| t / 100.0)
 }
 
-/// RFC 3339 (UTC) for a Unix time: the coordinator's `--start-at` format.
-pub fn rfc3339(unix_s: f64) -> String {
-    let secs = unix_s.floor() as i64;
-    let millis = ((unix_s - secs as f64) * 1000.0).round() as i64;
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
 /// The coordinator's inputs a user would download, generated from the scenario.
 fn write_tables(world: &World, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
@@ -404,7 +381,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
                 "--wait-ms".into(),
                 "1000".into(),
                 "--start-at".into(),
-                rfc3339(t0),
+                tracemesh_proto::time::format_rfc3339(t0, tracemesh_proto::time::Precision::Millis),
                 "--json".into(),
             ]);
             let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -520,12 +497,5 @@ mod tests {
         assert_eq!(default_rate(50), 500);
         assert_eq!(default_rate(1000), 100);
         assert_eq!(default_rate(0), 2000);
-    }
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_400_000.5), "2026-11-23T02:13:20.500Z");
-        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
     }
 }

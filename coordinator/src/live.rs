@@ -8,20 +8,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tracemesh::annotate::Annotator;
-use tracemesh::detect::{Adversary, Detector, DiversionRecord, Trace};
-use tracemesh::server::Coordinator;
-use tracemesh::store::StoreError;
 use tracemesh_proto::v1;
 
-use super::annot::{AnnotationArgs, Loaded};
-use super::diversions::to_vantage_meta;
+use crate::annotate::Annotator;
+use crate::detect::{Adversary, Detector, DiversionRecord, Tables, Trace, VantageInfo};
+use crate::geo::GeoPoint;
+use crate::server::Coordinator;
+use crate::store::{AgentMeta, StoreError};
 
 /// Reports are recomputed over the whole history; batching arrivals bounds that cost.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 
 type Key = (String, String, u64);
 
+/// Where fresh tables come from when the operator sends SIGHUP; called on a blocking
+/// thread.
+pub type Reload = Arc<dyn Fn() -> anyhow::Result<Tables> + Send + Sync>;
+
+/// An enrolled agent's metadata as the detector takes it.
+fn vantage_of(m: &AgentMeta) -> VantageInfo {
+    VantageInfo {
+        name: m.name.clone(),
+        loc: m.loc.map(|(lat, lon)| GeoPoint::new(lat, lon)),
+        country: (!m.country.is_empty()).then(|| m.country.clone()),
+        asn: m.asn,
+    }
+}
+
+/// A record as `SubscribeDiversions` carries it.
 pub fn to_proto(d: &DiversionRecord) -> v1::Diversion {
     v1::Diversion {
         vantage: d.vantage.clone(),
@@ -48,7 +62,7 @@ pub fn to_proto(d: &DiversionRecord) -> v1::Diversion {
 }
 
 fn now_s() -> f64 {
-    tracemesh::server::now_ns() as f64 / 1e9
+    crate::server::now_ns() as f64 / 1e9
 }
 
 /// The records whose content changed since `published`, updating it.
@@ -68,10 +82,12 @@ fn changed(
     out
 }
 
-pub fn spawn(c: Arc<Coordinator>, adversary: Adversary, loaded: Loaded, sources: AnnotationArgs) {
+/// Runs live detection on the coordinator's runtime until it shuts down: `tables` to
+/// start with, `reload` for fresh ones on SIGHUP.
+pub fn spawn(c: Arc<Coordinator>, adversary: Adversary, tables: Tables, reload: Reload) {
     tokio::spawn(async move {
-        if let Err(e) = run(c, adversary, loaded, sources).await {
-            tracing::error!(error = %tracemesh::server::client::error_chain(&e), "live detection stopped");
+        if let Err(e) = run(c, adversary, tables, reload).await {
+            tracing::error!(error = %crate::server::client::error_chain(&e), "live detection stopped");
         }
     });
 }
@@ -94,7 +110,7 @@ async fn replay(
         let started = std::time::Instant::now();
         let mut det = Detector::new(adversary);
         for a in store.list_agents()? {
-            det.set_vantage(to_vantage_meta(&a.meta));
+            det.set_vantage(vantage_of(&a.meta));
         }
         let mut n = 0usize;
         store.for_each_trace_any_order(&mut |t| {
@@ -128,8 +144,8 @@ async fn reload_requested(hup: &mut Option<tokio::signal::unix::Signal>) {
 async fn run(
     c: Arc<Coordinator>,
     adversary: Adversary,
-    loaded: Loaded,
-    sources: AnnotationArgs,
+    tables: Tables,
+    reload: Reload,
 ) -> Result<(), StoreError> {
     // Subscribe before replaying so nothing falls between; a trace seen twice is the
     // same round of the same pair and changes nothing.
@@ -139,8 +155,8 @@ async fn run(
             |e| tracing::warn!(error = %e, "no SIGHUP handler: annotation cannot be reloaded"),
         )
         .ok();
-    let mut annot = Arc::new(loaded.annot);
-    let mut gazetteer = Arc::new(loaded.gazetteer);
+    let mut annot = Arc::new(tables.annot);
+    let mut gazetteer = Arc::new(tables.gazetteer);
     let mut det = replay(&c, adversary.clone(), annot.clone()).await?;
     let mut published = HashMap::new();
     let report = det.report(&annot, &gazetteer, now_s());
@@ -151,8 +167,8 @@ async fn run(
         let first = tokio::select! {
             r = rx.recv() => r,
             () = reload_requested(&mut hup) => {
-                let sources = sources.clone();
-                match tokio::task::spawn_blocking(move || sources.load()).await {
+                let reload = reload.clone();
+                match tokio::task::spawn_blocking(move || reload()).await {
                     Ok(Ok(fresh)) => {
                         tracing::info!(prefixes = fresh.annot.prefix_count(), "annotation reloaded");
                         annot = Arc::new(fresh.annot);
@@ -196,7 +212,7 @@ async fn run(
             if known_vantages.insert(t.vantage.clone())
                 && let Some(a) = c.store.get_agent(&t.vantage)?
             {
-                det.set_vantage(to_vantage_meta(&a.meta));
+                det.set_vantage(vantage_of(&a.meta));
             }
             if let Some(t) = Trace::from_record(t) {
                 det.ingest(&t, &annot);

@@ -1,0 +1,316 @@
+//! Every command, subcommand and flag of `tracemesh`, as clap types.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tracemesh_proto::time::parse_rfc3339_ns;
+
+use super::parse;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracemesh",
+    version,
+    about = "tracemesh coordinator and CLI: distributed, synchronised traceroutes"
+)]
+pub struct Cli {
+    /// Coordinator data directory (CA, store, admin identity, address file).
+    #[arg(
+        long,
+        global = true,
+        env = "TRACEMESH_DATA",
+        default_value = "./tracemesh-data"
+    )]
+    pub data: PathBuf,
+    /// Remote coordinator HOST:PORT (with --identity) instead of the one in --data.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// Admin identity bundle (client cert, CA cert, key; PEM) for --coordinator.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator (gRPC with mutual TLS) until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Enrolment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Campaigns: create, list, show, cancel.
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+    /// List enrolled agents and whether they are connected.
+    Agents {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Query stored traces.
+    Traces(TracesArgs),
+    /// Find diversions through an adversary's networks in stored traces (the detector runs
+    /// here, over the traces and vantages fetched from the coordinator).
+    Diversions(DiversionsArgs),
+    /// Deploy agents on cloud VMs.
+    #[command(subcommand)]
+    Deploy(DeployCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCmd {
+    /// Write one cloud-init user-data file per inventory agent (OUT/NAME.yaml), each with
+    /// a fresh one-time token minted by the running coordinator.
+    Render(DeployRenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployRenderArgs {
+    /// Inventory (TOML): `coordinator = "HOST:PORT"` and one [[agent]] per VM.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Directory for the user-data files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Where VMs download the agent binary (with --binary-sha256).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "binary_sha256",
+        conflicts_with = "embed_binary"
+    )]
+    pub binary_url: Option<String>,
+    /// SHA-256 of the binary at --binary-url; anything else is refused on the VM.
+    #[arg(long, value_name = "HEX", requires = "binary_url")]
+    pub binary_sha256: Option<String>,
+    /// Carry this agent binary inside the user-data (gzip + base64); for NoCloud seeds and
+    /// providers without a small user-data cap.
+    #[arg(long, value_name = "PATH")]
+    pub embed_binary: Option<PathBuf>,
+    /// Token validity, e.g. 30m, 24h, 7d: the VMs must boot within it.
+    #[arg(long, default_value = "24h", value_parser = parse::duration_s)]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DiversionsArgs {
+    /// Only this campaign's traces (default: all stored traces).
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Adversary AS numbers (repeatable or comma-separated: 4134,4809).
+    #[arg(long = "adversary", value_parser = parse::asn, value_name = "ASN", value_delimiter = ',')]
+    pub adversary: Vec<u32>,
+    /// Treat every AS registered in this country as the adversary's too (repeatable).
+    #[arg(long = "adversary-country", value_name = "CC", value_delimiter = ',')]
+    pub adversary_countries: Vec<String>,
+    #[command(flatten)]
+    pub annotation: AnnotationArgs,
+    /// Print `{"diversions": [...], "incidents": [...]}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7443 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// HOST:PORT agents should dial, written into tokens (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Run the detector live against this adversary AS (repeatable); diversions stream to
+    /// SubscribeDiversions. Needs --pfx2as.
+    #[arg(long = "adversary", value_parser = parse::asn, value_name = "ASN", value_delimiter = ',')]
+    pub adversary: Vec<u32>,
+    /// Treat ASes registered in this country as the adversary's too (repeatable).
+    #[arg(long = "adversary-country", value_name = "CC", value_delimiter = ',')]
+    pub adversary_countries: Vec<String>,
+    /// Annotation for live detection; re-read on SIGHUP (the detector then replays the
+    /// stored history with the fresh tables).
+    #[command(flatten)]
+    pub annotation: AnnotationArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a one-time enrolment token for an agent; prints the token alone.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Agent name ([A-Za-z0-9._-], at most 64).
+    #[arg(long)]
+    pub name: String,
+    /// ISO 3166 alpha-2 country of the vantage.
+    #[arg(long, value_name = "CC")]
+    pub country: Option<String>,
+    #[arg(long)]
+    pub city: Option<String>,
+    /// Position of the vantage, LAT,LON in degrees.
+    #[arg(long, value_name = "LAT,LON", value_parser = parse::loc, allow_hyphen_values = true)]
+    pub loc: Option<(f64, f64)>,
+    /// AS number of the vantage's network.
+    #[arg(long, value_parser = parse::asn)]
+    pub asn: Option<u32>,
+    /// Free-form tag for selecting agents (repeatable).
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Validity, e.g. 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = parse::duration_s)]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCmd {
+    /// Schedule a campaign; prints its id (or the campaign as JSON with --json).
+    Create(CampaignCreateArgs),
+    /// List campaigns.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one campaign.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a campaign; agents stop scheduling its rounds.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CampaignCreateArgs {
+    /// Targets: addresses, CIDR prefixes, or @FILE (one per line).
+    #[arg(long, required = true, num_args = 1.., value_name = "ADDR|CIDR|@FILE")]
+    pub targets: Vec<String>,
+    /// Vantages: all, name:X, country:CC, asn:N, tag:T (OR-ed).
+    #[arg(long, num_args = 1.., default_value = "all")]
+    pub agents: Vec<String>,
+    /// Probe method.
+    #[arg(long = "proto", default_value = "icmp", value_parser = ["icmp", "udp", "tcp"])]
+    pub proto: String,
+    /// Probes per TTL.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    #[arg(long, default_value_t = 30)]
+    pub max_ttl: u32,
+    /// How long agents wait for late answers, in ms (0 = agent default).
+    #[arg(long, default_value_t = 0)]
+    pub wait_ms: u32,
+    /// Interval between rounds, e.g. 10s, 5m.
+    #[arg(long, value_parser = parse::duration_s)]
+    pub every: Option<u32>,
+    /// Number of rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Start of round 0, RFC 3339 (default: in a few seconds).
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
+    pub start_at: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TracesArgs {
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Only traces from this vantage (agent name).
+    #[arg(long)]
+    pub vantage: Option<String>,
+    /// Only traces toward this destination address.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only traces started at or after this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
+    pub since: Option<i64>,
+    /// Only traces started at or before this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
+    pub until: Option<i64>,
+    /// At most this many traces (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// JSON lines, one trace per line.
+    #[arg(long)]
+    pub json: bool,
+    /// With any of these, every hop also gets its AS, AS name, country and exchange.
+    #[command(flatten)]
+    pub annotation: AnnotationArgs,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct AnnotationArgs {
+    /// Prefix-to-AS table (CAIDA pfx2as or pyasn ipasn; plain, .gz or .bz2; repeatable;
+    /// later files win).
+    #[arg(long = "pfx2as", value_name = "FILE")]
+    pub pfx2as: Vec<PathBuf>,
+    /// MRT RIB dump (TABLE_DUMP_V2 from RouteViews or RIS; plain, .gz or .bz2;
+    /// repeatable): origins from the AS paths. A damaged file is reported with the byte
+    /// offset and what was read before the damage is kept.
+    #[arg(long = "mrt", value_name = "FILE")]
+    pub mrt: Vec<PathBuf>,
+    /// AS names and countries, pyasn's asnames JSON.
+    #[arg(long, value_name = "FILE")]
+    pub asnames: Option<PathBuf>,
+    /// AS organisations and countries, CAIDA as2org text (fills ASes --asnames lacks).
+    #[arg(long, value_name = "FILE")]
+    pub as2org: Option<PathBuf>,
+    /// Directory with a PeeringDB dump: files ending in ix.json, ixlan.json and
+    /// ixpfx.json. Gives exchange LAN prefixes and exchange cities.
+    #[arg(long, value_name = "DIR")]
+    pub peeringdb: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adversaries_take_lists_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "tracemesh",
+            "diversions",
+            "--adversary",
+            "4134,AS4809",
+            "--adversary",
+            "9808",
+            "--adversary-country",
+            "CN,ru",
+            "--pfx2as",
+            "t.txt",
+        ])
+        .unwrap();
+        let Command::Diversions(a) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.adversary, vec![4134, 4809, 9808]);
+        assert_eq!(a.adversary_countries, vec!["CN", "ru"]);
+        assert_eq!(a.annotation.pfx2as, vec![PathBuf::from("t.txt")]);
+        let cli = Cli::try_parse_from([
+            "tracemesh",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--adversary",
+            "4134,4809",
+            "--mrt",
+            "rib.bz2",
+            "--peeringdb",
+            "pdb",
+        ])
+        .unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.adversary, vec![4134, 4809]);
+        assert_eq!(a.annotation.mrt, vec![PathBuf::from("rib.bz2")]);
+        assert_eq!(a.annotation.peeringdb, Some(PathBuf::from("pdb")));
+    }
+}

@@ -1,0 +1,364 @@
+//! One episode (a run of consecutive diverted rounds of one pair) becomes one
+//! [`DiversionRecord`]: which round names the ingress best, who handed the traffic
+//! over, where the ingress is, and the evidence.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use super::classify::adversary_of;
+use super::handoff::{Pick, Quality, find_handoff};
+use super::links::Links;
+use super::locate::Locator;
+use super::paths::{DivertedObs, PairState, Pairs, PathHops, vantage_clean_paths};
+use super::{
+    Adversary, Detector, DiversionRecord, Evidence, HandoffRef, IngressRef, PathHop, VantageInfo,
+};
+use crate::annotate::Annotator;
+use crate::geo::{Estimate, Gazetteer};
+
+/// What every episode of one report shares: the detector's state, the tables, and the
+/// positions computed so far.
+#[derive(Debug)]
+pub(super) struct ReportCtx<'a> {
+    adversary: &'a Adversary,
+    vantages: &'a [VantageInfo],
+    pairs: &'a Pairs,
+    links: &'a Links,
+    annot: &'a Annotator,
+    /// Adversary hops seen answering right before another adversary hop, to recognise
+    /// an ingress that stays silent on some paths.
+    adv_pred: HashMap<IpAddr, BTreeSet<IpAddr>>,
+    locator: Locator<'a>,
+    gazetteer: &'a Gazetteer,
+}
+
+/// One run of consecutive diverted rounds of one (vantage, destination) pair.
+#[derive(Debug)]
+pub(super) struct Episode<'a> {
+    pub vid: u32,
+    pub dst: IpAddr,
+    pub pair: &'a PairState,
+    /// The episode's rounds, in order (never empty for a real episode).
+    pub rounds: &'a [u64],
+    /// The pair's latest round so far: the episode is active if it ends there.
+    pub latest_round: Option<u64>,
+}
+
+/// The learned normal path and that round's RTT to the destination.
+type Normal = Option<(PathHops, Option<f64>)>;
+
+/// The ingress router as finally named, with the hand-off before it.
+#[derive(Debug)]
+struct Ingress {
+    addr: IpAddr,
+    adversary_asn: u32,
+    /// The ingress never answered on this path and was taken from other paths.
+    inferred: bool,
+    handoff: Pick,
+}
+
+impl<'a> ReportCtx<'a> {
+    /// `now` hides diverted rounds that started after it.
+    pub(super) fn new(
+        det: &'a Detector,
+        annot: &'a Annotator,
+        gazetteer: &'a Gazetteer,
+        now: f64,
+    ) -> Self {
+        ReportCtx {
+            adversary: &det.adversary,
+            vantages: &det.vantages,
+            pairs: &det.pairs,
+            links: &det.links,
+            annot,
+            adv_pred: adversary_predecessors(&det.pairs, now),
+            locator: Locator::new(&det.links, &det.vantages, gazetteer),
+            gazetteer,
+        }
+    }
+
+    /// The episode's record; `None` when it has no usable diverted round.
+    pub(super) fn record(&mut self, ep: &Episode) -> Option<DiversionRecord> {
+        let first_round = *ep.rounds.first()?;
+        let last_round = *ep.rounds.last()?;
+        let normal = ep.pair.normal_path(first_round);
+        let obs = ep.pair.diverted_rounds(ep.rounds);
+        let (first, last) = (*obs.first()?, *obs.last()?);
+        let (rep, pick) = self.representative(ep.vid, &obs, &normal)?;
+        let ingress = self.resolve_ingress(rep, pick, &normal)?;
+        let ingress_ref = self.ingress_ref(&ingress);
+        let evidence = self.evidence(ep.vid, rep, first, &normal, &ingress);
+        let annot = self.annot;
+        let handoff = ingress.handoff;
+        let handoff_asn = handoff.addr.and_then(|a| annot.asn(a));
+        Some(DiversionRecord {
+            vantage: self.vantages.get(ep.vid as usize)?.name.clone(),
+            target: ep.dst,
+            adversary_asn: ingress.adversary_asn,
+            adversary_name: annot.as_info(ingress.adversary_asn).map(|i| i.name.clone()),
+            handoff: HandoffRef {
+                addr: handoff.addr,
+                asn: handoff_asn,
+                as_name: handoff_asn
+                    .and_then(|a| annot.as_info(a))
+                    .map(|i| i.name.clone()),
+                ttl: handoff.ttl,
+                method: handoff.quality.method(),
+            },
+            ingress: ingress_ref,
+            first_seen: first.start,
+            last_seen: last.start,
+            rounds: ep.rounds.len() as u32,
+            first_round,
+            last_round,
+            active: ep.latest_round == Some(last_round),
+            incident: 0,
+            evidence,
+        })
+    }
+
+    /// The round that names the ingress best, with its hand-off: the first adversary
+    /// hop closest to the start of the path (a silent ingress shows up one hop later),
+    /// then the most trustworthy hand-off.
+    fn representative<'o>(
+        &self,
+        vid: u32,
+        obs: &[&'o DivertedObs],
+        normal: &Normal,
+    ) -> Option<(&'o DivertedObs, Pick)> {
+        let mut best: Option<(&DivertedObs, Pick)> = None;
+        for &o in obs {
+            let pick = find_handoff(
+                &o.hops,
+                o.ingress,
+                normal.as_ref().map(|(p, _)| p.as_slice()),
+                || vantage_clean_paths(self.pairs, vid),
+                |a| self.is_adversary(a),
+            );
+            let better = match &best {
+                None => true,
+                Some((bo, bp)) => {
+                    let (t, bt) = (o.hops[o.ingress].ttl, bo.hops[bo.ingress].ttl);
+                    t < bt || (t == bt && pick.quality > bp.quality)
+                }
+            };
+            if better {
+                best = Some((o, pick));
+            }
+        }
+        best
+    }
+
+    fn is_adversary(&self, addr: IpAddr) -> bool {
+        adversary_of(self.adversary, self.annot, addr).is_some()
+    }
+
+    /// Names the ingress: the first adversary hop of `rep`, unless other paths show the
+    /// real one hidden in silence before it, or the path left the normal route at an
+    /// unrecognisable hop that must be the adversary's side of the peering.
+    fn resolve_ingress(&self, rep: &DivertedObs, pick: Pick, normal: &Normal) -> Option<Ingress> {
+        let ing_hop = &rep.hops[rep.ingress];
+        let mut ingress = Ingress {
+            addr: ing_hop.addr?,
+            adversary_asn: ing_hop.adversary?,
+            inferred: false,
+            handoff: pick,
+        };
+        if let Some(hidden) = self.hidden_ingress(rep, &mut ingress) {
+            ingress.addr = hidden;
+        } else if let Some((normal_path, _)) = normal
+            && let Some(departure) = self.unowned_departure(rep, normal_path)
+        {
+            ingress.addr = departure;
+        }
+        Some(ingress)
+    }
+
+    /// The ingress answered nowhere on this path but another path shows which
+    /// adversary router precedes it: that one is the real ingress, and the hop that
+    /// answered before the silence is the hand-off. Updates `ingress`'s AS, `inferred`
+    /// and hand-off, and returns the real ingress's address.
+    fn hidden_ingress(&self, rep: &DivertedObs, ingress: &mut Ingress) -> Option<IpAddr> {
+        let ing_hop = &rep.hops[rep.ingress];
+        let silent_before = rep.ingress > 0
+            && rep.hops[rep.ingress - 1].addr.is_none()
+            && rep.hops[rep.ingress - 1].ttl + 1 == ing_hop.ttl;
+        if !silent_before {
+            return None;
+        }
+        let p = *self.adv_pred.get(&ingress.addr)?.iter().next()?;
+        ingress.adversary_asn =
+            adversary_of(self.adversary, self.annot, p).unwrap_or(ingress.adversary_asn);
+        ingress.inferred = true;
+        if let Some(h) = rep.hops[..rep.ingress - 1]
+            .iter()
+            .rev()
+            .find(|h| h.addr.is_some())
+        {
+            ingress.handoff = Pick {
+                addr: h.addr,
+                ttl: Some(h.ttl),
+                rtt: h.rtt,
+                quality: Quality::Answered,
+            };
+        }
+        Some(p)
+    }
+
+    /// The adversary's router may answer from its port on an exchange LAN or from
+    /// unannounced space: no origin AS, so not recognisable by prefix. When the path
+    /// leaves the learned normal route at such a hop and only such hops (or silent ones)
+    /// follow until the first recognisable adversary hop, that departure hop is the
+    /// adversary's side of the peering: the real ingress. (The lab, like many real
+    /// deployments, has no PeeringDB data, hence unannounced space qualifies too.)
+    fn unowned_departure(&self, rep: &DivertedObs, normal_path: &PathHops) -> Option<IpAddr> {
+        let annot = self.annot;
+        let unowned = |a: IpAddr| annot.ixp(a).is_some() || annot.asn(a).is_none();
+        let d = rep.hops[..rep.ingress].iter().position(|h| {
+            h.addr
+                .is_some_and(|a| !normal_path.iter().any(|(_, x)| *x == Some(a)))
+        })?;
+        if rep.hops[d..rep.ingress]
+            .iter()
+            .all(|h| h.addr.is_none_or(unowned))
+        {
+            rep.hops[d].addr
+        } else {
+            None
+        }
+    }
+
+    /// The ingress as reported: its AS, exchange, and estimated position (the preferred
+    /// point of the feasible region, the region's radius, and the nearest city).
+    fn ingress_ref(&mut self, ingress: &Ingress) -> IngressRef {
+        let annot = self.annot;
+        let on_ixp = annot.ixp(ingress.addr).map(str::to_owned);
+        let located = self.locator.locate(ingress.addr, 2);
+        let est = located
+            .as_ref()
+            .map(|(e, loc, _)| Estimate { loc: *loc, ..*e });
+        let city = located.and_then(|(_, _, c)| c);
+        IngressRef {
+            addr: ingress.addr,
+            asn: annot.asn(ingress.addr).unwrap_or(ingress.adversary_asn),
+            as_name: annot.as_info(ingress.adversary_asn).map(|i| i.name.clone()),
+            loc: est.map(|e| e.loc),
+            radius_km: est.map(|e| (e.radius_km * 10.0).round() / 10.0),
+            city: city.as_ref().map(|(name, _)| name.clone()),
+            city_country: city.map(|(_, cc)| cc),
+            constraints: est.map_or(0, |e| e.constraints),
+            inferred: ingress.inferred,
+            ixp: on_ixp,
+        }
+    }
+
+    /// Why this is a diversion: AS paths, RTTs, the detour, and both paths hop by hop.
+    /// `rep` named the ingress; `first` is the episode's first diverted round.
+    fn evidence(
+        &self,
+        vid: u32,
+        rep: &DivertedObs,
+        first: &DivertedObs,
+        normal: &Normal,
+        ingress: &Ingress,
+    ) -> Evidence {
+        let annot = self.annot;
+        let rtt_ingress = rep
+            .hops
+            .iter()
+            .find(|h| h.addr == Some(ingress.addr))
+            .and_then(|h| h.rtt);
+        let home = annot.as_country(ingress.adversary_asn);
+        let vloc = self.vantages.get(vid as usize).and_then(|v| v.loc);
+        let ingress_abroad = match (vloc, rtt_ingress, home) {
+            (Some(vloc), Some(rtt), Some(cc)) => self
+                .gazetteer
+                .nearest_in_country(vloc, cc)
+                .map(|(_, km)| crate::geo::rtt_radius_km(rtt) < km),
+            _ => None,
+        };
+        let max_rtt_jump_ms = rep.hops[rep.ingress..]
+            .windows(2)
+            .filter_map(|w| Some(w[1].rtt? - w[0].rtt?))
+            .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
+        let normal_rtt_dst = normal.as_ref().and_then(|(_, r)| *r);
+        Evidence {
+            as_path: dedup_asns(rep.hops.iter().map(|h| h.asn)),
+            normal_as_path: normal
+                .as_ref()
+                .map(|(p, _)| dedup_asns(p.iter().map(|(_, a)| a.and_then(|a| annot.asn(a)))))
+                .unwrap_or_default(),
+            rtt_handoff_ms: ingress.handoff.rtt,
+            rtt_ingress_ms: rtt_ingress,
+            rtt_dst_ms: first.dst_rtt,
+            normal_rtt_dst_ms: normal_rtt_dst,
+            detour_ms: first
+                .dst_rtt
+                .zip(normal_rtt_dst)
+                .map(|(a, b)| round_ms(a - b)),
+            max_rtt_jump_ms: max_rtt_jump_ms.map(round_ms),
+            ingress_abroad,
+            adversary_hops: rep.hops.iter().filter(|h| h.adversary.is_some()).count(),
+            normal_path: normal
+                .as_ref()
+                .map(|(p, _)| {
+                    p.iter()
+                        .map(|&(ttl, addr)| PathHop {
+                            ttl,
+                            addr,
+                            asn: addr.and_then(|a| annot.asn(a)),
+                            rtt_ms: addr.and_then(|a| self.links.best_rtt(a, vid)).map(round_ms),
+                            adversary: addr.is_some_and(|a| self.is_adversary(a)),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            diverted_path: rep
+                .hops
+                .iter()
+                .map(|h| PathHop {
+                    ttl: h.ttl,
+                    addr: h.addr,
+                    asn: h.asn,
+                    rtt_ms: h.rtt.map(round_ms),
+                    adversary: h.adversary.is_some(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Adversary hops seen answering right before another adversary hop, over the diverted
+/// rounds started by `now`.
+fn adversary_predecessors(pairs: &Pairs, now: f64) -> HashMap<IpAddr, BTreeSet<IpAddr>> {
+    let mut adv_pred: HashMap<IpAddr, BTreeSet<IpAddr>> = HashMap::new();
+    for pair in pairs.values() {
+        for obs in pair.diverted_by(now) {
+            for w in obs.hops.windows(2) {
+                if let (Some(a), Some(b)) = (w[0].addr, w[1].addr)
+                    && w[0].adversary.is_some()
+                    && w[1].adversary.is_some()
+                    && w[0].ttl + 1 == w[1].ttl
+                {
+                    adv_pred.entry(b).or_default().insert(a);
+                }
+            }
+        }
+    }
+    adv_pred
+}
+
+fn dedup_asns(it: impl Iterator<Item = Option<u32>>) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    for a in it.flatten() {
+        if out.last() != Some(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Microsecond resolution is all an RTT difference carries.
+fn round_ms(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
