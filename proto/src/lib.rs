@@ -33,6 +33,33 @@ pub fn result_id(campaign_id: &str, round: u32, dst: &str) -> String {
     format!("{campaign_id}/{round}/{dst}")
 }
 
+/// The stable id of an agent's alias-resolution result for one round of a campaign (an
+/// alias campaign yields one result per round per agent).
+pub fn alias_result_id(campaign_id: &str, round: u32) -> String {
+    format!("{campaign_id}/{round}/alias")
+}
+
+impl v1::AliasMethod {
+    /// The lowercase name used in JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            v1::AliasMethod::Unspecified => "unspecified",
+            v1::AliasMethod::Mercator => "mercator",
+            v1::AliasMethod::Ipid => "ipid",
+            v1::AliasMethod::Both => "both",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "mercator" => Some(v1::AliasMethod::Mercator),
+            "ipid" => Some(v1::AliasMethod::Ipid),
+            "both" => Some(v1::AliasMethod::Both),
+            _ => None,
+        }
+    }
+}
+
 impl v1::ProbeProtocol {
     /// The lowercase name used in JSON and on the command line.
     pub fn name(self) -> &'static str {

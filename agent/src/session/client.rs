@@ -23,14 +23,18 @@ use tracemesh_proto::token::EnrolToken;
 use tracemesh_proto::v1::agent_service_client::AgentServiceClient;
 use tracemesh_proto::v1::{self as pb};
 
+use super::convert::alias_result_from_report;
 use super::core::{Effect, Input, Now, SessionCore};
-use super::schedule::HeldCampaign;
+use super::schedule::{HeldAlias, HeldCampaign};
 use super::spool::Spool;
 use super::state::{AgentIdentity, Credentials, StateDir, StateError};
+use crate::probe::alias::{AliasConfig, AliasProber, AliasReport};
 use crate::probe::denylist::DenyList;
 use crate::probe::driver::{self, Needs};
 use crate::probe::engine::RequestError;
-use crate::probe::{Engine, EngineConfig, StopReason, TraceParams, TraceRequest, TraceResult};
+use crate::probe::{
+    Engine, EngineConfig, Proto, StopReason, TraceParams, TraceRequest, TraceResult,
+};
 
 #[derive(Debug, Error)]
 pub enum SessionError {
@@ -233,10 +237,16 @@ struct LinkIo {
     inbound: Option<Streaming<pb::CoordinatorMessage>>,
 }
 
+/// What a round produced: traces, or an alias campaign's one result.
+enum RoundResults {
+    Traces(Vec<TraceResult>),
+    Alias(Box<pb::AliasResult>),
+}
+
 struct RoundOutcome {
     campaign_id: String,
     round: u32,
-    results: Result<Vec<TraceResult>, String>,
+    results: Result<RoundResults, String>,
 }
 
 /// What woke the driver.
@@ -301,10 +311,15 @@ impl Driver {
                     round,
                     results,
                 }) => match results {
-                    Ok(results) => Input::RoundDone {
+                    Ok(RoundResults::Traces(results)) => Input::RoundDone {
                         campaign_id,
                         round,
                         results,
+                    },
+                    Ok(RoundResults::Alias(result)) => Input::AliasDone {
+                        campaign_id,
+                        round,
+                        result: *result,
                     },
                     Err(e) => {
                         tracing::error!(campaign = %campaign_id, round, error = %e, "round failed");
@@ -454,7 +469,16 @@ impl Driver {
                         self.rounds_tx.clone(),
                     );
                     tokio::spawn(async move {
-                        let results = run_round(&cfg, &offset_ns, &campaign, round, start_ns).await;
+                        let results = match campaign.alias {
+                            Some(alias) => {
+                                run_alias_round(&cfg, &offset_ns, &campaign, alias, round, start_ns)
+                                    .await
+                                    .map(|r| RoundResults::Alias(Box::new(r)))
+                            }
+                            None => run_round(&cfg, &offset_ns, &campaign, round, start_ns)
+                                .await
+                                .map(RoundResults::Traces),
+                        };
                         let _ = done.send(RoundOutcome {
                             campaign_id: campaign.id,
                             round,
@@ -608,4 +632,91 @@ async fn run_round(
             .map_err(|e| e.to_string())?;
     }
     Ok(results)
+}
+
+/// Least spacing between two alias probes to one address: the prober's default, or
+/// longer if the per-destination cap asks for it.
+fn alias_spacing(per_dst_pps: u32) -> Duration {
+    let floor = AliasConfig::default().spacing;
+    if per_dst_pps == 0 {
+        return floor;
+    }
+    floor.max(Duration::from_secs(1) / per_dst_pps)
+}
+
+/// One round of an alias campaign: the targets (deny-list and routes checked) through
+/// the alias prober under the agent's rate caps, from the round's instant on.
+async fn run_alias_round(
+    cfg: &RunConfig,
+    offset_ns: &AtomicI64,
+    campaign: &HeldCampaign,
+    alias: HeldAlias,
+    round: u32,
+    start_ns: i64,
+) -> Result<pb::AliasResult, String> {
+    let denylist = DenyList::with_allowed(cfg.allow.iter().copied());
+    let mut targets = Vec::new();
+    let mut needs = Needs::default();
+    for t in &campaign.targets {
+        let Ok(dst) = t.parse::<IpAddr>() else {
+            tracing::warn!(target = %t, "not an address; skipped");
+            continue;
+        };
+        if let Err(d) = denylist.check(dst) {
+            tracing::warn!(error = %d, "alias target refused");
+            continue;
+        }
+        match driver::source_for(dst) {
+            Ok(src) => {
+                targets.push((dst, src));
+                needs.add(dst, Proto::Icmp);
+            }
+            Err(e) => tracing::warn!(%dst, error = %e, "no route; skipped"),
+        }
+    }
+    let sockets = if targets.is_empty() {
+        None
+    } else {
+        Some(driver::Sockets::open(&needs).map_err(|e| e.to_string())?)
+    };
+    wait_for_instant(offset_ns, start_ns).await;
+    let start = corrected_now_ns(offset_ns) as f64 / 1e9;
+    tracing::info!(campaign = %campaign.id, round, addrs = targets.len(), method = alias.method.as_str(), "alias round started");
+    let report = match sockets {
+        Some(sockets) => {
+            let nanos = unix_ns() as u64;
+            let alias_cfg = AliasConfig {
+                method: alias.method,
+                rate_pps: cfg.rate_pps.max(1),
+                rounds: alias.rounds,
+                spacing: alias_spacing(cfg.per_dst_pps),
+                cookie: (nanos as u16) ^ ((nanos >> 16) as u16) ^ 0x5a5a,
+                denylist,
+                ..AliasConfig::default()
+            };
+            let mut prober =
+                AliasProber::new(alias_cfg, &targets, Instant::now()).map_err(|e| e.to_string())?;
+            sockets
+                .run_alias(&mut prober)
+                .await
+                .map_err(|e| e.to_string())?;
+            prober.report()
+        }
+        // Nothing probeable: an empty result still tells the coordinator the round ran.
+        None => AliasReport {
+            groups: vec![],
+            probes_sent: 0,
+            probes_per_addr: Default::default(),
+            unusable: vec![],
+            samples: Default::default(),
+            mercator: Default::default(),
+        },
+    };
+    Ok(alias_result_from_report(
+        &campaign.id,
+        round,
+        alias.method,
+        start,
+        &report,
+    ))
 }

@@ -2,8 +2,137 @@
 
 use tracemesh_proto::v1 as pb;
 
-use super::schedule::HeldCampaign;
+use super::schedule::{HeldAlias, HeldCampaign};
+use crate::probe::alias::{AliasReport, Evidence, Method, UnusableReason};
 use crate::probe::{Proto, StopReason, TraceResult};
+
+/// IP-ID rounds when the instruction leaves it to the agent (as `tracemesh-agent alias`).
+const DEFAULT_ALIAS_ROUNDS: u32 = 8;
+
+pub fn alias_method_to_pb(m: Method) -> pb::AliasMethod {
+    match m {
+        Method::Mercator => pb::AliasMethod::Mercator,
+        Method::IpId => pb::AliasMethod::Ipid,
+        Method::Both => pb::AliasMethod::Both,
+    }
+}
+
+fn unusable_name(r: UnusableReason) -> &'static str {
+    match r {
+        UnusableReason::Ipv6 => "ipv6",
+        UnusableReason::TooFewReplies => "too_few_replies",
+        UnusableReason::Zero => "zero",
+        UnusableReason::Constant => "constant",
+        UnusableReason::EchoesProbe => "echoes_probe",
+        UnusableReason::NotMonotonic => "not_monotonic",
+    }
+}
+
+fn alias_from_instruction(a: &pb::AliasSpec) -> Result<HeldAlias, String> {
+    let method = match pb::AliasMethod::try_from(a.method) {
+        Ok(pb::AliasMethod::Both | pb::AliasMethod::Unspecified) => Method::Both,
+        Ok(pb::AliasMethod::Mercator) => Method::Mercator,
+        Ok(pb::AliasMethod::Ipid) => Method::IpId,
+        Err(_) => return Err(format!("unknown alias method {}", a.method)),
+    };
+    let rounds = if a.rounds == 0 {
+        DEFAULT_ALIAS_ROUNDS
+    } else {
+        a.rounds.min(1000)
+    };
+    Ok(HeldAlias { method, rounds })
+}
+
+/// One run of alias resolution as the agent uploads it: every probed address with its
+/// samples and Mercator answer, and the groups the agent inferred with their evidence.
+pub fn alias_result_from_report(
+    campaign_id: &str,
+    round: u32,
+    method: Method,
+    start: f64,
+    r: &AliasReport,
+) -> pb::AliasResult {
+    let unusable: std::collections::BTreeMap<_, _> =
+        r.unusable.iter().map(|u| (u.addr, u.reason)).collect();
+    let addrs = r
+        .probes_per_addr
+        .iter()
+        .map(|(addr, &probes)| pb::AliasAddr {
+            addr: addr.to_string(),
+            probes,
+            samples: r
+                .samples
+                .get(addr)
+                .map(|v| {
+                    v.iter()
+                        .map(|s| pb::IpIdSample {
+                            tx_us: u64::try_from(s.tx.as_micros()).unwrap_or(u64::MAX),
+                            rx_us: u64::try_from(s.rx.as_micros()).unwrap_or(u64::MAX),
+                            ip_id: u32::from(s.ip_id),
+                            probe_ip_id: u32::from(s.probe_ip_id),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            mercator_probed: r.mercator.contains_key(addr),
+            mercator_from: r
+                .mercator
+                .get(addr)
+                .copied()
+                .flatten()
+                .map(|a| a.to_string()),
+            unusable: unusable.get(addr).map(|&u| unusable_name(u).to_string()),
+        })
+        .collect();
+    let groups = r
+        .groups
+        .iter()
+        .map(|g| {
+            let evidence = match &g.evidence {
+                Evidence::Mercator { answers } => pb::AliasEvidence {
+                    answers: answers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                },
+                Evidence::IpId {
+                    samples,
+                    velocity_per_s,
+                    pairs_passed,
+                } => pb::AliasEvidence {
+                    samples: samples
+                        .iter()
+                        .map(|(k, &v)| (k.to_string(), u32::try_from(v).unwrap_or(u32::MAX)))
+                        .collect(),
+                    velocity_per_s: velocity_per_s
+                        .iter()
+                        .map(|(k, &v)| (k.to_string(), v))
+                        .collect(),
+                    pairs_passed: u32::try_from(*pairs_passed).unwrap_or(u32::MAX),
+                    ..Default::default()
+                },
+            };
+            pb::AliasGroup {
+                addrs: g.addrs.iter().map(ToString::to_string).collect(),
+                method: alias_method_to_pb(g.method) as i32,
+                evidence: Some(evidence),
+            }
+        })
+        .collect();
+    pb::AliasResult {
+        result_id: tracemesh_proto::alias_result_id(campaign_id, round),
+        campaign_id: campaign_id.to_string(),
+        round,
+        vantage: String::new(),
+        method: alias_method_to_pb(method) as i32,
+        start,
+        probes_sent: r.probes_sent,
+        addrs,
+        groups,
+        received_at_ns: 0,
+    }
+}
 
 pub fn proto_to_pb(p: Proto) -> pb::ProbeProtocol {
     match p {
@@ -29,6 +158,7 @@ pub fn held_from_instruction(c: &pb::CampaignInstruction) -> Result<HeldCampaign
     if c.id.is_empty() {
         return Err("campaign without an id".into());
     }
+    let alias = c.alias.as_ref().map(alias_from_instruction).transpose()?;
     let method = c.method.unwrap_or_default();
     let proto = match pb::ProbeProtocol::try_from(method.proto) {
         Ok(pb::ProbeProtocol::Icmp | pb::ProbeProtocol::Unspecified) => Proto::Icmp,
@@ -58,6 +188,7 @@ pub fn held_from_instruction(c: &pb::CampaignInstruction) -> Result<HeldCampaign
         rounds: c.rounds,
         start_at_ns: c.start_at_ns,
         next_round: 0,
+        alias,
     })
 }
 
@@ -159,6 +290,54 @@ mod tests {
     }
 
     #[test]
+    fn an_alias_report_keeps_samples_answers_and_groups() {
+        use crate::probe::alias::{AliasGroup, IpIdSample, Unusable};
+        use std::collections::BTreeMap;
+        use std::net::IpAddr;
+        use std::time::Duration;
+        let a: IpAddr = "10.0.0.2".parse().unwrap();
+        let b: IpAddr = "10.9.0.2".parse().unwrap();
+        let c: IpAddr = "10.5.0.1".parse().unwrap();
+        let sample = |ms: u64, id: u16| IpIdSample {
+            tx: Duration::from_millis(ms),
+            rx: Duration::from_millis(ms + 2),
+            ip_id: id,
+            probe_ip_id: 7,
+        };
+        let report = AliasReport {
+            groups: vec![AliasGroup {
+                addrs: vec![a, b],
+                method: Method::Mercator,
+                evidence: Evidence::Mercator {
+                    answers: BTreeMap::from([(b, a)]),
+                },
+            }],
+            probes_sent: 9,
+            probes_per_addr: BTreeMap::from([(a, 4), (b, 4), (c, 1)]),
+            unusable: vec![Unusable {
+                addr: c,
+                reason: UnusableReason::Zero,
+            }],
+            samples: BTreeMap::from([(a, vec![sample(0, 100), sample(100, 104)])]),
+            mercator: BTreeMap::from([(a, Some(a)), (b, Some(a)), (c, None)]),
+        };
+        let r = alias_result_from_report("c7", 0, Method::Both, 1.5e9, &report);
+        assert_eq!(r.result_id, "c7/0/alias");
+        assert_eq!(r.method, pb::AliasMethod::Both as i32);
+        assert_eq!(r.probes_sent, 9);
+        let by: BTreeMap<_, _> = r.addrs.iter().map(|x| (x.addr.as_str(), x)).collect();
+        assert_eq!(by["10.9.0.2"].mercator_from.as_deref(), Some("10.0.0.2"));
+        assert_eq!(by["10.5.0.1"].mercator_from, None);
+        assert!(by["10.5.0.1"].mercator_probed);
+        assert_eq!(by["10.5.0.1"].unusable.as_deref(), Some("zero"));
+        assert_eq!(by["10.0.0.2"].samples[1].tx_us, 100_000);
+        assert_eq!(by["10.0.0.2"].samples[1].ip_id, 104);
+        assert_eq!(r.groups[0].addrs, ["10.0.0.2", "10.9.0.2"]);
+        let ev = r.groups[0].evidence.as_ref().unwrap();
+        assert_eq!(ev.answers["10.9.0.2"], "10.0.0.2");
+    }
+
+    #[test]
     fn instructions_are_checked_and_defaulted() {
         let mut c = pb::CampaignInstruction {
             id: "c1".into(),
@@ -173,12 +352,32 @@ mod tests {
             every_s: 10,
             rounds: 3,
             start_at_ns: 7,
+            alias: None,
         };
         let h = held_from_instruction(&c).unwrap();
         assert_eq!(
             (h.proto, h.attempts, h.max_ttl, h.wait_ms),
             (Proto::Udp, 2, 255, 1000)
         );
+        assert_eq!(h.alias, None);
+        c.alias = Some(pb::AliasSpec {
+            method: pb::AliasMethod::Ipid as i32,
+            rounds: 0,
+        });
+        let h = held_from_instruction(&c).unwrap();
+        assert_eq!(
+            h.alias,
+            Some(HeldAlias {
+                method: Method::IpId,
+                rounds: 8
+            })
+        );
+        c.alias = Some(pb::AliasSpec {
+            method: 9,
+            rounds: 0,
+        });
+        assert!(held_from_instruction(&c).is_err());
+        c.alias = None;
         c.method.as_mut().unwrap().proto = 42;
         assert!(
             held_from_instruction(&c)

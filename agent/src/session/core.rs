@@ -20,7 +20,7 @@ use tracemesh_proto::v1::{self as pb};
 
 use super::convert::{held_from_instruction, record_from_result};
 use super::schedule::{Held, HeldCampaign};
-use super::spool::Record;
+use super::spool::{Kind, Record};
 use crate::probe::TraceResult;
 
 /// Quick clock samples at the start of a session, so that the first round already fires
@@ -42,6 +42,8 @@ const PREPARE_NS: i64 = 100_000_000;
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// Records per TraceBatch message.
 const BATCH_MAX: usize = 500;
+/// Results per AliasBatch message (each carries every sample of a run).
+const ALIAS_BATCH_MAX: usize = 16;
 
 /// The two clocks the core reads, both sampled by the driver at the same moment: the
 /// monotonic one for timers, the agent's own Unix time (ns) for clock samples and, once
@@ -71,6 +73,12 @@ pub enum Input {
         campaign_id: String,
         round: u32,
         results: Vec<TraceResult>,
+    },
+    /// An alias campaign's round the driver ran: its one result.
+    AliasDone {
+        campaign_id: String,
+        round: u32,
+        result: pb::AliasResult,
     },
     /// The spool now durably holds this batch (the driver performed [`Effect::Spool`]).
     Spooled(Vec<Record>),
@@ -153,7 +161,7 @@ struct Armed {
 #[derive(Debug, Default)]
 struct Unacked {
     next_batch: u64,
-    by_order: BTreeMap<(u64, String), Vec<u8>>,
+    by_order: BTreeMap<(u64, String), (Kind, Vec<u8>)>,
     batch_of: HashMap<String, u64>,
 }
 
@@ -166,7 +174,7 @@ impl Unacked {
             if let Some(old) = self.batch_of.insert(r.id.clone(), batch) {
                 self.by_order.remove(&(old, r.id.clone()));
             }
-            self.by_order.insert((batch, r.id), r.payload);
+            self.by_order.insert((batch, r.id), (r.kind, r.payload));
         }
     }
 
@@ -180,9 +188,17 @@ impl Unacked {
         self.batch_of.len()
     }
 
+    /// Every unacknowledged result as upload messages: traces in `TraceBatch`es, alias
+    /// results in `AliasBatch`es, each kind in spool order.
     fn batches(&self) -> Vec<pb::AgentMessage> {
-        let payloads: Vec<&Vec<u8>> = self.by_order.values().collect();
-        payloads
+        let of_kind = |k: Kind| -> Vec<&Vec<u8>> {
+            self.by_order
+                .values()
+                .filter(|(kind, _)| *kind == k)
+                .map(|(_, p)| p)
+                .collect()
+        };
+        let mut out: Vec<pb::AgentMessage> = of_kind(Kind::Trace)
             .chunks(BATCH_MAX)
             .map(|chunk| {
                 let results = chunk
@@ -191,7 +207,15 @@ impl Unacked {
                     .collect();
                 up(Up::TraceBatch(pb::TraceBatch { results }))
             })
-            .collect()
+            .collect();
+        out.extend(of_kind(Kind::Alias).chunks(ALIAS_BATCH_MAX).map(|chunk| {
+            let results = chunk
+                .iter()
+                .filter_map(|p| pb::AliasResult::decode(p.as_slice()).ok())
+                .collect();
+            up(Up::AliasBatch(pb::AliasBatch { results }))
+        }));
+        out
     }
 }
 
@@ -282,6 +306,7 @@ impl SessionCore {
                         let rec = record_from_result(&campaign_id, round, r);
                         Record {
                             id: rec.result_id.clone(),
+                            kind: Kind::Trace,
                             payload: rec.encode_to_vec(),
                         }
                     })
@@ -293,6 +318,30 @@ impl SessionCore {
                     campaign_id,
                     round,
                     records,
+                });
+            }
+            Input::AliasDone {
+                campaign_id,
+                round,
+                result,
+            } => {
+                tracing::info!(
+                    campaign = %campaign_id,
+                    round,
+                    addrs = result.addrs.len(),
+                    groups = result.groups.len(),
+                    probes = result.probes_sent,
+                    "alias round done"
+                );
+                // Like traces: sent only once durable.
+                out.push(Effect::Spool {
+                    campaign_id,
+                    round,
+                    records: vec![Record {
+                        id: result.result_id.clone(),
+                        kind: Kind::Alias,
+                        payload: result.encode_to_vec(),
+                    }],
                 });
             }
             Input::Spooled(records) => {

@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 use tracemesh_proto::schedule::{next_round, round_start_ns};
 
 use crate::probe::Proto;
+use crate::probe::alias::Method;
+
+/// An alias campaign's parameters: its targets are router addresses to resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAlias {
+    pub method: Method,
+    /// IP-ID rounds (echo probes per address).
+    pub rounds: u32,
+}
 
 /// A round may still fire this late (ns); later than that, it is skipped as missed, since
 /// a snapshot taken at another instant than the other vantages' would mislead.
@@ -26,6 +35,9 @@ pub struct HeldCampaign {
     pub start_at_ns: i64,
     /// The first round not yet fired.
     pub next_round: u32,
+    /// Set for an alias campaign (absent in state files of older agents).
+    #[serde(default)]
+    pub alias: Option<HeldAlias>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +124,7 @@ mod tests {
             rounds,
             start_at_ns: start_s * S,
             next_round: 0,
+            alias: None,
         }
     }
 

@@ -6,8 +6,11 @@
 //! record still on disk is sent again; the coordinator's ingest is idempotent by result
 //! id, so a record whose ack was lost in the crash is recognised, not stored twice.
 //!
-//! File format: magic `TMSP1\n`, then records of `u16 id length, id, u32 payload length,
-//! payload, u32 CRC-32 of the payload`, all big-endian.
+//! File format (version 2, written): magic `TMSP2\n`, then records of `u8 kind, u16 id
+//! length, id, u32 payload length, payload, u32 CRC-32 of the kind byte and payload`, all
+//! big-endian; kind 0 is an encoded `TraceRecord`, 1 an encoded `AliasResult`. Version 1
+//! files (magic `TMSP1\n`, no kind byte, CRC of the payload alone, traces only), written
+//! by older agents, are still read.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -16,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-const MAGIC: &[u8] = b"TMSP1\n";
+const MAGIC_V1: &[u8] = b"TMSP1\n";
+const MAGIC: &[u8] = b"TMSP2\n";
 
 #[derive(Debug, Error)]
 pub enum SpoolError {
@@ -39,9 +43,37 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
+/// What a spooled payload encodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A `tracemesh.v1.TraceRecord`.
+    #[default]
+    Trace,
+    /// A `tracemesh.v1.AliasResult`.
+    Alias,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Trace => 0,
+            Kind::Alias => 1,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Kind> {
+        match b {
+            0 => Some(Kind::Trace),
+            1 => Some(Kind::Alias),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub id: String,
+    pub kind: Kind,
     pub payload: Vec<u8>,
 }
 
@@ -53,7 +85,7 @@ pub struct Spool {
     pending: BTreeMap<u64, HashSet<String>>,
     /// Which batch holds an id (the newest, if an id was spooled twice), and its payload,
     /// kept so a reconnecting session can resend without reading the disk.
-    where_is: HashMap<String, (u64, Vec<u8>)>,
+    where_is: HashMap<String, (u64, Kind, Vec<u8>)>,
 }
 
 impl Spool {
@@ -108,7 +140,9 @@ impl Spool {
         for r in batch {
             // A result spooled again (a round re-run after a restart) supersedes the old
             // copy, so the old file does not wait forever for an ack that goes elsewhere.
-            if let Some((old, _)) = self.where_is.insert(r.id.clone(), (seq, r.payload.clone()))
+            if let Some((old, _, _)) = self
+                .where_is
+                .insert(r.id.clone(), (seq, r.kind, r.payload.clone()))
                 && old != seq
                 && let Err(e) = self.forget(old, &r.id)
             {
@@ -133,13 +167,14 @@ impl Spool {
         let tmp = path.with_extension("tmp");
         let mut bytes = MAGIC.to_vec();
         for r in batch {
+            bytes.push(r.kind.byte());
             let id_len =
                 u16::try_from(r.id.len()).map_err(|_| SpoolError::IdTooLong(r.id.clone()))?;
             bytes.extend_from_slice(&id_len.to_be_bytes());
             bytes.extend_from_slice(r.id.as_bytes());
             bytes.extend_from_slice(&(r.payload.len() as u32).to_be_bytes());
             bytes.extend_from_slice(&r.payload);
-            bytes.extend_from_slice(&crc32(&r.payload).to_be_bytes());
+            bytes.extend_from_slice(&crc32_parts(&[&[r.kind.byte()], &r.payload]).to_be_bytes());
         }
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
@@ -156,7 +191,7 @@ impl Spool {
     /// Forgets acknowledged ids, deleting batch files that have nothing left.
     pub fn ack<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<(), SpoolError> {
         for id in ids {
-            if let Some((seq, _)) = self.where_is.remove(id) {
+            if let Some((seq, _, _)) = self.where_is.remove(id) {
                 self.forget(seq, id)?;
             }
         }
@@ -190,11 +225,12 @@ impl Spool {
         let mut v: Vec<(u64, Record)> = self
             .where_is
             .iter()
-            .map(|(id, (seq, payload))| {
+            .map(|(id, (seq, kind, payload))| {
                 (
                     *seq,
                     Record {
                         id: id.clone(),
+                        kind: *kind,
                         payload: payload.clone(),
                     },
                 )
@@ -216,9 +252,13 @@ fn read_batch(path: &Path) -> Result<Vec<Record>, SpoolError> {
 
 /// Parses a batch file's bytes; an error gives the offset and what was wrong.
 pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Record>, (usize, &'static str)> {
-    if !bytes.starts_with(MAGIC) {
+    let v2 = if bytes.starts_with(MAGIC) {
+        true
+    } else if bytes.starts_with(MAGIC_V1) {
+        false
+    } else {
         return Err((0, "bad magic"));
-    }
+    };
     let mut at = MAGIC.len();
     let mut out = Vec::new();
     let take =
@@ -233,6 +273,12 @@ pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Record>, (usize, &'static str)> {
         };
     while at < bytes.len() {
         let start = at;
+        let kind = if v2 {
+            let k = take(&mut at, 1, "truncated kind")?;
+            Kind::from_byte(k[0]).ok_or((start, "unknown record kind"))?
+        } else {
+            Kind::Trace
+        };
         let l = take(&mut at, 2, "truncated id length")?;
         let id_len = usize::from(u16::from_be_bytes([l[0], l[1]]));
         let id = take(&mut at, id_len, "truncated id")?;
@@ -243,18 +289,28 @@ pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Record>, (usize, &'static str)> {
         let len = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
         let payload = take(&mut at, len, "truncated payload")?.to_vec();
         let c = take(&mut at, 4, "truncated checksum")?;
-        if crc32(&payload) != u32::from_be_bytes([c[0], c[1], c[2], c[3]]) {
+        let crc = if v2 {
+            crc32_parts(&[&[kind.byte()], &payload])
+        } else {
+            crc32(&payload)
+        };
+        if crc != u32::from_be_bytes([c[0], c[1], c[2], c[3]]) {
             return Err((start, "checksum mismatch"));
         }
-        out.push(Record { id, payload });
+        out.push(Record { id, kind, payload });
     }
     Ok(out)
 }
 
 /// CRC-32 (IEEE), bitwise: spool files are small and written once per round.
 fn crc32(data: &[u8]) -> u32 {
+    crc32_parts(&[data])
+}
+
+/// CRC-32 of the concatenation of `parts`.
+fn crc32_parts(parts: &[&[u8]]) -> u32 {
     let mut crc = !0u32;
-    for &b in data {
+    for &b in parts.iter().flat_map(|p| p.iter()) {
         crc ^= u32::from(b);
         for _ in 0..8 {
             crc = if crc & 1 != 0 {
@@ -274,8 +330,43 @@ mod tests {
     fn rec(id: &str, payload: &[u8]) -> Record {
         Record {
             id: id.into(),
+            kind: Kind::Trace,
             payload: payload.to_vec(),
         }
+    }
+
+    #[test]
+    fn version_1_files_still_load_and_kinds_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        // A batch as an older agent wrote it: TMSP1, no kind byte, CRC of the payload.
+        let mut old = MAGIC_V1.to_vec();
+        old.extend_from_slice(&5u16.to_be_bytes());
+        old.extend_from_slice(b"c/0/x");
+        old.extend_from_slice(&3u32.to_be_bytes());
+        old.extend_from_slice(b"abc");
+        old.extend_from_slice(&crc32(b"abc").to_be_bytes());
+        fs::write(dir.path().join(format!("{:012}.batch", 0)), &old).unwrap();
+        {
+            let (mut s, waiting, problems) = Spool::open(dir.path()).unwrap();
+            assert!(problems.is_empty());
+            assert_eq!(waiting, vec![rec("c/0/x", b"abc")]);
+            s.push(&[Record {
+                id: "a/0/alias".into(),
+                kind: Kind::Alias,
+                payload: b"groups".to_vec(),
+            }])
+            .unwrap();
+        }
+        let (s, waiting, problems) = Spool::open(dir.path()).unwrap();
+        assert!(problems.is_empty());
+        let kinds: Vec<_> = waiting.iter().map(|r| (r.id.as_str(), r.kind)).collect();
+        assert_eq!(kinds, [("c/0/x", Kind::Trace), ("a/0/alias", Kind::Alias)]);
+        assert_eq!(s.unacked()[1].kind, Kind::Alias);
+        // A flipped kind byte is caught by the checksum, not read as the other kind.
+        let path = dir.path().join(format!("{:012}.batch", 1));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[MAGIC.len()] = 0;
+        assert_eq!(parse_batch(&bytes).unwrap_err().1, "checksum mismatch");
     }
 
     #[test]

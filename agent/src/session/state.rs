@@ -184,6 +184,7 @@ mod tests {
             rounds: 3,
             start_at_ns: 5,
             next_round: 1,
+            alias: None,
         });
         s.save_campaigns(&held).unwrap();
         assert_eq!(s.load_campaigns().unwrap(), held);

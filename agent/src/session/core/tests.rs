@@ -98,6 +98,7 @@ fn campaign(id: &str, start_at_ns: i64, every_s: u32, rounds: u32) -> Input {
         every_s,
         rounds,
         start_at_ns,
+        alias: None,
     }))
 }
 
@@ -206,6 +207,7 @@ fn rounds_fire_without_a_session_and_a_late_round_fires_at_once() {
         // Round 0 began 0.5 s ago: within the grace, so it still fires, right away.
         start_at_ns: T0 - 500 * MS,
         next_round: 0,
+        alias: None,
     });
     let mut core = SessionCore::new(held, vec![], now);
     let fx = core.handle(now, Input::Timer);
@@ -319,6 +321,7 @@ fn results_wait_for_a_session_and_go_in_batches_of_500() {
             let rec = record_from_result("c", 0, &result(dst));
             Record {
                 id: (*id).into(),
+                kind: crate::session::spool::Kind::Trace,
                 payload: rec.encode_to_vec(),
             }
         })
@@ -447,6 +450,7 @@ fn a_session_opens_with_quick_samples_then_heartbeats_at_the_welcomed_period() {
                 Up::ClockSample(_) => "sample",
                 Up::Heartbeat(_) => "heartbeat",
                 Up::TraceBatch(_) => "batch",
+                Up::AliasBatch(_) => "alias batch",
                 Up::Hello(_) => "hello",
             })
             .collect()
@@ -536,6 +540,7 @@ fn campaigns_long_past_are_dropped_at_start_and_the_hello_lists_the_rest() {
             rounds: 2,
             start_at_ns: start,
             next_round: 0,
+            alias: None,
         });
     }
     let mut core = SessionCore::new(held, vec![], now);
@@ -551,4 +556,121 @@ fn campaigns_long_past_are_dropped_at_start_and_the_hello_lists_the_rest() {
     };
     assert_eq!(hello.state.as_ref().unwrap().campaign_ids, ["next"]);
     assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
+}
+
+fn alias_batches(effects: &[Effect]) -> Vec<Vec<String>> {
+    sent(effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Up::AliasBatch(b) => Some(b.results.into_iter().map(|r| r.result_id).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_alias_round_fires_on_time_and_its_result_is_spooled_sent_and_acked_like_traces() {
+    use crate::probe::alias::Method;
+    use crate::session::schedule::HeldAlias;
+    use crate::session::spool::Kind;
+    let now = t0();
+    let mut core = SessionCore::new(Held::default(), vec![], now);
+    connect(&mut core, now);
+    let start = T0 + 2 * S;
+    let fx = core.handle(
+        now,
+        Input::Message(Down::Campaign(pb::CampaignInstruction {
+            id: "a1".into(),
+            targets: vec!["10.0.0.2".into(), "10.9.0.2".into()],
+            method: None,
+            every_s: 0,
+            rounds: 1,
+            start_at_ns: start,
+            alias: Some(pb::AliasSpec {
+                method: pb::AliasMethod::Both as i32,
+                rounds: 5,
+            }),
+        })),
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::SaveCampaigns(_))));
+    // Nothing fires before the instant (less the preparation lead).
+    let mut now = now;
+    let (round, campaign) = loop {
+        let (next, fx) = tick(&mut core, now);
+        now = next;
+        if let Some((c, r, s)) = fx.iter().find_map(|e| match e {
+            Effect::StartRound {
+                campaign,
+                round,
+                start_ns,
+            } => Some((campaign.clone(), *round, *start_ns)),
+            _ => None,
+        }) {
+            assert_eq!(s, start);
+            break (r, c);
+        }
+        assert!(now.unix_ns < start, "the round never fired");
+    };
+    assert_eq!(
+        now.unix_ns,
+        start - PREPARE_NS,
+        "fires its preparation lead early"
+    );
+    assert_eq!(round, 0);
+    assert_eq!(
+        campaign.alias,
+        Some(HeldAlias {
+            method: Method::Both,
+            rounds: 5
+        })
+    );
+    assert!(core.held().campaigns.is_empty(), "its only round fired");
+
+    let result = pb::AliasResult {
+        result_id: tracemesh_proto::alias_result_id("a1", 0),
+        campaign_id: "a1".into(),
+        round: 0,
+        probes_sent: 12,
+        ..Default::default()
+    };
+    let fx = core.handle(
+        now,
+        Input::AliasDone {
+            campaign_id: "a1".into(),
+            round: 0,
+            result,
+        },
+    );
+    assert!(
+        alias_batches(&fx).is_empty(),
+        "not sent before it is durable"
+    );
+    let records = spooled(&fx);
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].id.as_str(), records[0].kind),
+        ("a1/0/alias", Kind::Alias)
+    );
+    let fx = core.handle(now, Input::Spooled(records));
+    assert_eq!(alias_batches(&fx), [["a1/0/alias"]]);
+    assert!(
+        batches(&fx).is_empty(),
+        "no trace batch for an alias result"
+    );
+    assert_eq!(core.pending(), 1);
+
+    // Unacknowledged, it goes again on the next session; the ack then drops it.
+    core.handle(now, Input::Disconnected(None));
+    let (now, fx) = tick(&mut core, now);
+    assert!(fx.contains(&Effect::Connect));
+    let fx = open(&mut core, now);
+    assert_eq!(alias_batches(&fx), [["a1/0/alias"]]);
+    let fx = core.handle(
+        now,
+        Input::Message(Down::Ack(pb::Ack {
+            result_ids: vec!["a1/0/alias".into()],
+        })),
+    );
+    assert_eq!(fx[0], Effect::SpoolAck(vec!["a1/0/alias".into()]));
+    assert_eq!(core.pending(), 0);
 }
