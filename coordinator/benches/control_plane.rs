@@ -629,6 +629,7 @@ async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()>
                 every_s: 60,
                 rounds: 10,
                 start_at_ns: 0,
+                alias: None,
             }),
         })
         .await?

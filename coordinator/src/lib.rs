@@ -10,6 +10,7 @@
 //! - [`detect`]: diversion detection and triangulation (pure: no I/O, no clock).
 //! - [`live`]: live detection inside `tracemesh serve --adversary`.
 //! - [`deploy`]: inventory → cloud-init user-data.
+pub mod alias;
 pub mod annotate;
 pub mod ca;
 pub mod campaign;

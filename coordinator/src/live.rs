@@ -2,14 +2,22 @@
 //! the detector, and each new or changed diversion record is published to
 //! `SubscribeDiversions` subscribers. History is replayed at start so a restart does not
 //! forget normal paths; replayed diversions are not re-announced (they are not news).
+//!
+//! After each report it also asks for alias resolution on its own: the addresses around
+//! each diverted path's border (and adversary addresses on paths not reported diverted)
+//! go to `alias::auto`, which picks those not probed in the last hour, a few per minute;
+//! they become one alias campaign (method both, one round, now) from the vantages that
+//! saw them, created the way `CreateCampaign` creates one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tracemesh_proto::v1;
 
+use crate::alias::auto::{AutoAlias, border_suspects};
 use crate::annotate::Annotator;
 use crate::detect::{Adversary, Detector, DiversionRecord, Tables, Trace, VantageInfo};
 use crate::geo::GeoPoint;
@@ -141,6 +149,111 @@ async fn reload_requested(hup: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
+/// The addresses worth resolving after a report, most telling first, each with the
+/// vantage that saw it: the border of every diversion, then adversary addresses on the
+/// new traces whose pair is not reported diverted.
+fn alias_suspects(
+    diversions: &[DiversionRecord],
+    batch: &[v1::TraceRecord],
+    annot: &Annotator,
+    adversary: &Adversary,
+) -> Vec<(String, IpAddr)> {
+    let mut out = Vec::new();
+    let mut diverted = HashSet::new();
+    for d in diversions {
+        diverted.insert((d.vantage.as_str(), d.target));
+        out.extend(
+            border_suspects(d)
+                .into_iter()
+                .map(|a| (d.vantage.clone(), a)),
+        );
+    }
+    for t in batch {
+        let Ok(dst) = t.dst.parse::<IpAddr>() else {
+            continue;
+        };
+        if diverted.contains(&(t.vantage.as_str(), dst)) {
+            continue;
+        }
+        for a in t
+            .hops
+            .iter()
+            .filter_map(|h| h.addr.as_deref()?.parse::<IpAddr>().ok())
+        {
+            let hostile = annot.asn(a).is_some_and(|asn| {
+                adversary.asns.contains(&asn) || adversary.has_country(annot.as_country(asn))
+            });
+            if hostile && a != dst {
+                out.push((t.vantage.clone(), a));
+            }
+        }
+    }
+    out
+}
+
+/// Every address of the stored alias results, with when it was probed.
+async fn load_probed(c: &Arc<Coordinator>) -> Result<AutoAlias, StoreError> {
+    let store = c.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut auto = AutoAlias::default();
+        store.for_each_alias_result(None, &mut |r| {
+            for a in &r.addrs {
+                if let Ok(ip) = a.addr.parse() {
+                    auto.probed(ip, r.start);
+                }
+            }
+            true
+        })?;
+        Ok(auto)
+    })
+    .await
+    .map_err(blocking_failed)?
+}
+
+/// Plans alias resolution for `suspects` and, if anything is due, creates the campaign
+/// in the background (detection does not wait for it).
+fn schedule_aliases(c: &Arc<Coordinator>, auto: &mut AutoAlias, suspects: &[(String, IpAddr)]) {
+    let plan = auto.plan(suspects, now_s());
+    if plan.is_empty() {
+        return;
+    }
+    let mut targets: Vec<String> = Vec::new();
+    for a in plan.values().flatten() {
+        let a = a.to_string();
+        if !targets.contains(&a) {
+            targets.push(a);
+        }
+    }
+    let agents: Vec<String> = plan.keys().map(|v| format!("name:{v}")).collect();
+    let spec = v1::CampaignSpec {
+        targets: targets.clone(),
+        agents: agents.clone(),
+        method: None,
+        every_s: 0,
+        rounds: 1,
+        start_at_ns: 0,
+        alias: Some(v1::AliasSpec {
+            method: v1::AliasMethod::Both as i32,
+            rounds: 0,
+        }),
+    };
+    let c = c.clone();
+    tokio::spawn(async move {
+        match c.create_campaign(&spec).await {
+            Ok((camp, pushed)) => tracing::info!(
+                campaign = %camp.id,
+                addrs = ?targets,
+                vantages = ?agents,
+                pushed = pushed.len(),
+                "alias resolution scheduled near suspected borders"
+            ),
+            Err(e) => {
+                tracing::error!(error = %crate::server::client::error_chain(&e), addrs = ?targets, "cannot schedule alias resolution")
+            }
+        }
+    });
+}
+
 async fn run(
     c: Arc<Coordinator>,
     adversary: Adversary,
@@ -162,6 +275,12 @@ async fn run(
     let report = det.report(&annot, &gazetteer, now_s());
     changed(&mut published, &report.diversions);
     tracing::info!(known_diversions = published.len(), "live detection ready");
+    let mut auto = load_probed(&c).await?;
+    schedule_aliases(
+        &c,
+        &mut auto,
+        &alias_suspects(&report.diversions, &[], &annot, &adversary),
+    );
     let mut known_vantages = std::collections::HashSet::new();
     loop {
         let first = tokio::select! {
@@ -223,5 +342,10 @@ async fn run(
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, "diversion");
             c.publish_diversion(d);
         }
+        schedule_aliases(
+            &c,
+            &mut auto,
+            &alias_suspects(&report.diversions, &batch, &annot, &adversary),
+        );
     }
 }

@@ -16,6 +16,8 @@ pub const DEFAULT_START_LEAD_NS: i64 = 5_000_000_000;
 /// A campaign probes at most this many addresses (a /16), to keep a typo from becoming
 /// a scan of the Internet.
 pub const MAX_TARGETS: usize = 65_536;
+/// An alias campaign probes every address of it many times, all from each vantage.
+pub const MAX_ALIAS_TARGETS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CampaignError {
@@ -154,19 +156,44 @@ pub fn build(
     for s in &spec.agents {
         s.parse::<Selector>()?;
     }
-    let method = spec
-        .method
-        .as_ref()
-        .ok_or_else(|| invalid("no probe method"))?;
-    match v1::ProbeProtocol::try_from(method.proto) {
-        Ok(v1::ProbeProtocol::Icmp | v1::ProbeProtocol::Udp | v1::ProbeProtocol::Tcp) => {}
-        _ => return Err(invalid("probe protocol must be icmp, udp or tcp")),
-    }
-    if !(1..=16).contains(&method.attempts) {
-        return Err(invalid("attempts must be between 1 and 16"));
-    }
-    if !(1..=255).contains(&method.max_ttl) {
-        return Err(invalid("max_ttl must be between 1 and 255"));
+    if let Some(alias) = &spec.alias {
+        // The targets are router addresses; the trace method does not apply.
+        if v1::AliasMethod::try_from(alias.method).is_err() {
+            return Err(invalid("alias method must be mercator, ipid or both"));
+        }
+        if alias.rounds > 1000 {
+            return Err(invalid("alias rounds must be at most 1000"));
+        }
+        if let Some(t) = spec
+            .targets
+            .iter()
+            .find(|t| t.trim().parse::<IpAddr>().is_err())
+        {
+            return Err(invalid(&format!(
+                "alias targets must be addresses (got {:?})",
+                t.trim()
+            )));
+        }
+        if spec.targets.len() > MAX_ALIAS_TARGETS {
+            return Err(invalid(&format!(
+                "an alias campaign resolves at most {MAX_ALIAS_TARGETS} addresses"
+            )));
+        }
+    } else {
+        let method = spec
+            .method
+            .as_ref()
+            .ok_or_else(|| invalid("no probe method"))?;
+        match v1::ProbeProtocol::try_from(method.proto) {
+            Ok(v1::ProbeProtocol::Icmp | v1::ProbeProtocol::Udp | v1::ProbeProtocol::Tcp) => {}
+            _ => return Err(invalid("probe protocol must be icmp, udp or tcp")),
+        }
+        if !(1..=16).contains(&method.attempts) {
+            return Err(invalid("attempts must be between 1 and 16"));
+        }
+        if !(1..=255).contains(&method.max_ttl) {
+            return Err(invalid("max_ttl must be between 1 and 255"));
+        }
     }
     if spec.rounds == 0 {
         return Err(invalid("rounds must be at least 1"));
@@ -242,6 +269,7 @@ pub fn instruction(c: &v1::Campaign) -> v1::CampaignInstruction {
         every_s: spec.every_s,
         rounds: spec.rounds,
         start_at_ns: c.start_at_ns,
+        alias: spec.alias,
     }
 }
 

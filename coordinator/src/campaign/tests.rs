@@ -27,6 +27,7 @@ fn spec(targets: &[&str], agents: &[&str], every_s: u32, rounds: u32) -> v1::Cam
         every_s,
         rounds,
         start_at_ns: 0,
+        alias: None,
     }
 }
 
@@ -134,4 +135,32 @@ fn state_and_push_follow_the_clock() {
     let i = instruction(&c);
     assert_eq!(i.targets, vec!["192.0.2.1".to_string()]);
     assert_eq!((i.every_s, i.rounds, i.start_at_ns), (10, 3, now + 10 * S));
+}
+
+#[test]
+fn an_alias_campaign_needs_addresses_not_a_trace_method_and_carries_its_spec_to_agents() {
+    let mut sp = spec(&["10.0.0.2", "10.9.0.2"], &["all"], 0, 1);
+    sp.method = None;
+    sp.alias = Some(v1::AliasSpec {
+        method: v1::AliasMethod::Both as i32,
+        rounds: 4,
+    });
+    let c = build("c1", &sp, 100 * S).unwrap();
+    assert_eq!(c.expanded_targets, ["10.0.0.2", "10.9.0.2"]);
+    let ins = instruction(&c);
+    assert_eq!(ins.alias, sp.alias);
+    let mut bad = sp.clone();
+    bad.targets = vec!["10.0.0.0/24".into()];
+    assert!(
+        build("c2", &bad, 100 * S)
+            .unwrap_err()
+            .to_string()
+            .contains("must be addresses")
+    );
+    let mut bad = sp.clone();
+    bad.alias.as_mut().unwrap().method = 17;
+    assert!(build("c3", &bad, 100 * S).is_err());
+    // Without the alias spec, the missing method is an error again.
+    sp.alias = None;
+    assert!(build("c4", &sp, 100 * S).is_err());
 }

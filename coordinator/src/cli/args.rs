@@ -51,6 +51,8 @@ pub enum Command {
     },
     /// Query stored traces.
     Traces(TracesArgs),
+    /// Alias sets (addresses of one router) merged over every stored alias result.
+    Aliases(AliasesArgs),
     /// Find diversions through an adversary's networks in stored traces (the detector runs
     /// here, over the traces and vantages fetched from the coordinator).
     Diversions(DiversionsArgs),
@@ -214,6 +216,23 @@ pub struct CampaignCreateArgs {
     /// Start of round 0, RFC 3339 (default: in a few seconds).
     #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
     pub start_at: Option<i64>,
+    /// Resolve aliases among the targets (router addresses) instead of tracing to them:
+    /// mercator, ipid or both.
+    #[arg(long, value_name = "METHOD", value_parser = ["mercator", "ipid", "both"])]
+    pub alias: Option<String>,
+    /// With --alias: IP-ID echo probes per address (0 = the agent's default, 8).
+    #[arg(long, default_value_t = 0, requires = "alias", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub alias_rounds: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AliasesArgs {
+    /// Only results of this campaign.
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Print JSON: {"aliases": [{"addrs", "evidence", "first_seen", "last_seen"}]}.
     #[arg(long)]
     pub json: bool,
 }

@@ -26,6 +26,18 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, cmd: CampaignCmd) -> an
                     a.rounds
                 );
             }
+            let alias = a
+                .alias
+                .as_deref()
+                .map(|m| {
+                    v1::AliasMethod::from_name(m)
+                        .map(|method| v1::AliasSpec {
+                            method: method as i32,
+                            rounds: a.alias_rounds,
+                        })
+                        .ok_or_else(|| anyhow!("unknown alias method {m:?}"))
+                })
+                .transpose()?;
             let spec = v1::CampaignSpec {
                 targets,
                 agents,
@@ -39,6 +51,7 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, cmd: CampaignCmd) -> an
                 every_s: a.every.unwrap_or(0),
                 rounds: a.rounds,
                 start_at_ns: a.start_at.unwrap_or(0),
+                alias,
             };
             let created = c
                 .create_campaign(v1::CreateCampaignRequest { spec: Some(spec) })

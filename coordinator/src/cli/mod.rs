@@ -5,6 +5,7 @@
 //! `args.rs`, each subcommand in its own file.
 
 pub mod agents;
+pub mod aliases;
 pub mod annot;
 pub mod args;
 pub mod campaign;
@@ -39,6 +40,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Traces(a) => {
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             traces::list(&mut c, a).await
+        }
+        Command::Aliases(a) => {
+            let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
+            aliases::run(&mut c, a).await
         }
         Command::Diversions(a) => {
             // Load tables first: a typo in a path should not wait on the network.

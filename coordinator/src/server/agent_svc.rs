@@ -236,6 +236,7 @@ impl Session {
                     .await?
                 }
                 Some(Up::TraceBatch(b)) => self.ingest(b.results, now).await?,
+                Some(Up::AliasBatch(b)) => self.ingest_aliases(b.results, now).await?,
                 None => return Err(Status::invalid_argument("empty agent message")),
             }
         }
@@ -289,6 +290,49 @@ impl Session {
                 .map_err(internal)?;
         }
         Ok(())
+    }
+
+    /// Stores alias results (keyed by campaign, round and this vantage, so a re-upload is
+    /// recognised) and acknowledges them once flushed. They are few and small: no group
+    /// commit.
+    async fn ingest_aliases(
+        &mut self,
+        results: Vec<v1::AliasResult>,
+        now: i64,
+    ) -> Result<(), Status> {
+        if results.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "alias batch of {} results exceeds {MAX_BATCH}",
+                results.len()
+            )));
+        }
+        let name = self.name.clone();
+        let store = self.c.store.clone();
+        let (acked, fresh) = tokio::task::spawn_blocking(move || {
+            let mut acked = Vec::new();
+            let mut fresh = 0usize;
+            for mut r in results {
+                // The vantage is who the certificate says, never what the agent claims.
+                r.vantage = name.clone();
+                r.received_at_ns = now;
+                match store.put_alias_result(&r) {
+                    Ok(IngestOutcome::Stored) => fresh += 1,
+                    Ok(IngestOutcome::Duplicate) => {}
+                    Err(StoreError::Invalid { detail, .. }) => {
+                        tracing::warn!(vantage = %name, result_id = %r.result_id, %detail, "dropping invalid alias result");
+                    }
+                    Err(e) => return Err(e),
+                }
+                acked.push(r.result_id);
+            }
+            store.flush()?;
+            Ok::<_, StoreError>((acked, fresh))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(internal)?;
+        tracing::info!(vantage = %self.name, acked = acked.len(), new = fresh, "ingested alias results");
+        self.send(Down::Ack(v1::Ack { result_ids: acked })).await
     }
 
     async fn ingest(&mut self, results: Vec<v1::TraceRecord>, now: i64) -> Result<(), Status> {

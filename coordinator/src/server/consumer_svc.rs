@@ -173,26 +173,11 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("campaign spec missing"))?;
-        let id = self.blocking(|s| s.next_campaign_id()).await?;
         let now = now_ns();
-        let c = campaign::build(&id, &spec, now)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let stored = c.clone();
-        self.blocking(move |s| {
-            s.put_campaign(&stored)?;
-            s.flush()
-        })
-        .await?;
-        let sent = self
-            .c
-            .push_campaign(&c)
-            .await
-            .map_err(|e| Status::internal(super::client::error_chain(&e)))?;
-        tracing::info!(id = %c.id, targets = c.expanded_targets.len(), pushed = sent.len(), "campaign created");
-        let c = self
-            .blocking(move |s| s.get_campaign(&id))
-            .await?
-            .unwrap_or(c);
+        let (c, _) = self.c.create_campaign(&spec).await.map_err(|e| match e {
+            super::state::CreateError::Invalid(e) => Status::invalid_argument(e.to_string()),
+            e => Status::internal(super::client::error_chain(&e)),
+        })?;
         Ok(Response::new(self.present(c, now).map_err(|e| {
             Status::internal(super::client::error_chain(&e))
         })?))
@@ -356,5 +341,29 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             })
             .take_until(self.c.shutdown_signal());
         Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn query_aliases(
+        &self,
+        req: Request<v1::QueryAliasesRequest>,
+    ) -> Result<Response<v1::QueryAliasesResponse>, Status> {
+        authorize(&req, Role::Admin)?;
+        let q = req.into_inner();
+        let campaign = q.campaign_id.clone();
+        let results = self
+            .blocking(move |s| {
+                let mut out = Vec::new();
+                s.for_each_alias_result(campaign.as_deref(), &mut |r| {
+                    out.push(r);
+                    true
+                })?;
+                Ok(out)
+            })
+            .await?;
+        let aliases = crate::alias::merge(&results);
+        Ok(Response::new(v1::QueryAliasesResponse {
+            aliases,
+            results: if q.include_results { results } else { vec![] },
+        }))
     }
 }

@@ -13,6 +13,16 @@ use crate::ca::Ca;
 use crate::campaign;
 use crate::store::{AgentMeta, Store, StoreError};
 
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Invalid(#[from] campaign::CampaignError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a store task failed: {0}")]
+    Panicked(String),
+}
+
 pub type Outbound = mpsc::Sender<Result<v1::CoordinatorMessage, Status>>;
 
 /// How long a fan-out waits on one agent's full session queue before giving up on it.
@@ -173,6 +183,35 @@ impl Coordinator {
     /// For the detector: announce a diversion to every `SubscribeDiversions` stream.
     pub fn publish_diversion(&self, d: v1::Diversion) {
         let _ = self.diversions.send(d);
+    }
+
+    /// Builds, stores and pushes a campaign: what `CreateCampaign` does, and what live
+    /// detection does when it asks for alias resolution on its own.
+    pub async fn create_campaign(
+        &self,
+        spec: &v1::CampaignSpec,
+    ) -> Result<(v1::Campaign, Vec<String>), CreateError> {
+        let store = self.store.clone();
+        let id = tokio::task::spawn_blocking(move || store.next_campaign_id())
+            .await
+            .map_err(|e| CreateError::Panicked(e.to_string()))??;
+        let now = now_ns();
+        let c = campaign::build(&id, spec, now)?;
+        let (store, stored) = (self.store.clone(), c.clone());
+        tokio::task::spawn_blocking(move || {
+            store.put_campaign(&stored)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| CreateError::Panicked(e.to_string()))??;
+        let sent = self.push_campaign(&c).await?;
+        tracing::info!(id = %c.id, targets = c.expanded_targets.len(), alias = c.spec.as_ref().is_some_and(|s| s.alias.is_some()), pushed = sent.len(), "campaign created");
+        let store = self.store.clone();
+        let c = tokio::task::spawn_blocking(move || store.get_campaign(&id))
+            .await
+            .map_err(|e| CreateError::Panicked(e.to_string()))??
+            .unwrap_or(c);
+        Ok((c, sent))
     }
 
     /// Sends the campaign to every connected agent it selects that still has rounds to

@@ -28,6 +28,15 @@ pub fn trace_key(campaign: &str, round: u32, vantage: &str, dst: &str) -> Vec<u8
     k
 }
 
+/// Alias results: (campaign, round, vantage) — one run per round per agent, so a
+/// re-upload lands on the same key.
+pub fn alias_key(campaign: &str, round: u32, vantage: &str) -> Vec<u8> {
+    let mut k = str_prefix(campaign);
+    k.extend_from_slice(&round.to_be_bytes());
+    push_str(&mut k, vantage);
+    k
+}
+
 /// (vantage, result_id) → primary key.
 pub fn result_key(vantage: &str, result_id: &str) -> Vec<u8> {
     let mut k = str_prefix(vantage);

@@ -1,4 +1,5 @@
-//! Persistence behind a narrow trait: agents, enrolment tokens, campaigns and traces.
+//! Persistence behind a narrow trait: agents, enrolment tokens, campaigns, traces and
+//! alias-resolution results (one per campaign, round and vantage).
 //!
 //! Traces are keyed so that ingest is idempotent — one record per
 //! (campaign, round, vantage, destination), and a re-uploaded `result_id` maps to the
@@ -175,6 +176,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(out)
     }
     fn count_traces(&self, campaign_id: &str) -> Result<u64, StoreError>;
+
+    /// Stores an alias result uploaded by `result.vantage` unless that (campaign, round,
+    /// vantage) is already stored (then the first copy stays).
+    fn put_alias_result(&self, result: &v1::AliasResult) -> Result<IngestOutcome, StoreError>;
+    /// Calls `f` with each stored alias result (of `campaign_id` if given), in key order
+    /// (campaign, round, vantage), until it returns false.
+    fn for_each_alias_result(
+        &self,
+        campaign_id: Option<&str>,
+        f: &mut dyn FnMut(v1::AliasResult) -> bool,
+    ) -> Result<(), StoreError>;
 
     /// Makes everything written so far durable; callers flush before acknowledging.
     fn flush(&self) -> Result<(), StoreError>;

@@ -301,3 +301,49 @@ fn second_open_of_a_live_store_says_it_is_locked() {
         Err(StoreError::Locked { .. })
     ));
 }
+
+#[test]
+fn alias_results_are_stored_once_per_campaign_round_and_vantage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let r = |c: &str, round: u32, v: &str, probes: u64| v1::AliasResult {
+        result_id: tracemesh_proto::alias_result_id(c, round),
+        campaign_id: c.into(),
+        round,
+        vantage: v.into(),
+        probes_sent: probes,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.put_alias_result(&r("c1", 0, "a", 5)).unwrap(),
+        IngestOutcome::Stored
+    );
+    assert_eq!(
+        s.put_alias_result(&r("c1", 0, "b", 6)).unwrap(),
+        IngestOutcome::Stored
+    );
+    // A re-upload (lost ack) is recognised; the first copy stays.
+    assert_eq!(
+        s.put_alias_result(&r("c1", 0, "a", 99)).unwrap(),
+        IngestOutcome::Duplicate
+    );
+    // "c1" must not match "c10".
+    s.put_alias_result(&r("c10", 1, "a", 7)).unwrap();
+    assert!(s.put_alias_result(&r("c1", 0, "", 1)).is_err());
+    let mut seen = vec![];
+    s.for_each_alias_result(Some("c1"), &mut |r| {
+        seen.push((r.vantage, r.probes_sent));
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, [("a".to_string(), 5), ("b".to_string(), 6)]);
+    drop(s);
+    let s = SledStore::open(dir.path()).unwrap();
+    let mut n = 0;
+    s.for_each_alias_result(None, &mut |_| {
+        n += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(n, 3, "kept across a reopen");
+}

@@ -55,6 +55,8 @@ pub struct SledStore {
     by_dst: sled::Tree,
     /// posting_key(-, bucket, group, chunk) → postings.
     by_time: sled::Tree,
+    /// alias_key(campaign, round, vantage) → AliasResult.
+    aliases: sled::Tree,
     /// Serialises ingest (the duplicate checks and the writes) and numbers the groups.
     next_group: Arc<Mutex<u64>>,
 }
@@ -134,6 +136,7 @@ impl SledStore {
             by_vantage: db.open_tree("traces_vantage_postings")?,
             by_dst: db.open_tree("traces_dst_postings")?,
             by_time: db.open_tree("traces_time_postings")?,
+            aliases: db.open_tree("alias_results")?,
             next_group: Arc::new(Mutex::new(0)),
             db,
         };
@@ -371,6 +374,39 @@ impl Store for SledStore {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn put_alias_result(&self, r: &v1::AliasResult) -> Result<IngestOutcome, StoreError> {
+        if r.campaign_id.is_empty() || r.vantage.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "alias result",
+                detail: "campaign or vantage missing".into(),
+            });
+        }
+        let key = keys::alias_key(&r.campaign_id, r.round, &r.vantage);
+        match self
+            .aliases
+            .compare_and_swap(key, None as Option<&[u8]>, Some(r.encode_to_vec()))?
+        {
+            Ok(()) => Ok(IngestOutcome::Stored),
+            Err(_) => Ok(IngestOutcome::Duplicate),
+        }
+    }
+
+    fn for_each_alias_result(
+        &self,
+        campaign_id: Option<&str>,
+        f: &mut dyn FnMut(v1::AliasResult) -> bool,
+    ) -> Result<(), StoreError> {
+        let prefix = campaign_id.map(keys::str_prefix).unwrap_or_default();
+        for entry in self.aliases.scan_prefix(prefix) {
+            let (k, v) = entry?;
+            let r = v1::AliasResult::decode(&*v).map_err(|e| corrupt("alias result", &k, e))?;
+            if !f(r) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
