@@ -41,6 +41,9 @@ fn addr_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// A set's addresses and the (run, group) pairs that linked them.
+type Component<'a> = (BTreeSet<&'a str>, BTreeSet<(usize, usize)>);
+
 struct Dsu {
     parent: Vec<usize>,
 }
@@ -153,7 +156,7 @@ pub fn merge(results: &[v1::AliasResult]) -> Vec<v1::AliasSet> {
         dsu.union(index[a], index[b]);
     }
     // Component root → its addresses and the (run, group) pairs behind it.
-    let mut comps: BTreeMap<usize, (BTreeSet<&str>, BTreeSet<(usize, usize)>)> = BTreeMap::new();
+    let mut comps: BTreeMap<usize, Component<'_>> = BTreeMap::new();
     for &(a, b, ri, gi) in &links {
         let root = dsu.find(index[a]);
         let c = comps.entry(root).or_default();
