@@ -116,6 +116,87 @@ mod tests {
         (v.to_string(), ip(a))
     }
 
+    fn record(handoff: Option<&str>, ingress: &str, path: &[Option<&str>]) -> DiversionRecord {
+        use crate::detect::{Evidence, HandoffRef, IngressRef, PathHop};
+        let hop = |i: usize, a: &Option<&str>| PathHop {
+            ttl: i as u8 + 1,
+            addr: a.map(ip),
+            asn: None,
+            rtt_ms: None,
+            adversary: false,
+        };
+        DiversionRecord {
+            vantage: "tor".into(),
+            target: ip("192.0.2.9"),
+            adversary_asn: 4134,
+            adversary_name: None,
+            handoff: HandoffRef {
+                addr: handoff.map(ip),
+                asn: None,
+                as_name: None,
+                ttl: None,
+                method: "answered",
+            },
+            ingress: IngressRef {
+                addr: ip(ingress),
+                asn: 4134,
+                as_name: None,
+                loc: None,
+                radius_km: None,
+                city: None,
+                city_country: None,
+                constraints: 0,
+                inferred: false,
+                ixp: None,
+            },
+            first_seen: 0.0,
+            last_seen: 0.0,
+            rounds: 1,
+            first_round: 0,
+            last_round: 0,
+            active: true,
+            incident: 0,
+            evidence: Evidence {
+                as_path: vec![],
+                normal_as_path: vec![],
+                rtt_handoff_ms: None,
+                rtt_ingress_ms: None,
+                rtt_dst_ms: None,
+                normal_rtt_dst_ms: None,
+                detour_ms: None,
+                max_rtt_jump_ms: None,
+                ingress_abroad: None,
+                adversary_hops: 1,
+                normal_path: vec![],
+                diverted_path: path.iter().enumerate().map(|(i, a)| hop(i, a)).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_border_is_the_handoff_the_ingress_and_the_answering_hops_around_it() {
+        let d = record(
+            Some("10.0.0.2"),
+            "10.9.0.2",
+            &[
+                Some("10.0.0.1"),
+                Some("10.0.0.2"),
+                None,
+                Some("10.9.0.2"),
+                None,
+                Some("10.9.0.7"),
+            ],
+        );
+        assert_eq!(
+            border_suspects(&d),
+            [ip("10.9.0.2"), ip("10.0.0.2"), ip("10.9.0.7")],
+            "the hop before the ingress is the hand-off: listed once; silence skipped"
+        );
+        // An inferred ingress not on the path: the ingress and hand-off only.
+        let d = record(None, "10.9.9.9", &[Some("10.0.0.1")]);
+        assert_eq!(border_suspects(&d), [ip("10.9.9.9")]);
+    }
+
     #[test]
     fn each_address_once_from_every_vantage_that_saw_it_then_not_for_an_hour() {
         let mut p = AutoAlias::default();
