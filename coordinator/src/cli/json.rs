@@ -76,6 +76,11 @@ pub fn campaign(c: &v1::Campaign) -> Value {
         "cancelled_at": c.cancelled_at_ns.map(secs),
         "pushed_to": c.pushed_to,
         "traces_stored": c.traces_stored,
+        // An alias campaign: its method and IP-ID rounds (0 = the agents' default).
+        "alias": spec.alias.map(|a| json!({
+            "method": v1::AliasMethod::try_from(a.method).unwrap_or(v1::AliasMethod::Both).name(),
+            "rounds": a.rounds,
+        })),
     })
 }
 
