@@ -646,6 +646,29 @@ mod tests {
     }
 
     #[test]
+    fn facilities_move_a_city_to_where_they_are_and_count_as_hub_weight() {
+        let mut g = Gazetteer::from_cities(vec![city("Toronto", "CA", 43.6777, -79.6248, 2)]);
+        let before = g.cities[0].hub_score();
+        g.add_facilities([
+            ("Toronto", "CA", GeoPoint::new(43.6446, -79.3849)),
+            ("Toronto, ON", "CA", GeoPoint::new(43.6480, -79.3900)),
+            // Too far for the same city: a new one.
+            ("Toronto", "CA", GeoPoint::new(45.0, -75.0)),
+            ("Vint Hill", "US", GeoPoint::new(38.74, -77.67)),
+        ]);
+        let t = &g.cities[0];
+        assert!(great_circle_km(t.loc, GeoPoint::new(43.6463, -79.3875)) < 0.5);
+        assert_eq!(t.facilities, 2);
+        assert!(t.hub_score() > before);
+        assert_eq!(g.cities.len(), 3);
+        assert!(
+            g.cities
+                .iter()
+                .any(|c| c.name == "Vint Hill" && c.facilities == 1)
+        );
+    }
+
+    #[test]
     fn metros_sit_at_their_carrier_hotels_not_their_airports() {
         let g = Gazetteer::builtin();
         let at = |name: &str, cc: &str| {
