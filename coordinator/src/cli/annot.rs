@@ -139,6 +139,16 @@ pub fn annotate_hop(annot: &Annotator, hop: &mut Value) {
     hop["as_name"] = json!(a.as_name);
     hop["as_country"] = json!(a.country);
     hop["ixp"] = json!(a.ixp);
+    // Which rule gave the hop its AS: the prefix table (`origin`), or none for an
+    // exchange LAN or unannounced address. Border reassignments (a router answering from
+    // a neighbour-numbered port) are the detector's, stated per record in `diversions`.
+    hop["asn_rule"] = json!(if a.ixp.is_some() {
+        "exchange-lan"
+    } else if a.asn.is_some() {
+        "origin"
+    } else {
+        "unannounced"
+    });
 }
 
 #[cfg(test)]
