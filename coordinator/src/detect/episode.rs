@@ -109,6 +109,12 @@ impl<'a> ReportCtx<'a> {
         let first_round = *ep.rounds.first()?;
         let last_round = *ep.rounds.last()?;
         let normal = ep.pair.normal_path(first_round, |o| self.enters(o));
+        // For telling where the path left its normal route: every branch a load
+        // balancer gave this pair, not only the latest one (a change of branch is not a
+        // departure).
+        let branches: Normal = normal
+            .as_ref()
+            .map(|(p, r)| (ep.pair.with_other_branches(p), *r));
         let owned: Vec<Cow<DivertedObs>> = ep
             .pair
             .diverted_rounds(ep.rounds)
@@ -117,8 +123,8 @@ impl<'a> ReportCtx<'a> {
             .collect();
         let obs: Vec<&DivertedObs> = owned.iter().map(|o| o.as_ref()).collect();
         let (first, last) = (*obs.first()?, *obs.last()?);
-        let (rep, pick) = self.representative(ep.vid, &obs, &normal)?;
-        let ingress = self.resolve_ingress(ep.vid, rep, pick, &normal)?;
+        let (rep, pick) = self.representative(ep.vid, &obs, &branches)?;
+        let ingress = self.resolve_ingress(ep.vid, rep, pick, &branches)?;
         let ingress_ref = self.ingress_ref(&ingress);
         let evidence = self.evidence(ep.vid, rep, first, &normal, &ingress);
         let annot = self.annot;
@@ -252,7 +258,7 @@ impl<'a> ReportCtx<'a> {
             return None;
         }
         // On a clean path with a non-adversary hop after it, it is the neighbour's own.
-        for p in &known {
+        for p in vantage_clean_paths(self.pairs, vid) {
             if let Some(k) = p.iter().position(|(_, a)| *a == Some(xa))
                 && let Some((t, Some(next))) = p.get(k + 1)
                 && *t == p[k].0 + 1

@@ -221,6 +221,35 @@ impl PairState {
     }
 }
 
+impl PairState {
+    /// `path` followed by the hops of the pair's other clean paths (up to 8 distinct
+    /// ones) whose addresses it lacks: the union of the pair's equal-cost branches, for
+    /// membership tests. Order within `path` is kept, so looking an address up finds its
+    /// TTL on `path` first.
+    pub(super) fn with_other_branches(&self, path: &PathHops) -> PathHops {
+        let mut out = path.clone();
+        let mut seen: Vec<&CleanPath> = Vec::new();
+        for o in self.clean.values() {
+            if seen.len() >= 8 {
+                break;
+            }
+            if seen
+                .iter()
+                .any(|s| Arc::ptr_eq(s, &o.path) || ***s == *o.path)
+            {
+                continue;
+            }
+            seen.push(&o.path);
+            for &(t, a) in o.path.iter() {
+                if a.is_some() && !out.iter().any(|(_, x)| *x == a) {
+                    out.push((t, a));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Whether a clean-looking `path` is the diverted route of `div` with every adversary
 /// hop silent: it answered nowhere `div` did not (TTL by TTL), and was silent wherever
 /// `div` showed adversary space.
