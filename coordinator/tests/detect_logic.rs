@@ -532,3 +532,111 @@ fn human_view_draws_both_paths_with_handoff_ingress_and_evidence() {
     let quiet = tracemesh::detect::render_text(&run(&[normal(0, "ottawa")]), &annotator(), 1);
     assert_eq!(quiet, "no diversions in 1 traces\n");
 }
+
+/// The diverted path of `diverted`, but China Telecom's Toronto router answers from its
+/// end of the Rogers-numbered peering link (24.114.254.2), as most routers answer from
+/// the interface a probe came in on.
+fn diverted_neighbour_numbered(round: u64, v: &str) -> Trace {
+    trace(
+        round,
+        v,
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (Some("24.114.254.2"), 5.8),
+            (Some("202.97.10.5"), 66.0),
+            (Some("202.97.33.1"), 190.0),
+            (Some("211.192.255.1"), 200.0),
+            (Some(DST), 200.4),
+        ],
+    )
+}
+
+#[test]
+fn an_ingress_answering_from_a_neighbour_numbered_port_is_still_the_ingress() {
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted_neighbour_numbered(r, "ottawa")));
+    ts.extend((6..8).map(|r| normal(r, "ottawa")));
+    let rep = run(&ts);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    let d = &rep.diversions[0];
+    assert_eq!(d.ingress.addr, ip("24.114.254.2"), "not one hop too deep");
+    assert_eq!(d.ingress.owner_rule, "neighbour-numbered-port");
+    assert_eq!(d.ingress.router, vec![ip("24.114.254.2")]);
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+    assert_eq!(d.adversary_asn, 4134);
+    // A clean path that shows the port followed by a non-adversary hop makes it the
+    // neighbour's own router again: the first adversary-space hop is the ingress.
+    let mut ts2 = ts.clone();
+    ts2.push(trace(
+        0,
+        "ottawa",
+        "211.192.2.2",
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (Some("24.114.254.2"), 5.8),
+            (Some("62.115.10.1"), 13.0),
+            (Some("211.192.2.2"), 150.0),
+        ],
+    ));
+    let rep = run(&ts2);
+    assert_eq!(rep.diversions[0].ingress.addr, ip("202.97.10.5"));
+    assert_eq!(rep.diversions[0].ingress.owner_rule, "origin");
+}
+
+#[test]
+fn an_adversary_numbered_port_on_a_neighbours_router_is_no_diversion() {
+    // Every round, Telia's router answers from a China Telecom-numbered port (a re-used
+    // cross-connect): an adversary-space address with Rogers before it and KT after it.
+    let quiet = |r: u64| {
+        trace(
+            r,
+            "toronto",
+            DST,
+            &[
+                (Some("24.114.255.1"), 0.4),
+                (Some("202.97.56.130"), 5.9),
+                (Some("62.115.10.1"), 13.0),
+                (Some("211.192.255.1"), 150.0),
+                (Some(DST), 150.4),
+            ],
+        )
+    };
+    let ts: Vec<Trace> = (0..10).map(quiet).collect();
+    let rep = run(&ts);
+    assert!(rep.diversions.is_empty(), "{:#?}", rep.diversions);
+    // The same address in a real diversion of another pair does not hide it.
+    let mut ts2 = ts;
+    ts2.extend((0..3).map(|r| normal(r, "ottawa")));
+    ts2.extend((3..6).map(|r| diverted(r, "ottawa", false)));
+    let rep = run(&ts2);
+    assert_eq!(rep.diversions.len(), 1);
+    assert_eq!(rep.diversions[0].vantage, "ottawa");
+}
+
+#[test]
+fn a_round_with_its_adversary_hops_silent_stays_in_the_episode() {
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..8).map(|r| diverted(r, "ottawa", false)));
+    // Round 5: every China Telecom router rate-limited its answer away.
+    ts[5] = trace(
+        5,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (None, 0.0),
+            (None, 0.0),
+            (None, 0.0),
+            (Some("211.192.255.1"), 200.0),
+            (Some(DST), 200.4),
+        ],
+    );
+    ts.extend((8..10).map(|r| normal(r, "ottawa")));
+    let rep = run(&ts);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    assert_eq!(rep.diversions[0].rounds, 5);
+}

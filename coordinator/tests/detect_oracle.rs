@@ -47,7 +47,7 @@ print(json.dumps({{
   "adversary_asns": sorted(s.adversary_asns),
   "ases": [{{"asn": a["asn"], "name": a["name"], "country": a["country"], "prefixes": a["prefixes"]}} for a in s.ases.values()],
   "vantages": [{{"name": v["name"], "loc": v["loc"], "country": v["country"], "asn": v["asn"]}} for v in s.vantages.values()],
-  "targets": {{t["name"]: t["probe"] for t in s.targets.values()}},
+  "targets": {{**{{t["name"]: t["probe"] for t in s.targets.values()}}, **{{v["name"]: [v["addr"]] for v in s.vantages.values()}}}},
 }}))
 "#
     );
@@ -173,31 +173,56 @@ fn run_scenario(file: &Path) -> Scored {
         })
         .collect();
 
+    // Version 2: every branch of a balanced pair; a Paris trace keeps one (picked per
+    // pair here, as a fixed flow id picks it in the lab).
+    let ecmp = truth.get("ecmp_paths").and_then(Value::as_object);
     let mut round = 0u64;
     let mut seed = 0u64;
     let mut traces = 0usize;
     while (round as f64) * round_s < duration {
         let t = round as f64 * round_s;
         // Paths are piecewise constant between event edges.
-        let paths = edges.iter().rev().find(|(e, _)| *e <= t).unwrap().1;
-        for (pair, hops) in paths {
+        let (edge, paths) = edges.iter().rev().find(|(e, _)| *e <= t).unwrap();
+        for (pair, main) in *paths {
             let (vantage, tname) = pair.split_once('>').unwrap();
+            let branches: Vec<&Value> = ecmp
+                .and_then(|m| m.iter().find(|(k, _)| k.parse::<f64>().ok() == Some(*edge)))
+                .and_then(|(_, m)| m.get(pair))
+                .and_then(Value::as_array)
+                .map(|b| b.iter().collect())
+                .unwrap_or_else(|| vec![main]);
+            let pick = pair
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            let hops_json = branches[(pick % branches.len() as u64) as usize];
             for dst in &targets[tname] {
-                let hops = hops
+                let hops = hops_json
                     .as_array()
                     .unwrap()
                     .iter()
                     .map(|h| {
                         seed += 1;
-                        let addr = match h[1].as_str() {
+                        let mut addr = match h[1].as_str() {
                             Some("DEST") => Some(*dst),
                             Some(a) => Some(a.parse().unwrap()),
                             None => None,
                         };
+                        let lo = h[2].as_f64().unwrap();
+                        let rtt = match h.get(3).and_then(Value::as_f64) {
+                            // v2: anywhere in the oracle's range; a rate-limited router
+                            // is silent now and then.
+                            Some(hi) => {
+                                if h[4] == true && jitter(seed * 7) < 0.05 {
+                                    addr = None;
+                                }
+                                lo + (hi - lo) * jitter(seed * 13) / 0.2
+                            }
+                            None => lo + jitter(seed),
+                        };
                         TraceHop {
                             ttl: h[0].as_u64().unwrap() as u8,
                             addr,
-                            rtt_ms: addr.map(|_| h[2].as_f64().unwrap() + jitter(seed)),
+                            rtt_ms: addr.map(|_| rtt),
                         }
                     })
                     .collect();
@@ -256,6 +281,7 @@ fn scenario_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in [
         PathBuf::from(format!("{SHARED}/scenarios")),
+        PathBuf::from(format!("{SHARED}/scenarios/v2")),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios"),
     ] {
         let mut here: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -1053,6 +1053,7 @@ async fn diversions_are_found_in_stored_traces() {
     assert_eq!(ingress["asn"], 4134);
     assert_eq!(ingress["as_name"], "CHINANET-BACKBONE");
     assert_eq!(ingress["as_country"], "CN");
+    assert_eq!(ingress["asn_rule"], "origin");
 
     // A campaign without diversions, and a missing table, are reported as such.
     let none = coord.ok(&[

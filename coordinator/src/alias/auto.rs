@@ -136,6 +136,7 @@ mod tests {
                 as_name: None,
                 ttl: None,
                 method: "answered",
+                owner_rule: "origin",
             },
             ingress: IngressRef {
                 addr: ip(ingress),
@@ -148,6 +149,8 @@ mod tests {
                 constraints: 0,
                 inferred: false,
                 ixp: None,
+                owner_rule: "origin",
+                router: vec![ip(ingress)],
             },
             first_seen: 0.0,
             last_seen: 0.0,

@@ -34,6 +34,34 @@ struct Ix {
     city: Option<String>,
 }
 
+/// A PeeringDB facility (`fac` object): a carrier hotel or data centre where networks
+/// meet, with its position.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Facility {
+    pub name: String,
+    #[serde(default)]
+    pub city: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    #[serde(default)]
+    pub longitude: Option<f64>,
+}
+
+/// Parses a PeeringDB `fac` dump; facilities without a position are kept (the caller
+/// skips them).
+pub fn parse_facilities(bytes: &[u8], name: &str) -> Result<Vec<Facility>, AnnotateError> {
+    parse::<Facility>(bytes, name)
+}
+
+pub fn load_facilities(path: &Path) -> Result<Vec<Facility>, AnnotateError> {
+    let bytes = read_all(path)?;
+    let out = parse_facilities(&bytes, &display_name(path))?;
+    tracing::info!(facilities = out.len(), "loaded PeeringDB facilities");
+    Ok(out)
+}
+
 #[derive(Deserialize)]
 struct IxLan {
     id: u64,

@@ -21,7 +21,10 @@ use prefix_trie::PrefixMap;
 
 pub use error::AnnotateError;
 pub use input::open_decompressed;
-pub use ixp::{IxpLan, exchange_cities, load_peeringdb, parse_peeringdb};
+pub use ixp::{
+    Facility, IxpLan, exchange_cities, load_facilities, load_peeringdb, parse_facilities,
+    parse_peeringdb,
+};
 pub use mrt::{MrtLoad, load_mrt_file, read_mrt_rib};
 pub use names::{
     AsInfo, load_as2org, load_asnames, parse_as2org, parse_asnames, split_name_country,
@@ -230,6 +233,23 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn peeringdb_facilities_parse_with_or_without_positions() {
+        let dump = br#"{"data": [
+            {"id": 1, "name": "Equinix FR5", "city": "Frankfurt", "country": "DE",
+             "latitude": 50.1187, "longitude": 8.7369},
+            {"id": 2, "name": "Somewhere", "city": "Nowhere", "country": "ZZ",
+             "latitude": null, "longitude": null}]}"#;
+        let f = parse_facilities(dump, "fac.json").unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].latitude, Some(50.1187));
+        assert_eq!(f[1].latitude, None);
+        let e = parse_facilities(b"[1, 2]", "fac.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fac.json"), "{e}");
     }
 
     #[test]

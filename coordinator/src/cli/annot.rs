@@ -69,9 +69,31 @@ impl AnnotationArgs {
             let cities = annotate::exchange_cities(&lans);
             gazetteer.add_exchange_cities(cities.iter().map(|(c, cc)| (c.as_str(), cc.as_str())));
             tracing::info!(dir = %dir.display(), lans = lans.len(), "loaded PeeringDB");
+            // Facilities (optional `*fac.json`): where networks meet, for the metro prior.
+            if let Some(fac) = peeringdb_facilities_file(dir)? {
+                let facs = annotate::load_facilities(&fac)
+                    .with_context(|| format!("loading PeeringDB facilities {}", fac.display()))?;
+                gazetteer.add_facilities(facs.iter().filter_map(|f| {
+                    let p = tracemesh::geo::GeoPoint::new(f.latitude?, f.longitude?);
+                    p.is_valid()
+                        .then_some((f.city.as_deref()?, f.country.as_deref()?, p))
+                }));
+            }
         }
         Ok(Tables { annot, gazetteer })
     }
+}
+
+/// The dump's facilities file (`fac.json`, `*-fac.json`), when there is one.
+fn peeringdb_facilities_file(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read PeeringDB directory {}", dir.display()))?;
+    Ok(entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+        p.is_file()
+            && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n == "fac.json" || n.ends_with("-fac.json") || n.ends_with("_fac.json")
+            })
+    }))
 }
 
 /// The ix, ixlan and ixpfx files of a PeeringDB dump directory.
@@ -117,6 +139,16 @@ pub fn annotate_hop(annot: &Annotator, hop: &mut Value) {
     hop["as_name"] = json!(a.as_name);
     hop["as_country"] = json!(a.country);
     hop["ixp"] = json!(a.ixp);
+    // Which rule gave the hop its AS: the prefix table (`origin`), or none for an
+    // exchange LAN or unannounced address. Border reassignments (a router answering from
+    // a neighbour-numbered port) are the detector's, stated per record in `diversions`.
+    hop["asn_rule"] = json!(if a.ixp.is_some() {
+        "exchange-lan"
+    } else if a.asn.is_some() {
+        "origin"
+    } else {
+        "unannounced"
+    });
 }
 
 #[cfg(test)]

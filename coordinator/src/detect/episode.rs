@@ -2,9 +2,11 @@
 //! [`DiversionRecord`]: which round names the ingress best, who handed the traffic
 //! over, where the ingress is, and the evidence.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use super::border::Borders;
 use super::classify::adversary_of;
 use super::handoff::{Pick, Quality, find_handoff};
 use super::links::Links;
@@ -28,6 +30,8 @@ pub(super) struct ReportCtx<'a> {
     /// Adversary hops seen answering right before another adversary hop, to recognise
     /// an ingress that stays silent on some paths.
     adv_pred: HashMap<IpAddr, BTreeSet<IpAddr>>,
+    /// Where addresses mislead about whose router answered (border numbering).
+    borders: Borders,
     locator: Locator<'a>,
     gazetteer: &'a Gazetteer,
 }
@@ -54,6 +58,8 @@ struct Ingress {
     adversary_asn: u32,
     /// The ingress never answered on this path and was taken from other paths.
     inferred: bool,
+    /// Which rule named it (see [`IngressRef::owner_rule`]).
+    owner_rule: &'static str,
     handoff: Pick,
 }
 
@@ -72,20 +78,53 @@ impl<'a> ReportCtx<'a> {
             links: &det.links,
             annot,
             adv_pred: adversary_predecessors(&det.pairs, now),
+            borders: Borders::build(&det.pairs, now),
             locator: Locator::new(&det.links, &det.vantages, gazetteer),
             gazetteer,
         }
+    }
+
+    /// Whether a round enters a router of the adversary's (not only a neighbour's
+    /// adversary-numbered port).
+    pub(super) fn enters(&self, o: &DivertedObs) -> bool {
+        self.borders.ingress_of(o).is_some()
+    }
+
+    /// The round with its ingress on the first router of the adversary's; `None` when
+    /// it enters none.
+    fn effective<'o>(&self, o: &'o DivertedObs) -> Option<Cow<'o, DivertedObs>> {
+        let i = self.borders.ingress_of(o)?;
+        Some(if i == o.ingress {
+            Cow::Borrowed(o)
+        } else {
+            Cow::Owned(DivertedObs {
+                ingress: i,
+                ..o.clone()
+            })
+        })
     }
 
     /// The episode's record; `None` when it has no usable diverted round.
     pub(super) fn record(&mut self, ep: &Episode) -> Option<DiversionRecord> {
         let first_round = *ep.rounds.first()?;
         let last_round = *ep.rounds.last()?;
-        let normal = ep.pair.normal_path(first_round);
-        let obs = ep.pair.diverted_rounds(ep.rounds);
+        let normal = ep.pair.normal_path(first_round, |o| self.enters(o));
+        // For telling where the path left its normal route: every branch a load
+        // balancer gave this pair, not only the latest one (a change of branch is not a
+        // departure).
+        let branches: Normal = normal
+            .as_ref()
+            .map(|(p, r)| (ep.pair.with_other_branches(p), *r));
+        let owned: Vec<Cow<DivertedObs>> = ep
+            .pair
+            .diverted_rounds(ep.rounds)
+            .into_iter()
+            .filter_map(|o| self.effective(o))
+            .collect();
+        let obs: Vec<&DivertedObs> = owned.iter().map(|o| o.as_ref()).collect();
         let (first, last) = (*obs.first()?, *obs.last()?);
-        let (rep, pick) = self.representative(ep.vid, &obs, &normal)?;
-        let ingress = self.resolve_ingress(rep, pick, &normal)?;
+        let (rep, pick) = self.representative(ep.vid, &obs, &branches)?;
+        let ingress = self.resolve_ingress(ep.vid, rep, pick, &branches)?;
         let ingress_ref = self.ingress_ref(&ingress);
         let evidence = self.evidence(ep.vid, rep, first, &normal, &ingress);
         let annot = self.annot;
@@ -104,6 +143,7 @@ impl<'a> ReportCtx<'a> {
                     .map(|i| i.name.clone()),
                 ttl: handoff.ttl,
                 method: handoff.quality.method(),
+                owner_rule: "origin",
             },
             ingress: ingress_ref,
             first_seen: first.start,
@@ -156,22 +196,86 @@ impl<'a> ReportCtx<'a> {
     /// Names the ingress: the first adversary hop of `rep`, unless other paths show the
     /// real one hidden in silence before it, or the path left the normal route at an
     /// unrecognisable hop that must be the adversary's side of the peering.
-    fn resolve_ingress(&self, rep: &DivertedObs, pick: Pick, normal: &Normal) -> Option<Ingress> {
+    fn resolve_ingress(
+        &self,
+        vid: u32,
+        rep: &DivertedObs,
+        pick: Pick,
+        normal: &Normal,
+    ) -> Option<Ingress> {
         let ing_hop = &rep.hops[rep.ingress];
         let mut ingress = Ingress {
             addr: ing_hop.addr?,
             adversary_asn: ing_hop.adversary?,
             inferred: false,
+            owner_rule: "origin",
             handoff: pick,
         };
         if let Some(hidden) = self.hidden_ingress(rep, &mut ingress) {
             ingress.addr = hidden;
+            ingress.owner_rule = "hidden-by-silence";
         } else if let Some((normal_path, _)) = normal
             && let Some(departure) = self.unowned_departure(rep, normal_path)
         {
             ingress.addr = departure;
+            ingress.owner_rule = "unowned-departure";
+        } else if let Some((port, handoff)) = self.neighbour_numbered_ingress(vid, rep, normal) {
+            ingress.addr = port;
+            ingress.owner_rule = "neighbour-numbered-port";
+            ingress.handoff = handoff;
         }
         Some(ingress)
+    }
+
+    /// The adversary's ingress router answering from its end of the border link, which
+    /// the hand-off's AS numbered: the hop right before the first adversary-space hop,
+    /// when it is new to the vantage (no clean path shows it followed by a non-adversary
+    /// hop), the hop before it is on a known path of the vantage (the hand-off), and
+    /// every diverted round shows adversary space right after it. Returns the port and
+    /// the hand-off.
+    fn neighbour_numbered_ingress(
+        &self,
+        vid: u32,
+        rep: &DivertedObs,
+        normal: &Normal,
+    ) -> Option<(IpAddr, Pick)> {
+        let i = rep.ingress;
+        let (h, x) = (rep.hops.get(i.checked_sub(2)?)?, &rep.hops[i - 1]);
+        let (ha, xa) = (h.addr?, x.addr?);
+        let consecutive = h.ttl + 1 == x.ttl && x.ttl + 1 == rep.hops[i].ttl;
+        if !consecutive || x.adversary.is_some() || x.asn.is_none() {
+            return None;
+        }
+        if !self.borders.always_before_adversary(xa) {
+            return None;
+        }
+        let known: Vec<&PathHops> = normal
+            .iter()
+            .map(|(p, _)| p)
+            .chain(vantage_clean_paths(self.pairs, vid).map(|p| p.as_ref()))
+            .collect();
+        if !known.iter().any(|p| p.iter().any(|(_, a)| *a == Some(ha))) {
+            return None;
+        }
+        // On a clean path with a non-adversary hop after it, it is the neighbour's own.
+        for p in vantage_clean_paths(self.pairs, vid) {
+            if let Some(k) = p.iter().position(|(_, a)| *a == Some(xa))
+                && let Some((t, Some(next))) = p.get(k + 1)
+                && *t == p[k].0 + 1
+                && !self.is_adversary(*next)
+            {
+                return None;
+            }
+        }
+        Some((
+            xa,
+            Pick {
+                addr: Some(ha),
+                ttl: Some(h.ttl),
+                rtt: h.rtt,
+                quality: Quality::Answered,
+            },
+        ))
     }
 
     /// The ingress answered nowhere on this path but another path shows which
@@ -249,6 +353,8 @@ impl<'a> ReportCtx<'a> {
             constraints: est.map_or(0, |e| e.constraints),
             inferred: ingress.inferred,
             ixp: on_ixp,
+            owner_rule: ingress.owner_rule,
+            router: vec![ingress.addr],
         }
     }
 

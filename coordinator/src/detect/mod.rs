@@ -9,6 +9,7 @@
 //! still name the hand-off of an episode that was active from the very first round.
 //! Records that share an ingress are grouped into incidents (`incident.rs`).
 
+mod border;
 mod classify;
 mod episode;
 mod handoff;
@@ -120,7 +121,7 @@ impl Detector {
         let mut records = Vec::new();
         for (&(vid, dst), pair) in &self.pairs {
             let latest_round = pair.latest_round(now);
-            for rounds in pair.episodes(now) {
+            for rounds in pair.episodes(now, |o| ctx.enters(o)) {
                 let episode = Episode {
                     vid,
                     dst,

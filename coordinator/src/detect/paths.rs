@@ -108,20 +108,43 @@ impl PairState {
             .next_back()
     }
 
+    /// How many rounds of the pair started by `now`.
+    pub(super) fn rounds_by(&self, now: f64) -> usize {
+        self.starts.values().filter(|s| **s <= now).count()
+    }
+
     /// Runs of consecutive diverted rounds (among the rounds started by `now`), each as
-    /// its rounds in order.
-    pub(super) fn episodes(&self, now: f64) -> Vec<Vec<u64>> {
+    /// its rounds in order. A round that entered adversary space only through addresses
+    /// `enters` rejects (a neighbour's adversary-numbered port) counts as clean.
+    pub(super) fn episodes(
+        &self,
+        now: f64,
+        enters: impl Fn(&DivertedObs) -> bool,
+    ) -> Vec<Vec<u64>> {
         let mut events: Vec<(u64, bool)> = self
             .clean
             .keys()
             .map(|r| (*r, false))
-            .chain(self.diverted.keys().map(|r| (*r, true)))
+            .chain(self.diverted.iter().map(|(r, o)| (*r, enters(o))))
             .filter(|(r, _)| self.started_by(*r, now))
             .collect();
         events.sort_unstable();
         let mut episodes: Vec<Vec<u64>> = Vec::new();
         let mut open = false;
-        for (round, diverted) in events {
+        let mut last_diverted: Option<&DivertedObs> = None;
+        for (round, mut diverted) in events {
+            // A round whose adversary hops were all silent (rate-limited, say) but which
+            // otherwise followed the diverted route is still diverted: silence is not a
+            // path change.
+            if !diverted
+                && open
+                && let (Some(prev), Some(c)) = (last_diverted, self.clean.get(&round))
+            {
+                diverted = silence_hides_diversion(&c.path, prev);
+            }
+            if let Some(o) = self.diverted.get(&round) {
+                last_diverted = Some(o);
+            }
             if diverted {
                 if !open {
                     episodes.push(Vec::new());
@@ -151,7 +174,14 @@ impl PairState {
     /// it (or, failing that, the earliest after it), with silent TTLs filled from older
     /// clean rounds that agree on the hop before. With it, that clean round's RTT to
     /// the destination.
-    pub(super) fn normal_path(&self, round: u64) -> Option<(PathHops, Option<f64>)> {
+    ///
+    /// A pair with no clean round at all takes the nearest round that `enters` rejects
+    /// (its only adversary-space addresses are neighbours' ports) as its normal path.
+    pub(super) fn normal_path(
+        &self,
+        round: u64,
+        enters: impl Fn(&DivertedObs) -> bool,
+    ) -> Option<(PathHops, Option<f64>)> {
         let mut it: Box<dyn Iterator<Item = &CleanObs>> =
             Box::new(self.clean.range(..round).rev().map(|(_, o)| o));
         let mut first = it.next();
@@ -159,7 +189,17 @@ impl PairState {
             it = Box::new(self.clean.range(round..).map(|(_, o)| o));
             first = it.next();
         }
-        let first = first?;
+        let Some(first) = first else {
+            let not_entering = |(_, o): &(&u64, &DivertedObs)| !enters(o);
+            let o = self
+                .diverted
+                .range(..round)
+                .rev()
+                .find(not_entering)
+                .or_else(|| self.diverted.range(round..).find(not_entering))?
+                .1;
+            return Some((o.hops.iter().map(|h| (h.ttl, h.addr)).collect(), o.dst_rtt));
+        };
         let mut path: PathHops = first.path.as_ref().clone();
         let mut seen_paths = 0;
         let mut last: Option<&CleanPath> = Some(&first.path);
@@ -179,6 +219,56 @@ impl PairState {
         }
         Some((path, first.dst_rtt))
     }
+}
+
+impl PairState {
+    /// `path` followed by the hops of the pair's other clean paths (up to 8 distinct
+    /// ones) whose addresses it lacks: the union of the pair's equal-cost branches, for
+    /// membership tests. Order within `path` is kept, so looking an address up finds its
+    /// TTL on `path` first.
+    pub(super) fn with_other_branches(&self, path: &PathHops) -> PathHops {
+        let mut out = path.clone();
+        let mut seen: Vec<&CleanPath> = Vec::new();
+        for o in self.clean.values() {
+            if seen.len() >= 8 {
+                break;
+            }
+            if seen
+                .iter()
+                .any(|s| Arc::ptr_eq(s, &o.path) || ***s == *o.path)
+            {
+                continue;
+            }
+            seen.push(&o.path);
+            for &(t, a) in o.path.iter() {
+                if a.is_some() && !out.iter().any(|(_, x)| *x == a) {
+                    out.push((t, a));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether a clean-looking `path` is the diverted route of `div` with every adversary
+/// hop silent: it answered nowhere `div` did not (TTL by TTL), and was silent wherever
+/// `div` showed adversary space.
+fn silence_hides_diversion(path: &PathHops, div: &DivertedObs) -> bool {
+    let at = |ttl: u8| path.iter().find(|(t, _)| *t == ttl).and_then(|(_, a)| *a);
+    let adversary_silent = div
+        .hops
+        .iter()
+        .filter(|h| h.adversary.is_some())
+        .all(|h| at(h.ttl).is_none());
+    let rest_agrees = path.iter().all(|(t, a)| {
+        a.is_none()
+            || div
+                .hops
+                .iter()
+                .find(|h| h.ttl == *t)
+                .is_some_and(|h| h.addr == *a || h.addr.is_none())
+    });
+    div.hops.iter().any(|h| h.adversary.is_some()) && adversary_silent && rest_agrees
 }
 
 /// Names the silent TTLs of `path` from `older` where `older` agrees on the hop before.

@@ -125,14 +125,27 @@ pub struct HandoffRef {
     /// from another destination's path of the same vantage),
     /// `last-answering-before-silence` (the true hand-off may hide in the silence).
     pub method: &'static str,
+    /// Why the router behind `addr` counts as the hand-off's AS's, not the adversary's:
+    /// `origin` (the prefix table says so; its next hop is the adversary's router).
+    pub owner_rule: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IngressRef {
     pub addr: IpAddr,
     /// Origin AS of `addr`; the adversary AS when `addr` has none (exchange LAN or
-    /// unannounced space).
+    /// unannounced space). With a neighbour-numbered port (`owner_rule`
+    /// `neighbour-numbered-port`) this is the neighbour's AS, as the prefix table says.
     pub asn: u32,
+    /// Which rule decided that the router behind `addr` is the adversary's: `origin`
+    /// (its address is in adversary space), `neighbour-numbered-port` (it answered from
+    /// its end of a border link numbered by the hand-off's AS; see `detect/border.rs`),
+    /// `unowned-departure` (an exchange-LAN or unannounced address where the path left
+    /// its normal route), `hidden-by-silence` (silent here, named by other paths).
+    pub owner_rule: &'static str,
+    /// Every address known to belong to the same router (alias resolution); `addr`
+    /// alone until aliases are known.
+    pub router: Vec<IpAddr>,
     /// Name of the adversary AS.
     pub as_name: Option<String>,
     /// Where the ingress probably is, from RTT constraints only (never from

@@ -88,6 +88,9 @@ fn draw_paths(out: &mut String, r: &DiversionRecord) {
             past_handoff = true;
         } else if !ingress_seen && d.and_then(|h| h.addr) == Some(r.ingress.addr) {
             note.push_str("<- ingress: first hop in the adversary's network");
+            if r.ingress.owner_rule == "neighbour-numbered-port" {
+                note.push_str(" (its port on the border link is numbered by the hand-off's AS)");
+            }
             ingress_seen = true;
         } else if past_handoff && d.is_some_and(|h| h.adversary) {
             note.push_str("   (adversary)");
@@ -184,6 +187,8 @@ fn incident_header(
         };
         let how = if r.ingress.inferred {
             " (silent on these paths; named from other paths)"
+        } else if r.ingress.owner_rule == "neighbour-numbered-port" {
+            " (answers from a port numbered by its neighbour; always followed by the adversary's own addresses)"
         } else {
             ""
         };

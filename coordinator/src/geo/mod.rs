@@ -258,12 +258,42 @@ pub struct City {
     /// Internet exchanges in the city (from PeeringDB when loaded): where networks
     /// actually meet, so the better hub signal.
     pub exchanges: u32,
+    /// Interconnection facilities known in the metro (carrier hotels, data centres:
+    /// the built-in metro table, PeeringDB facilities when loaded). Where a metro has
+    /// them, `loc` is where they are, not where its airports are.
+    pub facilities: u32,
 }
 
 impl City {
     fn hub_score(&self) -> f64 {
-        f64::from(self.weight + 3 * self.exchanges).ln_1p()
+        f64::from(self.weight + 3 * self.exchanges + 3 * self.facilities).ln_1p()
     }
+}
+
+/// Parses `city<TAB>country<TAB>lat<TAB>lon<TAB>facility` rows (with a header line).
+pub fn parse_metros(text: &str) -> Result<Vec<(String, String, GeoPoint)>, GazetteerError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |m: &str| GazetteerError {
+            line: i + 1,
+            message: m.to_owned(),
+        };
+        let f: Vec<&str> = line.split('\t').collect();
+        let [city, country, lat, lon, ..] = f.as_slice() else {
+            return Err(err("expected city, country, lat, lon, facility"));
+        };
+        let lat: f64 = lat.trim().parse().map_err(|_| err("bad latitude"))?;
+        let lon: f64 = lon.trim().parse().map_err(|_| err("bad longitude"))?;
+        let p = GeoPoint::new(lat, lon);
+        if !p.is_valid() {
+            return Err(err("coordinates out of range"));
+        }
+        out.push(((*city).to_owned(), (*country).to_owned(), p));
+    }
+    Ok(out)
 }
 
 /// Typical speed of a path relative to the physical bound of [`KM_PER_MS_RTT`]:
@@ -298,16 +328,77 @@ pub struct GazetteerError {
 }
 
 const BUILTIN_CITIES: &str = include_str!("../../data/cities.tsv");
+/// Where networks meet in the main interconnection metros: a carrier hotel or data
+/// centre district per metro (`city, country, lat, lon, facility`).
+const BUILTIN_METROS: &str = include_str!("../../data/metros.tsv");
 
 impl Gazetteer {
     /// The committed gazetteer derived from `airportsdata` (see `data/README.md`).
     pub fn builtin() -> Gazetteer {
         // The embedded file is checked by a unit test, so a parse failure here would be
         // a build defect; fall back to an empty gazetteer rather than panic.
-        Gazetteer::parse_tsv(BUILTIN_CITIES).unwrap_or_else(|e| {
+        let mut g = Gazetteer::parse_tsv(BUILTIN_CITIES).unwrap_or_else(|e| {
             tracing::error!(error = %e, "built-in gazetteer unreadable");
             Gazetteer::default()
-        })
+        });
+        match parse_metros(BUILTIN_METROS) {
+            Ok(m) => g.add_facilities(m.iter().map(|(c, cc, p)| (c.as_str(), cc.as_str(), *p))),
+            Err(e) => tracing::error!(error = %e, "built-in metro table unreadable"),
+        }
+        g
+    }
+
+    /// Places metros where their interconnection facilities are: each `(city, country,
+    /// position)` moves its city (matched as exchanges are) to the mean position of its
+    /// facilities and counts them toward the city's hub score; a facility in a city the
+    /// gazetteer lacks adds that city. Airports are where gazetteers put cities; routers
+    /// sit in carrier hotels and data centres, often tens of km away.
+    pub fn add_facilities<'a>(
+        &mut self,
+        facilities: impl IntoIterator<Item = (&'a str, &'a str, GeoPoint)>,
+    ) {
+        let mut placed: Vec<(usize, f64, f64, u32)> = Vec::new();
+        for (city, country, p) in facilities {
+            let hits = self.match_city(city, country);
+            // The nearest of several same-named cities within reach, if any.
+            let hit = hits
+                .into_iter()
+                .map(|i| (i, great_circle_km(self.cities[i].loc, p)))
+                .filter(|(_, d)| *d <= 100.0)
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i);
+            match hit {
+                Some(i) => match placed.iter_mut().find(|x| x.0 == i) {
+                    Some(x) => {
+                        x.1 += p.lat;
+                        x.2 += p.lon;
+                        x.3 += 1;
+                    }
+                    None => placed.push((i, p.lat, p.lon, 1)),
+                },
+                None => {
+                    let name = city.split(',').next().unwrap_or(city).trim();
+                    if name.is_empty() {
+                        continue;
+                    }
+                    self.cities.push(City {
+                        name: name.to_owned(),
+                        country: country.trim().to_uppercase(),
+                        iata: String::new(),
+                        loc: p,
+                        weight: 1,
+                        exchanges: 0,
+                        facilities: 0,
+                    });
+                    placed.push((self.cities.len() - 1, p.lat, p.lon, 1));
+                }
+            }
+        }
+        for (i, lat, lon, n) in placed {
+            let c = &mut self.cities[i];
+            c.loc = GeoPoint::new(lat / f64::from(n), lon / f64::from(n));
+            c.facilities += n;
+        }
     }
 
     /// `city<TAB>country<TAB>iata<TAB>lat<TAB>lon`, with a header line.
@@ -341,6 +432,7 @@ impl Gazetteer {
                 loc,
                 weight,
                 exchanges: 0,
+                facilities: 0,
             });
         }
         Ok(Gazetteer { cities })
@@ -366,6 +458,38 @@ impl Gazetteer {
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
+    /// Cities a free-text PeeringDB-style city name may mean ("San Jose, CA",
+    /// "Frankfurt"): the part before a comma or `&`, matched exactly first, else as a
+    /// leading word ("Frankfurt" → "Frankfurt am Main"), within the country.
+    fn match_city(&self, city: &str, country: &str) -> Vec<usize> {
+        let key = city
+            .split([',', '&', '/', '('])
+            .next()
+            .unwrap_or("")
+            .split(" and ")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_lowercase();
+        if key.is_empty() {
+            return Vec::new();
+        }
+        let same_country = |c: &City| c.country.eq_ignore_ascii_case(country.trim());
+        let exact: Vec<usize> = (0..self.cities.len())
+            .filter(|&i| same_country(&self.cities[i]) && self.cities[i].name.to_lowercase() == key)
+            .collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        (0..self.cities.len())
+            .filter(|&i| {
+                let n = self.cities[i].name.to_lowercase();
+                same_country(&self.cities[i])
+                    && (n.starts_with(&format!("{key} ")) || key.starts_with(&format!("{n} ")))
+            })
+            .collect()
+    }
+
     /// Counts exchanges per city from `(city, country)` pairs, one per exchange (e.g.
     /// PeeringDB `ix` objects). PeeringDB cities are free text ("San Jose, CA",
     /// "Frankfurt"), so the part before a comma or `&` is matched against city names,
@@ -375,36 +499,7 @@ impl Gazetteer {
         exchanges: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
         for (city, country) in exchanges {
-            let key = city
-                .split([',', '&', '/', '('])
-                .next()
-                .unwrap_or("")
-                .split(" and ")
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_lowercase();
-            if key.is_empty() {
-                continue;
-            }
-            let same_country = |c: &City| c.country.eq_ignore_ascii_case(country.trim());
-            let exact: Vec<usize> = (0..self.cities.len())
-                .filter(|&i| {
-                    same_country(&self.cities[i]) && self.cities[i].name.to_lowercase() == key
-                })
-                .collect();
-            let hits = if exact.is_empty() {
-                (0..self.cities.len())
-                    .filter(|&i| {
-                        let n = self.cities[i].name.to_lowercase();
-                        same_country(&self.cities[i])
-                            && (n.starts_with(&format!("{key} "))
-                                || key.starts_with(&format!("{n} ")))
-                    })
-                    .collect()
-            } else {
-                exact
-            };
+            let hits = self.match_city(city, country);
             for i in hits {
                 self.cities[i].exchanges += 1;
             }
@@ -546,7 +641,67 @@ mod tests {
             loc: GeoPoint::new(lat, lon),
             weight,
             exchanges: 0,
+            facilities: 0,
         }
+    }
+
+    #[test]
+    fn facilities_move_a_city_to_where_they_are_and_count_as_hub_weight() {
+        let mut g = Gazetteer::from_cities(vec![city("Toronto", "CA", 43.6777, -79.6248, 2)]);
+        let before = g.cities[0].hub_score();
+        g.add_facilities([
+            ("Toronto", "CA", GeoPoint::new(43.6446, -79.3849)),
+            ("Toronto, ON", "CA", GeoPoint::new(43.6480, -79.3900)),
+            // Too far for the same city: a new one.
+            ("Toronto", "CA", GeoPoint::new(45.0, -75.0)),
+            ("Vint Hill", "US", GeoPoint::new(38.74, -77.67)),
+        ]);
+        let t = &g.cities[0];
+        assert!(great_circle_km(t.loc, GeoPoint::new(43.6463, -79.3875)) < 0.5);
+        assert_eq!(t.facilities, 2);
+        assert!(t.hub_score() > before);
+        assert_eq!(g.cities.len(), 3);
+        assert!(
+            g.cities
+                .iter()
+                .any(|c| c.name == "Vint Hill" && c.facilities == 1)
+        );
+    }
+
+    #[test]
+    fn metros_sit_at_their_carrier_hotels_not_their_airports() {
+        let g = Gazetteer::builtin();
+        let at = |name: &str, cc: &str| {
+            g.cities
+                .iter()
+                .find(|c| c.name == name && c.country == cc)
+                .map(|c| (c.loc, c.facilities))
+                .unwrap()
+        };
+        // Telehouse Docklands; the airport-derived point was ~20 km north-west.
+        let (london, f) = at("London", "GB");
+        assert!(great_circle_km(london, GeoPoint::new(51.5117, -0.0014)) < 1.0);
+        assert!(f >= 1);
+        // Frankfurt's data centres, not FRA; Ashburn added though it has no airport.
+        let (fra, _) = at("Frankfurt am Main", "DE");
+        assert!(great_circle_km(fra, GeoPoint::new(50.0264, 8.5431)) > 10.0);
+        assert!(
+            g.cities
+                .iter()
+                .any(|c| c.name == "Ashburn" && c.facilities >= 1)
+        );
+        // Every metro row found a city or made one.
+        let metros = parse_metros(BUILTIN_METROS).unwrap();
+        assert!(metros.len() > 80);
+        assert!(
+            metros
+                .iter()
+                .all(|(c, cc, _)| g.cities.iter().any(|x| x.country == *cc
+                    && x.facilities > 0
+                    && (x.name.eq_ignore_ascii_case(c)
+                        || c.starts_with(&x.name)
+                        || x.name.starts_with(c.as_str()))))
+        );
     }
 
     #[test]
