@@ -191,6 +191,25 @@ fn alias_suspects(
     out
 }
 
+/// The alias groups every stored alias result supports, merged (`alias::merge`), for
+/// the detector's router ownership.
+async fn alias_groups(c: &Arc<Coordinator>) -> Result<Vec<Vec<IpAddr>>, StoreError> {
+    let store = c.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut results = Vec::new();
+        store.for_each_alias_result(None, &mut |r| {
+            results.push(r);
+            true
+        })?;
+        Ok(crate::alias::merge(&results)
+            .into_iter()
+            .map(|set| set.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+            .collect())
+    })
+    .await
+    .map_err(blocking_failed)?
+}
+
 /// Every address of the stored alias results, with when it was probed.
 async fn load_probed(c: &Arc<Coordinator>) -> Result<AutoAlias, StoreError> {
     let store = c.store.clone();
@@ -271,6 +290,7 @@ async fn run(
     let mut annot = Arc::new(tables.annot);
     let mut gazetteer = Arc::new(tables.gazetteer);
     let mut det = replay(&c, adversary.clone(), annot.clone()).await?;
+    det.set_aliases(alias_groups(&c).await?);
     let mut published = HashMap::new();
     let report = det.report(&annot, &gazetteer, now_s());
     changed(&mut published, &report.diversions);
@@ -293,6 +313,7 @@ async fn run(
                         annot = Arc::new(fresh.annot);
                         gazetteer = Arc::new(fresh.gazetteer);
                         det = replay(&c, adversary.clone(), annot.clone()).await?;
+                        det.set_aliases(alias_groups(&c).await?);
                         let report = det.report(&annot, &gazetteer, now_s());
                         for d in changed(&mut published, &report.diversions) {
                             c.publish_diversion(d);
@@ -337,6 +358,7 @@ async fn run(
                 det.ingest(&t, &annot);
             }
         }
+        det.set_aliases(alias_groups(&c).await?);
         let report = det.report(&annot, &gazetteer, now_s());
         for d in changed(&mut published, &report.diversions) {
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, "diversion");

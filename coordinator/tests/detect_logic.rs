@@ -640,3 +640,68 @@ fn a_round_with_its_adversary_hops_silent_stays_in_the_episode() {
     assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
     assert_eq!(rep.diversions[0].rounds, 5);
 }
+
+#[test]
+fn alias_groups_decide_whose_router_a_border_address_is() {
+    let adversary = Adversary::from_asns([4134]);
+    let (annot, gaz) = (annotator(), Gazetteer::builtin());
+    let run_with = |ts: &[Trace], groups: Vec<Vec<IpAddr>>| {
+        let mut d = Detector::new(adversary.clone());
+        for v in vantages() {
+            d.set_vantage(v);
+        }
+        d.set_aliases(groups);
+        for t in ts {
+            d.ingest(t, &annot);
+        }
+        d.report(&annot, &gaz, T0 + 1e6)
+    };
+    // The ingress answers from a Rogers-numbered port; alias resolution found that port
+    // on the router whose loopback is 202.97.10.1: China Telecom's, by its addresses.
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted_neighbour_numbered(r, "ottawa")));
+    let rep = run_with(
+        &ts,
+        vec![vec![
+            ip("24.114.254.2"),
+            ip("202.97.10.1"),
+            ip("202.97.10.9"),
+        ]],
+    );
+    let d = &rep.diversions[0];
+    assert_eq!(d.ingress.addr, ip("24.114.254.2"));
+    assert_eq!(d.ingress.owner_rule, "alias-group");
+    assert_eq!(d.ingress.router.len(), 3);
+    // A China Telecom-numbered port in a short episode (not stable, so the neighbour
+    // rule alone would count it) whose router's other addresses are Telia's: not the
+    // adversary's router, no diversion.
+    let port = |r: u64| {
+        trace(
+            r,
+            "toronto",
+            DST,
+            &[
+                (Some("24.114.255.1"), 0.4),
+                (Some("202.97.56.130"), 5.9),
+                (Some("62.115.10.1"), 13.0),
+                (Some(DST), 150.4),
+            ],
+        )
+    };
+    let mut ts2: Vec<Trace> = (0..3).map(|r| normal(r, "toronto")).collect();
+    ts2.extend((3..5).map(port));
+    assert_eq!(
+        run_with(&ts2, vec![]).diversions.len(),
+        1,
+        "without aliases: reported"
+    );
+    let rep = run_with(
+        &ts2,
+        vec![vec![
+            ip("202.97.56.130"),
+            ip("62.115.10.5"),
+            ip("62.115.10.6"),
+        ]],
+    );
+    assert!(rep.diversions.is_empty(), "{:#?}", rep.diversions);
+}

@@ -62,6 +62,18 @@ pub async fn run(
     for v in &vantages {
         det.set_vantage(v.clone());
     }
+    // Alias resolution's groups decide whose router a border address is.
+    let aliases = c
+        .query_aliases(v1::QueryAliasesRequest::default())
+        .await
+        .map_err(|s| status("diversions", s))?
+        .into_inner()
+        .aliases;
+    det.set_aliases(
+        aliases
+            .iter()
+            .map(|set| set.addrs.iter().filter_map(|a| a.parse().ok()).collect()),
+    );
     let (mut n, mut skipped) = (0usize, 0usize);
     while let Some(t) = stream
         .message()

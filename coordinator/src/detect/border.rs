@@ -12,6 +12,10 @@
 //!   private interconnect the adversary numbered: a path through it alone does not
 //!   enter the adversary. (A diversion that lasts the whole observation and shows just
 //!   one adversary address would be taken for this; alias resolution settles it.)
+//! - **Alias groups** come first when alias resolution has run: a router whose addresses
+//!   are mostly in adversary space is the adversary's, whatever address it answered
+//!   from; one whose addresses are mostly elsewhere is not, even with an
+//!   adversary-space port.
 //! - **Neighbour-numbered ingress** (see `episode.rs`): the hop right before the first
 //!   adversary-space hop is the adversary's router when it is new to the vantage (on
 //!   none of its clean paths with a non-adversary hop after it), the hop before it is
@@ -38,6 +42,12 @@ pub(super) struct Borders {
     /// Per non-adversary address seen right before an adversary-space hop (next TTL):
     /// how often its next hop was adversary space, and how often something else.
     next_hop: FxHashMap<IpAddr, (u32, u32)>,
+    /// Per address in an alias group: the group's owner by majority of its addresses,
+    /// `Some(asn)` for an adversary AS, `None` for a neighbour's router.
+    alias_owner: FxHashMap<IpAddr, Option<u32>>,
+    /// Each grouped address's group.
+    groups: FxHashMap<IpAddr, usize>,
+    group_addrs: Vec<Vec<IpAddr>>,
 }
 
 /// Whether the hop next to `hops[i]` (one TTL away, `step` = -1 or +1) is in adversary
@@ -54,9 +64,44 @@ fn neighbour_is_adversary(hops: &[super::paths::Hop], i: usize, before: bool) ->
 }
 
 impl Borders {
-    /// Gathers the evidence from every diverted round started by `now`.
-    pub(super) fn build(pairs: &Pairs, now: f64) -> Borders {
+    /// Gathers the evidence from every diverted round started by `now`, and the alias
+    /// groups' owners (`adversary_of` gives an address's adversary AS, if any).
+    pub(super) fn build(
+        pairs: &Pairs,
+        now: f64,
+        aliases: &[Vec<IpAddr>],
+        adversary_of: impl Fn(IpAddr) -> Option<Option<u32>>,
+    ) -> Borders {
         let mut b = Borders::default();
+        for (gi, g) in aliases.iter().enumerate() {
+            // Majority of the addresses whose origin is known (exchange LANs and
+            // unannounced space say nothing); a tie decides nothing.
+            let (mut adv, mut other) = (FxHashMap::<u32, usize>::default(), 0usize);
+            for a in g {
+                match adversary_of(*a) {
+                    Some(Some(asn)) => *adv.entry(asn).or_default() += 1,
+                    Some(None) => other += 1,
+                    None => {}
+                }
+            }
+            let n_adv: usize = adv.values().sum();
+            let owner = if n_adv > other {
+                adv.into_iter()
+                    .max_by_key(|(_, n)| *n)
+                    .map(|(asn, _)| Some(asn))
+            } else if other > n_adv {
+                Some(None)
+            } else {
+                None
+            };
+            for a in g {
+                b.groups.insert(*a, gi);
+                if let Some(o) = owner {
+                    b.alias_owner.insert(*a, o);
+                }
+            }
+            b.group_addrs.push(g.clone());
+        }
         // Per adversary-space address: isolated everywhere so far, and stable somewhere.
         let mut isolated: FxHashMap<IpAddr, bool> = FxHashMap::default();
         let mut stable: FxHashSet<IpAddr> = FxHashSet::default();
@@ -103,18 +148,35 @@ impl Borders {
 
     /// An adversary-space address that is a port on a neighbour's router.
     pub(super) fn is_neighbour_port(&self, a: IpAddr) -> bool {
-        self.neighbour_ports.contains(&a)
+        match self.alias_owner.get(&a) {
+            Some(owner) => owner.is_none(),
+            None => self.neighbour_ports.contains(&a),
+        }
     }
 
-    /// The first hop of the round on a router of the adversary's: adversary space, not a
-    /// neighbour's port. `None`: the round does not enter the adversary.
+    /// The adversary AS whose router answers from `a`, by its alias group.
+    pub(super) fn alias_adversary(&self, a: IpAddr) -> Option<u32> {
+        self.alias_owner.get(&a).copied().flatten()
+    }
+
+    /// Every address of the router behind `a` (its alias group), or `a` alone.
+    pub(super) fn router_of(&self, a: IpAddr) -> Vec<IpAddr> {
+        self.groups
+            .get(&a)
+            .and_then(|g| self.group_addrs.get(*g))
+            .cloned()
+            .unwrap_or_else(|| vec![a])
+    }
+
+    /// The first hop of the round on a router of the adversary's: adversary space and
+    /// not a neighbour's port, or any address whose alias group is the adversary's.
+    /// `None`: the round does not enter the adversary.
     pub(super) fn ingress_of(&self, obs: &DivertedObs) -> Option<usize> {
-        obs.hops[obs.ingress..]
-            .iter()
-            .position(|h| {
-                h.adversary.is_some() && h.addr.is_none_or(|a| !self.is_neighbour_port(a))
-            })
-            .map(|k| obs.ingress + k)
+        obs.hops.iter().position(|h| match h.addr {
+            Some(a) if self.alias_adversary(a).is_some() => true,
+            Some(a) => h.adversary.is_some() && !self.is_neighbour_port(a),
+            None => false,
+        })
     }
 
     /// A non-adversary address whose next hop, in every diverted round that shows one,
@@ -190,7 +252,7 @@ mod tests {
                 }
             }),
         );
-        let b = Borders::build(&pairs, 1e9);
+        let b = Borders::build(&pairs, 1e9, &[], |_| None);
         assert!(b.is_neighbour_port("202.97.56.130".parse().unwrap()));
         assert!(!b.is_neighbour_port("202.97.10.5".parse().unwrap()));
         assert!(b.always_before_adversary("10.1.0.9".parse().unwrap()));
@@ -226,7 +288,7 @@ mod tests {
                 }
             }),
         );
-        let b = Borders::build(&pairs, 1e9);
+        let b = Borders::build(&pairs, 1e9, &[], |_| None);
         assert!(!b.is_neighbour_port("87.226.1.1".parse().unwrap()));
         let (_, p) = pairs.iter().next().unwrap();
         assert_eq!(b.ingress_of(p.diverted_by(1e9).next().unwrap()), Some(2));

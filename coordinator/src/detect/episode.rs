@@ -78,7 +78,11 @@ impl<'a> ReportCtx<'a> {
             links: &det.links,
             annot,
             adv_pred: adversary_predecessors(&det.pairs, now),
-            borders: Borders::build(&det.pairs, now),
+            borders: Borders::build(&det.pairs, now, &det.aliases, |a| {
+                // Unannounced and exchange-LAN addresses say nothing about an owner.
+                (annot.ixp(a).is_none() && annot.asn(a).is_some())
+                    .then(|| adversary_of(&det.adversary, annot, a))
+            }),
             locator: Locator::new(&det.links, &det.vantages, gazetteer),
             gazetteer,
         }
@@ -204,14 +208,21 @@ impl<'a> ReportCtx<'a> {
         normal: &Normal,
     ) -> Option<Ingress> {
         let ing_hop = &rep.hops[rep.ingress];
+        let by_alias = ing_hop.addr.and_then(|a| self.borders.alias_adversary(a));
         let mut ingress = Ingress {
             addr: ing_hop.addr?,
-            adversary_asn: ing_hop.adversary?,
+            adversary_asn: ing_hop.adversary.or(by_alias)?,
             inferred: false,
-            owner_rule: "origin",
+            owner_rule: if ing_hop.adversary.is_none() {
+                "alias-group"
+            } else {
+                "origin"
+            },
             handoff: pick,
         };
-        if let Some(hidden) = self.hidden_ingress(rep, &mut ingress) {
+        if ingress.owner_rule == "alias-group" {
+            // Its alias group already says whose router it is.
+        } else if let Some(hidden) = self.hidden_ingress(rep, &mut ingress) {
             ingress.addr = hidden;
             ingress.owner_rule = "hidden-by-silence";
         } else if let Some((normal_path, _)) = normal
@@ -354,7 +365,7 @@ impl<'a> ReportCtx<'a> {
             inferred: ingress.inferred,
             ixp: on_ixp,
             owner_rule: ingress.owner_rule,
-            router: vec![ingress.addr],
+            router: self.borders.router_of(ingress.addr),
         }
     }
 

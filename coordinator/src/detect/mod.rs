@@ -42,6 +42,8 @@ pub struct Detector {
     pairs: Pairs,
     links: Links,
     facts: FactsCache,
+    /// Alias groups: addresses known to belong to one router (alias resolution).
+    aliases: Vec<Vec<std::net::IpAddr>>,
 }
 
 impl Detector {
@@ -53,7 +55,15 @@ impl Detector {
             pairs: Pairs::new(),
             links: Links::default(),
             facts: FactsCache::default(),
+            aliases: Vec::new(),
         }
+    }
+
+    /// Replaces the alias groups (each: the addresses of one router, as alias
+    /// resolution found them). They decide whose router an address at a border is
+    /// before the neighbour rules do, and name the ingress's `router`.
+    pub fn set_aliases(&mut self, groups: impl IntoIterator<Item = Vec<std::net::IpAddr>>) {
+        self.aliases = groups.into_iter().filter(|g| g.len() > 1).collect();
     }
 
     pub fn adversary(&self) -> &Adversary {
