@@ -528,6 +528,11 @@ impl Gazetteer {
                 for r in rings {
                     let z =
                         (great_circle_km(c.loc, r.center) - r.expected_km) / r.sigma_km.max(1.0);
+                    // One-sided: an RTT step overstates a link's length (the far end's
+                    // ICMP slow path, a longer way back) far more often than it
+                    // understates it, so a metro nearer than the step suggests is
+                    // barely penalised.
+                    let z = if z < 0.0 { 0.3 * z } else { z };
                     score -= 0.5 * z * z;
                 }
                 let z = great_circle_km(c.loc, est.loc) / est.radius_km.max(1.0);
