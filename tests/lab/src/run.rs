@@ -448,9 +448,18 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
             .args(&detect_args);
         output(c)
     };
-    std::fs::write(out.join("diversions.json"), report(&["--json"])?)?;
-    // The same report as an operator reads it: incidents with both paths drawn.
-    std::fs::write(out.join("diversions.txt"), report(&[])?)?;
+    if world.s.adversary_asns.is_empty() {
+        // Nothing to detect against: an empty report, as FORMAT.md writes it.
+        std::fs::write(out.join("diversions.json"), "{\"diversions\": []}\n")?;
+        std::fs::write(
+            out.join("diversions.txt"),
+            "No adversary AS in this scenario: nothing to detect.\n",
+        )?;
+    } else {
+        std::fs::write(out.join("diversions.json"), report(&["--json"])?)?;
+        // The same report as an operator reads it: incidents with both paths drawn.
+        std::fs::write(out.join("diversions.txt"), report(&[])?)?;
+    }
     // Alias sets the coordinator resolved (on its own, near suspected borders).
     std::fs::write(
         out.join("aliases.json"),
