@@ -191,9 +191,11 @@ fn alias_suspects(
     out
 }
 
-/// The alias groups every stored alias result supports, merged (`alias::merge`), for
-/// the detector's router ownership.
-async fn alias_groups(c: &Arc<Coordinator>) -> Result<Vec<Vec<IpAddr>>, StoreError> {
+/// What alias resolution knows, for the detector: the groups every stored alias result
+/// supports, merged (`alias::merge`), and each vantage's best echo RTT per address.
+type AliasKnowledge = (Vec<Vec<IpAddr>>, Vec<(String, IpAddr, f64)>);
+
+async fn alias_knowledge(c: &Arc<Coordinator>) -> Result<AliasKnowledge, StoreError> {
     let store = c.store.clone();
     tokio::task::spawn_blocking(move || {
         let mut results = Vec::new();
@@ -201,13 +203,24 @@ async fn alias_groups(c: &Arc<Coordinator>) -> Result<Vec<Vec<IpAddr>>, StoreErr
             results.push(r);
             true
         })?;
-        Ok(crate::alias::merge(&results)
+        let groups = crate::alias::merge(&results)
             .into_iter()
             .map(|set| set.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-            .collect())
+            .collect();
+        Ok((groups, crate::alias::echo_rtts(&results)))
     })
     .await
     .map_err(blocking_failed)?
+}
+
+/// Hands alias resolution's groups and echo RTTs to the detector.
+async fn feed_aliases(c: &Arc<Coordinator>, det: &mut Detector) -> Result<(), StoreError> {
+    let (groups, echoes) = alias_knowledge(c).await?;
+    det.set_aliases(groups);
+    for (v, a, ms) in echoes {
+        det.observe_echo(&v, a, ms);
+    }
+    Ok(())
 }
 
 /// Every address of the stored alias results, with when it was probed.
@@ -290,7 +303,7 @@ async fn run(
     let mut annot = Arc::new(tables.annot);
     let mut gazetteer = Arc::new(tables.gazetteer);
     let mut det = replay(&c, adversary.clone(), annot.clone()).await?;
-    det.set_aliases(alias_groups(&c).await?);
+    feed_aliases(&c, &mut det).await?;
     let mut published = HashMap::new();
     let report = det.report(&annot, &gazetteer, now_s());
     changed(&mut published, &report.diversions);
@@ -313,7 +326,7 @@ async fn run(
                         annot = Arc::new(fresh.annot);
                         gazetteer = Arc::new(fresh.gazetteer);
                         det = replay(&c, adversary.clone(), annot.clone()).await?;
-                        det.set_aliases(alias_groups(&c).await?);
+                        feed_aliases(&c, &mut det).await?;
                         let report = det.report(&annot, &gazetteer, now_s());
                         for d in changed(&mut published, &report.diversions) {
                             c.publish_diversion(d);
@@ -358,7 +371,7 @@ async fn run(
                 det.ingest(&t, &annot);
             }
         }
-        det.set_aliases(alias_groups(&c).await?);
+        feed_aliases(&c, &mut det).await?;
         let report = det.report(&annot, &gazetteer, now_s());
         for d in changed(&mut published, &report.diversions) {
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, "diversion");

@@ -64,6 +64,29 @@ impl Dsu {
     }
 }
 
+/// The best echo round trip (ms) each vantage measured to each address, from the IP-ID
+/// samples of `results`: a router's fast path, for positioning it.
+pub fn echo_rtts(results: &[v1::AliasResult]) -> Vec<(String, std::net::IpAddr, f64)> {
+    let mut best: std::collections::BTreeMap<(String, std::net::IpAddr), f64> =
+        std::collections::BTreeMap::new();
+    for r in results {
+        for a in &r.addrs {
+            let Ok(ip) = a.addr.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            for s in &a.samples {
+                if s.rx_us < s.tx_us {
+                    continue;
+                }
+                let ms = (s.rx_us - s.tx_us) as f64 / 1000.0;
+                let e = best.entry((r.vantage.clone(), ip)).or_insert(ms);
+                *e = e.min(ms);
+            }
+        }
+    }
+    best.into_iter().map(|((v, a), ms)| (v, a, ms)).collect()
+}
+
 /// Alias sets over every result given (any vantages, campaigns and rounds), sorted by
 /// their first address; each set's evidence lists the runs' groups that linked it.
 pub fn merge(results: &[v1::AliasResult]) -> Vec<v1::AliasSet> {

@@ -170,3 +170,32 @@ fn ipid_evidence_that_disagrees_is_not_unioned() {
     assert_eq!(sets[0].evidence.len(), 2);
     assert!(merge(&[]).is_empty());
 }
+
+#[test]
+fn echo_rtts_keep_each_vantages_best_round_trip_per_address() {
+    let mut slow = addr("10.0.0.2", 2, None);
+    slow.samples[1].rx_us = slow.samples[1].tx_us + 2_000;
+    let a = run(
+        "tor",
+        0,
+        100.0,
+        vec![slow, addr("10.9.0.2", 3, None)],
+        vec![],
+    );
+    let mut b = run("sea", 1, 200.0, vec![addr("10.0.0.2", 1, None)], vec![]);
+    b.addrs[0].samples[0].rx_us += 1_500;
+    // A reply stamped before its probe (clock trouble) is ignored, not negative.
+    let mut c = run("tor", 2, 300.0, vec![addr("10.9.0.2", 1, None)], vec![]);
+    c.addrs[0].samples[0].rx_us = 0;
+    c.addrs[0].samples[0].tx_us = 10;
+    let got = echo_rtts(&[a, b, c]);
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ("sea".to_string(), ip("10.0.0.2"), 2.0),
+            ("tor".to_string(), ip("10.0.0.2"), 0.5),
+            ("tor".to_string(), ip("10.9.0.2"), 0.5),
+        ]
+    );
+}

@@ -64,13 +64,20 @@ pub async fn run(
     }
     // Alias resolution's groups decide whose router a border address is.
     // A coordinator older than alias resolution has none to give.
-    let aliases = match c.query_aliases(v1::QueryAliasesRequest::default()).await {
-        Ok(r) => r.into_inner().aliases,
+    let req = v1::QueryAliasesRequest {
+        include_results: true,
+        ..Default::default()
+    };
+    let (aliases, results) = match c.query_aliases(req).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            (r.aliases, r.results)
+        }
         Err(s) if s.code() == tonic::Code::Unimplemented => {
             tracing::warn!(
                 "the coordinator predates alias resolution; borders judged without aliases"
             );
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
         Err(s) => return Err(status("diversions", s)),
     };
@@ -79,6 +86,10 @@ pub async fn run(
             .iter()
             .map(|set| set.addrs.iter().filter_map(|a| a.parse().ok()).collect()),
     );
+    // Echoes to routers answer on their fast path: tighter position bounds.
+    for (v, a, ms) in tracemesh::alias::echo_rtts(&results) {
+        det.observe_echo(&v, a, ms);
+    }
     let (mut n, mut skipped) = (0usize, 0usize);
     while let Some(t) = stream
         .message()

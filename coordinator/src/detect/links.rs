@@ -94,6 +94,18 @@ impl Links {
         }
     }
 
+    /// A round trip to `addr` measured some other way (an echo to the router, answered
+    /// on its fast path): it only ever tightens the vantage's bound.
+    pub(super) fn observe_rtt(&mut self, vid: u32, addr: IpAddr, rtt: f64) {
+        if !(rtt.is_finite() && rtt >= 0.0) {
+            return;
+        }
+        let e = self.rtts.entry(addr).or_default().entry(vid).or_insert(rtt);
+        if rtt < *e {
+            *e = rtt;
+        }
+    }
+
     /// Vantage `vid`'s best RTT to `addr`.
     pub(super) fn best_rtt(&self, addr: IpAddr, vid: u32) -> Option<f64> {
         self.rtts.get(&addr)?.get(&vid).copied()

@@ -95,6 +95,14 @@ impl Detector {
         self.vantage_ids.get(name).copied().unwrap_or(0)
     }
 
+    /// An echo round trip from `vantage` to a router address (alias resolution's IP-ID
+    /// probes): answered on the router's fast path, without the ICMP slow path a
+    /// traceroute hop carries, so a tighter bound on where the router is.
+    pub fn observe_echo(&mut self, vantage: &str, addr: std::net::IpAddr, rtt_ms: f64) {
+        let vid = self.vantage_id(vantage);
+        self.links.observe_rtt(vid, addr, rtt_ms);
+    }
+
     /// Ingests one traceroute. Traces may arrive in any order; a repeated (vantage,
     /// destination, round) replaces the earlier one.
     pub fn ingest(&mut self, trace: &Trace, annot: &Annotator) {
