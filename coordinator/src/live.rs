@@ -193,7 +193,7 @@ fn alias_suspects(
 
 /// What alias resolution knows, for the detector: the groups every stored alias result
 /// supports, merged (`alias::merge`), and each vantage's best echo RTT per address.
-type AliasKnowledge = (Vec<Vec<IpAddr>>, Vec<(String, IpAddr, f64)>);
+type AliasKnowledge = (Vec<Vec<IpAddr>>, Vec<IpAddr>, Vec<(String, IpAddr, f64)>);
 
 async fn alias_knowledge(c: &Arc<Coordinator>) -> Result<AliasKnowledge, StoreError> {
     let store = c.store.clone();
@@ -207,7 +207,11 @@ async fn alias_knowledge(c: &Arc<Coordinator>) -> Result<AliasKnowledge, StoreEr
             .into_iter()
             .map(|set| set.addrs.iter().filter_map(|a| a.parse().ok()).collect())
             .collect();
-        Ok((groups, crate::alias::echo_rtts(&results)))
+        Ok((
+            groups,
+            crate::alias::router_sources(&results),
+            crate::alias::echo_rtts(&results),
+        ))
     })
     .await
     .map_err(blocking_failed)?
@@ -215,8 +219,9 @@ async fn alias_knowledge(c: &Arc<Coordinator>) -> Result<AliasKnowledge, StoreEr
 
 /// Hands alias resolution's groups and echo RTTs to the detector.
 async fn feed_aliases(c: &Arc<Coordinator>, det: &mut Detector) -> Result<(), StoreError> {
-    let (groups, echoes) = alias_knowledge(c).await?;
+    let (groups, sources, echoes) = alias_knowledge(c).await?;
     det.set_aliases(groups);
+    det.set_router_sources(sources);
     for (v, a, ms) in echoes {
         det.observe_echo(&v, a, ms);
     }

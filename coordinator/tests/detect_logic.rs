@@ -672,6 +672,21 @@ fn alias_groups_decide_whose_router_a_border_address_is() {
     assert_eq!(d.ingress.addr, ip("24.114.254.2"));
     assert_eq!(d.ingress.owner_rule, "alias-group");
     assert_eq!(d.ingress.router.len(), 3);
+    // A port and a loopback, one in each space: a tie, unless Mercator showed which is
+    // the router's own source address.
+    let pair = vec![vec![ip("24.114.254.2"), ip("202.97.10.1")]];
+    let mut d2 = Detector::new(adversary.clone());
+    for v in vantages() {
+        d2.set_vantage(v);
+    }
+    d2.set_aliases(pair);
+    d2.set_router_sources([ip("202.97.10.1")]);
+    for t in &ts {
+        d2.ingest(t, &annot);
+    }
+    let rep = d2.report(&annot, &gaz, T0 + 1e6);
+    assert_eq!(rep.diversions[0].ingress.owner_rule, "alias-group");
+    assert_eq!(rep.diversions[0].ingress.addr, ip("24.114.254.2"));
     // A China Telecom-numbered port in a short episode (not stable, so the neighbour
     // rule alone would count it) whose router's other addresses are Telia's: not the
     // adversary's router, no diversion.

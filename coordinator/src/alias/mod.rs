@@ -64,6 +64,20 @@ impl Dsu {
     }
 }
 
+/// Addresses that answered Mercator probes: each is the address a router sources its
+/// ICMP errors from, its own rather than a neighbour-numbered port.
+pub fn router_sources(results: &[v1::AliasResult]) -> Vec<std::net::IpAddr> {
+    let mut out: std::collections::BTreeSet<std::net::IpAddr> = Default::default();
+    for r in results {
+        for a in &r.addrs {
+            if let Some(ip) = a.mercator_from.as_deref().and_then(|f| f.parse().ok()) {
+                out.insert(ip);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// The best echo round trip (ms) each vantage measured to each address, from the IP-ID
 /// samples of `results`: a router's fast path, for positioning it.
 pub fn echo_rtts(results: &[v1::AliasResult]) -> Vec<(String, std::net::IpAddr, f64)> {

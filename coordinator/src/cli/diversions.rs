@@ -86,6 +86,7 @@ pub async fn run(
             .iter()
             .map(|set| set.addrs.iter().filter_map(|a| a.parse().ok()).collect()),
     );
+    det.set_router_sources(tracemesh::alias::router_sources(&results));
     // Echoes to routers answer on their fast path: tighter position bounds.
     for (v, a, ms) in tracemesh::alias::echo_rtts(&results) {
         det.observe_echo(&v, a, ms);

@@ -70,14 +70,24 @@ impl Borders {
         pairs: &Pairs,
         now: f64,
         aliases: &[Vec<IpAddr>],
+        sources: &FxHashSet<IpAddr>,
         adversary_of: impl Fn(IpAddr) -> Option<Option<u32>>,
     ) -> Borders {
         let mut b = Borders::default();
         for (gi, g) in aliases.iter().enumerate() {
-            // Majority of the addresses whose origin is known (exchange LANs and
-            // unannounced space say nothing); a tie decides nothing.
+            // The router's own source address (the one its errors come from, as
+            // Mercator saw it) decides; interface addresses on borders are often
+            // numbered by the neighbour. Without one, the majority of the addresses
+            // whose origin is known (exchange LANs and unannounced space say nothing);
+            // a tie decides nothing.
+            let own: Vec<&IpAddr> = g.iter().filter(|a| sources.contains(a)).collect();
+            let counted: Vec<&IpAddr> = if own.is_empty() {
+                g.iter().collect()
+            } else {
+                own
+            };
             let (mut adv, mut other) = (FxHashMap::<u32, usize>::default(), 0usize);
-            for a in g {
+            for a in counted {
                 match adversary_of(*a) {
                     Some(Some(asn)) => *adv.entry(asn).or_default() += 1,
                     Some(None) => other += 1,
@@ -252,7 +262,7 @@ mod tests {
                 }
             }),
         );
-        let b = Borders::build(&pairs, 1e9, &[], |_| None);
+        let b = Borders::build(&pairs, 1e9, &[], &FxHashSet::default(), |_| None);
         assert!(b.is_neighbour_port("202.97.56.130".parse().unwrap()));
         assert!(!b.is_neighbour_port("202.97.10.5".parse().unwrap()));
         assert!(b.always_before_adversary("10.1.0.9".parse().unwrap()));
@@ -288,7 +298,7 @@ mod tests {
                 }
             }),
         );
-        let b = Borders::build(&pairs, 1e9, &[], |_| None);
+        let b = Borders::build(&pairs, 1e9, &[], &FxHashSet::default(), |_| None);
         assert!(!b.is_neighbour_port("87.226.1.1".parse().unwrap()));
         let (_, p) = pairs.iter().next().unwrap();
         assert_eq!(b.ingress_of(p.diverted_by(1e9).next().unwrap()), Some(2));

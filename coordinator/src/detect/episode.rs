@@ -78,7 +78,7 @@ impl<'a> ReportCtx<'a> {
             links: &det.links,
             annot,
             adv_pred: adversary_predecessors(&det.pairs, now),
-            borders: Borders::build(&det.pairs, now, &det.aliases, |a| {
+            borders: Borders::build(&det.pairs, now, &det.aliases, &det.sources, |a| {
                 // Unannounced and exchange-LAN addresses say nothing about an owner.
                 (annot.ixp(a).is_none() && annot.asn(a).is_some())
                     .then(|| adversary_of(&det.adversary, annot, a))

@@ -44,6 +44,9 @@ pub struct Detector {
     facts: FactsCache,
     /// Alias groups: addresses known to belong to one router (alias resolution).
     aliases: Vec<Vec<std::net::IpAddr>>,
+    /// Addresses seen sourcing a router's ICMP errors (Mercator's answers): a router's
+    /// own address, where border interfaces may be numbered by a neighbour.
+    sources: rustc_hash::FxHashSet<std::net::IpAddr>,
 }
 
 impl Detector {
@@ -56,6 +59,7 @@ impl Detector {
             links: Links::default(),
             facts: FactsCache::default(),
             aliases: Vec::new(),
+            sources: Default::default(),
         }
     }
 
@@ -64,6 +68,12 @@ impl Detector {
     /// before the neighbour rules do, and name the ingress's `router`.
     pub fn set_aliases(&mut self, groups: impl IntoIterator<Item = Vec<std::net::IpAddr>>) {
         self.aliases = groups.into_iter().filter(|g| g.len() > 1).collect();
+    }
+
+    /// Replaces the addresses known to source routers' ICMP errors (Mercator's
+    /// answers): where a group has one, it names the router's owner.
+    pub fn set_router_sources(&mut self, addrs: impl IntoIterator<Item = std::net::IpAddr>) {
+        self.sources = addrs.into_iter().collect();
     }
 
     pub fn adversary(&self) -> &Adversary {
