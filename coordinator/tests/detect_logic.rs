@@ -720,3 +720,56 @@ fn alias_groups_decide_whose_router_a_border_address_is() {
     );
     assert!(rep.diversions.is_empty(), "{:#?}", rep.diversions);
 }
+
+#[test]
+fn a_diversion_that_shows_no_adversary_address_is_found_through_alias_groups() {
+    // China Telecom's routers answer only from ports their neighbours numbered (or stay
+    // silent): no hop is in adversary space, but alias resolution put 24.114.254.2 on a
+    // router with China Telecom addresses.
+    let hidden = |r: u64, dst: &str| {
+        trace(
+            r,
+            "ottawa",
+            dst,
+            &[
+                (Some("24.114.255.1"), 0.4),
+                (Some("24.114.255.2"), 5.7),
+                (Some("24.114.254.2"), 5.8),
+                (None, 0.0),
+                (Some("62.115.10.9"), 190.0),
+                (Some("211.192.255.1"), 200.0),
+                (Some(dst), 200.4),
+            ],
+        )
+    };
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| hidden(r, DST)));
+    ts.extend((6..8).map(|r| normal(r, "ottawa")));
+    // The same routers on the way to a China Telecom destination: not a diversion.
+    ts.extend((0..8).map(|r| hidden(r, "218.30.53.10")));
+    let (annot, gaz) = (annotator(), Gazetteer::builtin());
+    let report = |groups: Vec<Vec<IpAddr>>| {
+        let mut d = Detector::new(Adversary::from_asns([4134]));
+        for v in vantages() {
+            d.set_vantage(v);
+        }
+        d.set_aliases(groups);
+        d.set_router_sources([ip("202.97.10.1")]);
+        for t in &ts {
+            d.ingest(t, &annot);
+        }
+        d.report(&annot, &gaz, T0 + 1e6)
+    };
+    assert!(
+        report(vec![]).diversions.is_empty(),
+        "invisible without aliases"
+    );
+    let rep = report(vec![vec![ip("24.114.254.2"), ip("202.97.10.1")]]);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    let d = &rep.diversions[0];
+    assert_eq!((d.target, d.rounds), (ip(DST), 3));
+    assert_eq!(d.ingress.addr, ip("24.114.254.2"));
+    assert_eq!(d.ingress.owner_rule, "alias-group");
+    assert_eq!(d.adversary_asn, 4134);
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
+}

@@ -69,7 +69,7 @@ pub(super) fn adversary_of(adversary: &Adversary, annot: &Annotator, addr: IpAdd
         .copied()
 }
 
-fn vantage_belongs(adversary: &Adversary, annot: &Annotator, v: &VantageInfo) -> bool {
+pub(super) fn vantage_belongs(adversary: &Adversary, annot: &Annotator, v: &VantageInfo) -> bool {
     v.asn
         .is_some_and(|a| adversary.asns.contains(&a) || adversary.has_country(annot.as_country(a)))
         || adversary.has_country(v.country.as_deref())

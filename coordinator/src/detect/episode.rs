@@ -7,10 +7,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::border::Borders;
-use super::classify::adversary_of;
+use super::classify::{adversary_of, vantage_belongs};
 use super::handoff::{Pick, Quality, find_handoff};
 use super::links::Links;
 use super::locate::Locator;
+use super::paths::Hop;
 use super::paths::{DivertedObs, PairState, Pairs, PathHops, vantage_clean_paths};
 use super::{
     Adversary, Detector, DiversionRecord, Evidence, HandoffRef, IngressRef, PathHop, VantageInfo,
@@ -41,6 +42,9 @@ pub(super) struct ReportCtx<'a> {
 pub(super) struct Episode<'a> {
     pub vid: u32,
     pub dst: IpAddr,
+    /// Either end belongs to the adversary (or its country): entering it is no
+    /// diversion.
+    pub exempt: bool,
     pub pair: &'a PairState,
     /// The episode's rounds, in order (never empty for a real episode).
     pub rounds: &'a [u64],
@@ -88,6 +92,63 @@ impl<'a> ReportCtx<'a> {
         }
     }
 
+    /// Whether either end of the pair belongs to the adversary or its country, so that
+    /// crossing it is no diversion (as `classify::diversion_ingress` judges a round).
+    pub(super) fn exempt(&self, vid: u32, dst: IpAddr) -> bool {
+        let annot = self.annot;
+        if adversary_of(self.adversary, annot, dst).is_some() {
+            return true;
+        }
+        let Some(v) = self.vantages.get(vid as usize) else {
+            return false;
+        };
+        if vantage_belongs(self.adversary, annot, v) {
+            return true;
+        }
+        let home: Vec<&str> = self
+            .adversary
+            .asns
+            .iter()
+            .filter_map(|a| annot.as_country(*a))
+            .collect();
+        let is_home =
+            |cc: Option<&str>| cc.is_some_and(|c| home.iter().any(|h| h.eq_ignore_ascii_case(c)));
+        is_home(annot.asn(dst).and_then(|a| annot.as_country(a))) || is_home(v.country.as_deref())
+    }
+
+    /// Whether a path crosses a router whose alias group is the adversary's.
+    pub(super) fn path_enters(&self, p: &PathHops) -> bool {
+        p.iter()
+            .any(|(_, a)| a.is_some_and(|a| self.borders.alias_adversary(a).is_some()))
+    }
+
+    /// A round stored as clean, as the detector keeps a diverted one: hops annotated,
+    /// RTTs from the vantage's best to each hop.
+    fn from_clean_path(
+        &self,
+        vid: u32,
+        path: &PathHops,
+        dst_rtt: Option<f64>,
+        start: f64,
+    ) -> DivertedObs {
+        let annot = self.annot;
+        DivertedObs {
+            start,
+            hops: path
+                .iter()
+                .map(|&(ttl, addr)| Hop {
+                    ttl,
+                    addr,
+                    rtt: addr.and_then(|a| self.links.best_rtt(a, vid)),
+                    asn: addr.and_then(|a| annot.asn(a)),
+                    adversary: addr.and_then(|a| adversary_of(self.adversary, annot, a)),
+                })
+                .collect(),
+            ingress: 0,
+            dst_rtt,
+        }
+    }
+
     /// Whether a round enters a router of the adversary's (not only a neighbour's
     /// adversary-numbered port).
     pub(super) fn enters(&self, o: &DivertedObs) -> bool {
@@ -112,7 +173,10 @@ impl<'a> ReportCtx<'a> {
     pub(super) fn record(&mut self, ep: &Episode) -> Option<DiversionRecord> {
         let first_round = *ep.rounds.first()?;
         let last_round = *ep.rounds.last()?;
-        let normal = ep.pair.normal_path(first_round, |o| self.enters(o));
+        let clean_enters = |p: &PathHops| !ep.exempt && self.path_enters(p);
+        let normal = ep
+            .pair
+            .normal_path(first_round, |o| self.enters(o), clean_enters);
         // For telling where the path left its normal route: every branch a load
         // balancer gave this pair, not only the latest one (a change of branch is not a
         // departure).
@@ -120,10 +184,20 @@ impl<'a> ReportCtx<'a> {
             .as_ref()
             .map(|(p, r)| (ep.pair.with_other_branches(p), *r));
         let owned: Vec<Cow<DivertedObs>> = ep
-            .pair
-            .diverted_rounds(ep.rounds)
-            .into_iter()
-            .filter_map(|o| self.effective(o))
+            .rounds
+            .iter()
+            .filter_map(|&r| match ep.pair.diverted_round(r) {
+                Some(o) => self.effective(o),
+                // Stored clean, but through a router alias resolution gave the adversary.
+                None => {
+                    let (path, dst_rtt, start) = ep.pair.clean_round(r)?;
+                    if !clean_enters(path) {
+                        return None;
+                    }
+                    let o = self.from_clean_path(ep.vid, path, dst_rtt, start);
+                    self.effective(&o).map(|c| Cow::Owned(c.into_owned()))
+                }
+            })
             .collect();
         let obs: Vec<&DivertedObs> = owned.iter().map(|o| o.as_ref()).collect();
         let (first, last) = (*obs.first()?, *obs.last()?);

@@ -149,10 +149,13 @@ impl Detector {
         let mut records = Vec::new();
         for (&(vid, dst), pair) in &self.pairs {
             let latest_round = pair.latest_round(now);
-            for rounds in pair.episodes(now, |o| ctx.enters(o)) {
+            let exempt = ctx.exempt(vid, dst);
+            let clean_enters = |p: &paths::PathHops| !exempt && ctx.path_enters(p);
+            for rounds in pair.episodes(now, |o| ctx.enters(o), clean_enters) {
                 let episode = Episode {
                     vid,
                     dst,
+                    exempt,
                     pair,
                     rounds: &rounds,
                     latest_round,

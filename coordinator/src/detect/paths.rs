@@ -116,15 +116,20 @@ impl PairState {
     /// Runs of consecutive diverted rounds (among the rounds started by `now`), each as
     /// its rounds in order. A round that entered adversary space only through addresses
     /// `enters` rejects (a neighbour's adversary-numbered port) counts as clean.
+    ///
+    /// `clean_enters` says whether a round that looked clean when it arrived does enter
+    /// the adversary after all: through a router whose alias group is the adversary's
+    /// though none of the addresses it answered from are.
     pub(super) fn episodes(
         &self,
         now: f64,
         enters: impl Fn(&DivertedObs) -> bool,
+        clean_enters: impl Fn(&PathHops) -> bool,
     ) -> Vec<Vec<u64>> {
         let mut events: Vec<(u64, bool)> = self
             .clean
-            .keys()
-            .map(|r| (*r, false))
+            .iter()
+            .map(|(r, o)| (*r, clean_enters(&o.path)))
             .chain(self.diverted.iter().map(|(r, o)| (*r, enters(o))))
             .filter(|(r, _)| self.started_by(*r, now))
             .collect();
@@ -160,9 +165,15 @@ impl PairState {
         episodes
     }
 
-    /// The diverted rounds among `rounds`, in that order.
-    pub(super) fn diverted_rounds(&self, rounds: &[u64]) -> Vec<&DivertedObs> {
-        rounds.iter().filter_map(|r| self.diverted.get(r)).collect()
+    /// One diverted round.
+    pub(super) fn diverted_round(&self, round: u64) -> Option<&DivertedObs> {
+        self.diverted.get(&round)
+    }
+
+    /// A round stored as clean: its path, its RTT to the destination and its start.
+    pub(super) fn clean_round(&self, round: u64) -> Option<(&PathHops, Option<f64>, f64)> {
+        let o = self.clean.get(&round)?;
+        Some((o.path.as_ref(), o.dst_rtt, *self.starts.get(&round)?))
     }
 
     /// Diverted rounds that started by `now`.
@@ -181,12 +192,23 @@ impl PairState {
         &self,
         round: u64,
         enters: impl Fn(&DivertedObs) -> bool,
+        clean_enters: impl Fn(&PathHops) -> bool + Copy,
     ) -> Option<(PathHops, Option<f64>)> {
-        let mut it: Box<dyn Iterator<Item = &CleanObs>> =
-            Box::new(self.clean.range(..round).rev().map(|(_, o)| o));
+        let mut it: Box<dyn Iterator<Item = &CleanObs>> = Box::new(
+            self.clean
+                .range(..round)
+                .rev()
+                .map(|(_, o)| o)
+                .filter(move |o| !clean_enters(&o.path)),
+        );
         let mut first = it.next();
         if first.is_none() {
-            it = Box::new(self.clean.range(round..).map(|(_, o)| o));
+            it = Box::new(
+                self.clean
+                    .range(round..)
+                    .map(|(_, o)| o)
+                    .filter(move |o| !clean_enters(&o.path)),
+            );
             first = it.next();
         }
         let Some(first) = first else {
