@@ -124,7 +124,7 @@ impl<'a> ReportCtx<'a> {
 
     /// A round stored as clean, as the detector keeps a diverted one: hops annotated,
     /// RTTs from the vantage's best to each hop.
-    fn from_clean_path(
+    fn diverted_view_of_clean(
         &self,
         vid: u32,
         path: &PathHops,
@@ -194,7 +194,7 @@ impl<'a> ReportCtx<'a> {
                     if !clean_enters(path) {
                         return None;
                     }
-                    let o = self.from_clean_path(ep.vid, path, dst_rtt, start);
+                    let o = self.diverted_view_of_clean(ep.vid, path, dst_rtt, start);
                     self.effective(&o).map(|c| Cow::Owned(c.into_owned()))
                 }
             })
