@@ -164,6 +164,11 @@ impl Borders {
         }
     }
 
+    /// Whether any alias group names an adversary router (most reports: none).
+    pub(super) fn any_alias_adversary(&self) -> bool {
+        self.alias_owner.values().any(Option::is_some)
+    }
+
     /// The adversary AS whose router answers from `a`, by its alias group.
     pub(super) fn alias_adversary(&self, a: IpAddr) -> Option<u32> {
         self.alias_owner.get(&a).copied().flatten()

@@ -33,6 +33,8 @@ pub(super) struct ReportCtx<'a> {
     adv_pred: HashMap<IpAddr, BTreeSet<IpAddr>>,
     /// Where addresses mislead about whose router answered (border numbering).
     borders: Borders,
+    /// Some alias group names an adversary router (else no clean path can enter).
+    alias_adversaries: bool,
     locator: Locator<'a>,
     gazetteer: &'a Gazetteer,
 }
@@ -75,6 +77,11 @@ impl<'a> ReportCtx<'a> {
         gazetteer: &'a Gazetteer,
         now: f64,
     ) -> Self {
+        let borders = Borders::build(&det.pairs, now, &det.aliases, &det.sources, |a| {
+            // Unannounced and exchange-LAN addresses say nothing about an owner.
+            (annot.ixp(a).is_none() && annot.asn(a).is_some())
+                .then(|| adversary_of(&det.adversary, annot, a))
+        });
         ReportCtx {
             adversary: &det.adversary,
             vantages: &det.vantages,
@@ -82,11 +89,8 @@ impl<'a> ReportCtx<'a> {
             links: &det.links,
             annot,
             adv_pred: adversary_predecessors(&det.pairs, now),
-            borders: Borders::build(&det.pairs, now, &det.aliases, &det.sources, |a| {
-                // Unannounced and exchange-LAN addresses say nothing about an owner.
-                (annot.ixp(a).is_none() && annot.asn(a).is_some())
-                    .then(|| adversary_of(&det.adversary, annot, a))
-            }),
+            alias_adversaries: borders.any_alias_adversary(),
+            borders,
             locator: Locator::new(&det.links, &det.vantages, gazetteer),
             gazetteer,
         }
@@ -118,8 +122,9 @@ impl<'a> ReportCtx<'a> {
 
     /// Whether a path crosses a router whose alias group is the adversary's.
     pub(super) fn path_enters(&self, p: &PathHops) -> bool {
-        p.iter()
-            .any(|(_, a)| a.is_some_and(|a| self.borders.alias_adversary(a).is_some()))
+        self.alias_adversaries
+            && p.iter()
+                .any(|(_, a)| a.is_some_and(|a| self.borders.alias_adversary(a).is_some()))
     }
 
     /// A round stored as clean, as the detector keeps a diverted one: hops annotated,
