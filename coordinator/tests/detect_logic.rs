@@ -773,3 +773,37 @@ fn a_diversion_that_shows_no_adversary_address_is_found_through_alias_groups() {
     assert_eq!(d.adversary_asn, 4134);
     assert_eq!(d.handoff.addr, Some(ip("24.114.255.2")));
 }
+
+#[test]
+fn a_silent_first_hop_hand_off_is_named_from_the_vantages_other_paths() {
+    // The vantage's own router rate-limits its answers: silent on every diverted round
+    // of this pair; another destination's clean path shows it at TTL 1.
+    let div = |r: u64| {
+        trace(
+            r,
+            "ottawa",
+            DST,
+            &[
+                (None, 0.0),
+                (Some("202.97.10.1"), 5.8),
+                (Some("202.97.33.1"), 190.0),
+                (Some(DST), 200.4),
+            ],
+        )
+    };
+    let mut ts: Vec<Trace> = (0..4).map(div).collect();
+    ts.push(trace(
+        0,
+        "ottawa",
+        "211.192.2.2",
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("62.115.10.1"), 13.0),
+            (Some("211.192.2.2"), 150.0),
+        ],
+    ));
+    let rep = run(&ts);
+    let d = &rep.diversions[0];
+    assert_eq!(d.handoff.addr, Some(ip("24.114.255.1")));
+    assert_eq!(d.handoff.method, "other-pair");
+}

@@ -113,6 +113,33 @@ where
         .rev()
         .find(|h| h.addr.is_some() && h.adversary.is_none())
     else {
+        // Nothing answered before an ingress at TTL 2: the hand-off is the vantage's
+        // own first router (rate-limited by a vantage's burst of first hops, typically),
+        // which every other path of the vantage crosses at TTL 1 too.
+        if ing.ttl == 2 {
+            let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+            for p in other_paths() {
+                if let Some(a) = p
+                    .iter()
+                    .find(|(t, a)| *t == 1 && a.is_some())
+                    .and_then(|(_, a)| *a)
+                    .filter(|a| !is_adversary(*a))
+                {
+                    *counts.entry(a).or_default() += 1;
+                }
+            }
+            if let Some((addr, _)) = counts
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            {
+                return Pick {
+                    addr: Some(addr),
+                    ttl: Some(1),
+                    rtt: None,
+                    quality: Quality::OtherPair,
+                };
+            }
+        }
         return none;
     };
     if last.ttl.saturating_add(1) >= ing.ttl {
