@@ -301,6 +301,10 @@ pub fn parse_metros(text: &str) -> Result<Vec<(String, String, GeoPoint)>, Gazet
 /// 2/3 c of light in fibre. Used only to *prefer* positions, never to exclude them.
 pub const TYPICAL_SPEED_FRACTION: f64 = 2.0 / 3.0;
 
+/// How much nearer than an RTT step suggests a link's far end may be without penalty:
+/// 2 ms of ICMP slow path at the typical speed of a path (~133 km).
+pub const SLOW_PATH_SLACK_KM: f64 = 2.0 * KM_PER_MS_RTT * TYPICAL_SPEED_FRACTION;
+
 /// Below this radius the measurements speak for themselves and no prior is applied.
 pub const PRIOR_MIN_RADIUS_KM: f64 = 150.0;
 
@@ -526,13 +530,19 @@ impl Gazetteer {
             .map(|c| {
                 let mut score = c.hub_score();
                 for r in rings {
-                    let z =
-                        (great_circle_km(c.loc, r.center) - r.expected_km) / r.sigma_km.max(1.0);
-                    // One-sided: an RTT step overstates a link's length (the far end's
-                    // ICMP slow path, a longer way back) far more often than it
-                    // understates it, so a metro nearer than the step suggests is
-                    // barely penalised.
-                    let z = if z < 0.0 { 0.3 * z } else { z };
+                    // An RTT step overstates a link's length by the far end's ICMP slow
+                    // path (a few ms at most, whatever the length) and by a longer way
+                    // back: a metro up to that much nearer than the step suggests is as
+                    // likely as one at the suggested distance.
+                    let d = great_circle_km(c.loc, r.center);
+                    let near = r.expected_km - SLOW_PATH_SLACK_KM;
+                    let z = if d > r.expected_km {
+                        (d - r.expected_km) / r.sigma_km.max(1.0)
+                    } else if d < near {
+                        (near - d) / r.sigma_km.max(1.0)
+                    } else {
+                        0.0
+                    };
                     score -= 0.5 * z * z;
                 }
                 let z = great_circle_km(c.loc, est.loc) / est.radius_km.max(1.0);
