@@ -217,8 +217,20 @@ async fn alias_knowledge(c: &Arc<Coordinator>) -> Result<AliasKnowledge, StoreEr
     .map_err(blocking_failed)?
 }
 
-/// Hands alias resolution's groups and echo RTTs to the detector.
-async fn feed_aliases(c: &Arc<Coordinator>, det: &mut Detector) -> Result<(), StoreError> {
+/// Hands alias resolution's groups and echo RTTs to the detector, unless nothing was
+/// stored since `fed` (the alias generation it last handed over; `None` for a fresh
+/// detector): merging every stored result is not work for every batch of traces.
+async fn feed_aliases(
+    c: &Arc<Coordinator>,
+    det: &mut Detector,
+    fed: &mut Option<u64>,
+) -> Result<(), StoreError> {
+    // Read before loading: results stored meanwhile bump it again, and load next time.
+    let generation = c.alias_generation();
+    if *fed == Some(generation) {
+        return Ok(());
+    }
+    *fed = Some(generation);
     let (groups, sources, echoes) = alias_knowledge(c).await?;
     det.set_aliases(groups);
     det.set_router_sources(sources);
@@ -308,7 +320,8 @@ async fn run(
     let mut annot = Arc::new(tables.annot);
     let mut gazetteer = Arc::new(tables.gazetteer);
     let mut det = replay(&c, adversary.clone(), annot.clone()).await?;
-    feed_aliases(&c, &mut det).await?;
+    let mut aliases_fed = None;
+    feed_aliases(&c, &mut det, &mut aliases_fed).await?;
     let mut published = HashMap::new();
     let report = det.report(&annot, &gazetteer, now_s());
     changed(&mut published, &report.diversions);
@@ -331,7 +344,8 @@ async fn run(
                         annot = Arc::new(fresh.annot);
                         gazetteer = Arc::new(fresh.gazetteer);
                         det = replay(&c, adversary.clone(), annot.clone()).await?;
-                        feed_aliases(&c, &mut det).await?;
+                        aliases_fed = None;
+                        feed_aliases(&c, &mut det, &mut aliases_fed).await?;
                         let report = det.report(&annot, &gazetteer, now_s());
                         for d in changed(&mut published, &report.diversions) {
                             c.publish_diversion(d);
@@ -376,7 +390,7 @@ async fn run(
                 det.ingest(&t, &annot);
             }
         }
-        feed_aliases(&c, &mut det).await?;
+        feed_aliases(&c, &mut det, &mut aliases_fed).await?;
         let report = det.report(&annot, &gazetteer, now_s());
         for d in changed(&mut published, &report.diversions) {
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, "diversion");

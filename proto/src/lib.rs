@@ -6,11 +6,13 @@
 //! - [`clock`] and [`schedule`]: the arithmetic both ends must agree on (NTP-style offset,
 //!   round start instants), as pure functions.
 //! - [`time`]: RFC 3339 timestamps, formatted and parsed the same way everywhere.
+//! - [`union_find`]: grouping alias evidence into routers, on either end.
 
 pub mod clock;
 pub mod schedule;
 pub mod time;
 pub mod token;
+pub mod union_find;
 
 /// Generated code for package `tracemesh.v1`.
 #[allow(clippy::all, missing_debug_implementations)]

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tracemesh_proto::union_find::UnionFind;
 
 use super::bucket::TokenBucket;
 use super::denylist::{Denied, DenyList};
@@ -607,45 +608,6 @@ impl AliasProber {
 // ---------------------------------------------------------------------------------------
 // Inference
 
-/// Union-find over a fixed set of addresses.
-#[derive(Debug)]
-struct Dsu {
-    parent: Vec<usize>,
-}
-
-impl Dsu {
-    fn new(n: usize) -> Self {
-        Dsu {
-            parent: (0..n).collect(),
-        }
-    }
-
-    fn find(&mut self, mut x: usize) -> usize {
-        while self.parent[x] != x {
-            self.parent[x] = self.parent[self.parent[x]];
-            x = self.parent[x];
-        }
-        x
-    }
-
-    fn union(&mut self, a: usize, b: usize) {
-        let (a, b) = (self.find(a), self.find(b));
-        if a != b {
-            self.parent[a.max(b)] = a.min(b);
-        }
-    }
-
-    /// Components of more than one member, members in index order.
-    fn components(&mut self) -> Vec<Vec<usize>> {
-        let mut by_root: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for i in 0..self.parent.len() {
-            let r = self.find(i);
-            by_root.entry(r).or_default().push(i);
-        }
-        by_root.into_values().filter(|c| c.len() > 1).collect()
-    }
-}
-
 /// Mercator groups from probed → answering addresses: X with its answering address, and
 /// every probed address answered from one address, together.
 pub fn mercator_groups(answers: &BTreeMap<IpAddr, IpAddr>) -> Vec<AliasGroup> {
@@ -656,7 +618,7 @@ pub fn mercator_groups(answers: &BTreeMap<IpAddr, IpAddr>) -> Vec<AliasGroup> {
         .into_iter()
         .collect();
     let index = |a: &IpAddr| addrs.binary_search(a).unwrap_or(0);
-    let mut dsu = Dsu::new(addrs.len());
+    let mut dsu = UnionFind::new(addrs.len());
     for (x, y) in answers {
         dsu.union(index(x), index(y));
     }
@@ -786,7 +748,7 @@ pub fn ipid_groups(
     }
     let n = usable.len();
     let mut pass = vec![vec![false; n]; n];
-    let mut dsu = Dsu::new(n);
+    let mut dsu = UnionFind::new(n);
     for i in 0..n {
         for j in i + 1..n {
             let v = usable[i].2.max(usable[j].2);

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use tracemesh_proto::union_find::UnionFind;
 use tracemesh_proto::v1;
 
 pub mod auto;
@@ -43,26 +44,6 @@ fn addr_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// A set's addresses and the (run, group) pairs that linked them.
 type Component<'a> = (BTreeSet<&'a str>, BTreeSet<(usize, usize)>);
-
-struct Dsu {
-    parent: Vec<usize>,
-}
-
-impl Dsu {
-    fn find(&mut self, mut x: usize) -> usize {
-        while self.parent[x] != x {
-            self.parent[x] = self.parent[self.parent[x]];
-            x = self.parent[x];
-        }
-        x
-    }
-    fn union(&mut self, a: usize, b: usize) {
-        let (a, b) = (self.find(a), self.find(b));
-        if a != b {
-            self.parent[a.max(b)] = a.min(b);
-        }
-    }
-}
 
 /// Addresses that answered Mercator probes: each is the address a router sources its
 /// ICMP errors from, its own rather than a neighbour-numbered port.
@@ -186,9 +167,7 @@ pub fn merge(results: &[v1::AliasResult]) -> Vec<v1::AliasSet> {
             });
         }
     }
-    let mut dsu = Dsu {
-        parent: (0..names.len()).collect(),
-    };
+    let mut dsu = UnionFind::new(names.len());
     for &(a, b, _, _) in &links {
         dsu.union(index[a], index[b]);
     }

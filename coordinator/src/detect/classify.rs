@@ -69,7 +69,7 @@ pub(super) fn adversary_of(adversary: &Adversary, annot: &Annotator, addr: IpAdd
         .copied()
 }
 
-pub(super) fn vantage_belongs(adversary: &Adversary, annot: &Annotator, v: &VantageInfo) -> bool {
+fn vantage_belongs(adversary: &Adversary, annot: &Annotator, v: &VantageInfo) -> bool {
     v.asn
         .is_some_and(|a| adversary.asns.contains(&a) || adversary.has_country(annot.as_country(a)))
         || adversary.has_country(v.country.as_deref())
@@ -133,4 +133,28 @@ pub(super) fn diversion_ingress(
         |cc: Option<&str>| matches!((cc, home), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
     let domestic = same_country(dst_country) || same_country(vantage.country.as_deref());
     (!domestic && !vantage_belongs(adversary, annot, vantage)).then_some(ingress)
+}
+
+/// Whether crossing the adversary is no diversion for the pair whatever the path: the
+/// destination is in adversary space, the vantage belongs to the adversary, or either end
+/// is registered in an adversary AS's country. The pair-level form of the test
+/// [`diversion_ingress`] applies per round, for rounds that entered through a router
+/// only alias resolution showed to be the adversary's.
+pub(super) fn pair_exempt(
+    adversary: &Adversary,
+    annot: &Annotator,
+    dst: IpAddr,
+    vantage: &VantageInfo,
+) -> bool {
+    if adversary_of(adversary, annot, dst).is_some() || vantage_belongs(adversary, annot, vantage) {
+        return true;
+    }
+    let home: Vec<&str> = adversary
+        .asns
+        .iter()
+        .filter_map(|a| annot.as_country(*a))
+        .collect();
+    let is_home =
+        |cc: Option<&str>| cc.is_some_and(|c| home.iter().any(|h| h.eq_ignore_ascii_case(c)));
+    is_home(annot.asn(dst).and_then(|a| annot.as_country(a))) || is_home(vantage.country.as_deref())
 }

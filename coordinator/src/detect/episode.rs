@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::border::Borders;
-use super::classify::{adversary_of, vantage_belongs};
+use super::classify::{self, adversary_of};
 use super::handoff::{Pick, Quality, find_handoff};
 use super::links::Links;
 use super::locate::Locator;
@@ -97,27 +97,11 @@ impl<'a> ReportCtx<'a> {
     }
 
     /// Whether either end of the pair belongs to the adversary or its country, so that
-    /// crossing it is no diversion (as `classify::diversion_ingress` judges a round).
+    /// crossing it is no diversion (see [`classify::pair_exempt`]).
     pub(super) fn exempt(&self, vid: u32, dst: IpAddr) -> bool {
-        let annot = self.annot;
-        if adversary_of(self.adversary, annot, dst).is_some() {
-            return true;
-        }
-        let Some(v) = self.vantages.get(vid as usize) else {
-            return false;
-        };
-        if vantage_belongs(self.adversary, annot, v) {
-            return true;
-        }
-        let home: Vec<&str> = self
-            .adversary
-            .asns
-            .iter()
-            .filter_map(|a| annot.as_country(*a))
-            .collect();
-        let is_home =
-            |cc: Option<&str>| cc.is_some_and(|c| home.iter().any(|h| h.eq_ignore_ascii_case(c)));
-        is_home(annot.asn(dst).and_then(|a| annot.as_country(a))) || is_home(v.country.as_deref())
+        self.vantages
+            .get(vid as usize)
+            .is_some_and(|v| classify::pair_exempt(self.adversary, self.annot, dst, v))
     }
 
     /// Whether a path crosses a router whose alias group is the adversary's.

@@ -116,29 +116,16 @@ where
         // Nothing answered before an ingress at TTL 2: the hand-off is the vantage's
         // own first router (rate-limited by a vantage's burst of first hops, typically),
         // which every other path of the vantage crosses at TTL 1 too.
-        if ing.ttl == 2 {
-            let mut counts: HashMap<IpAddr, usize> = HashMap::new();
-            for p in other_paths() {
-                if let Some(a) = p
-                    .iter()
-                    .find(|(t, a)| *t == 1 && a.is_some())
-                    .and_then(|(_, a)| *a)
-                    .filter(|a| !is_adversary(*a))
-                {
-                    *counts.entry(a).or_default() += 1;
-                }
-            }
-            if let Some((addr, _)) = counts
-                .into_iter()
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-            {
-                return Pick {
-                    addr: Some(addr),
-                    ttl: Some(1),
-                    rtt: None,
-                    quality: Quality::OtherPair,
-                };
-            }
+        if ing.ttl == 2
+            && let Some(addr) =
+                most_common(other_paths().filter_map(|p| at_ttl(p, 1)), &is_adversary)
+        {
+            return Pick {
+                addr: Some(addr),
+                ttl: Some(1),
+                rtt: None,
+                quality: Quality::OtherPair,
+            };
         }
         return none;
     };
@@ -150,26 +137,12 @@ where
     let (Some(anchor), want_delta) = (last.addr, ing.ttl - 1 - last.ttl) else {
         return pick(last, Quality::Gap);
     };
-    let mut counts: HashMap<IpAddr, usize> = HashMap::new();
-    for p in other_paths() {
-        let Some((t0, _)) = p.iter().find(|(_, a)| *a == Some(anchor)) else {
-            continue;
-        };
-        let want = t0.saturating_add(want_delta);
-        if let Some(a) = p
-            .iter()
-            .find(|(t, a)| *t == want && a.is_some())
-            .and_then(|(_, a)| *a)
-            .filter(|a| !is_adversary(*a))
-        {
-            *counts.entry(a).or_default() += 1;
-        }
-    }
-    match counts
-        .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-    {
-        Some((addr, _)) => Pick {
+    let seen = other_paths().filter_map(|p| {
+        let (t0, _) = p.iter().find(|(_, a)| *a == Some(anchor))?;
+        at_ttl(p, t0.saturating_add(want_delta))
+    });
+    match most_common(seen, &is_adversary) {
+        Some(addr) => Pick {
             addr: Some(addr),
             ttl: Some(ing.ttl - 1),
             rtt: None,
@@ -177,4 +150,25 @@ where
         },
         None => pick(last, Quality::Gap),
     }
+}
+
+/// The address answering at `ttl` on a path, if any.
+fn at_ttl(p: &[(u8, Option<IpAddr>)], ttl: u8) -> Option<IpAddr> {
+    p.iter().find(|(t, a)| *t == ttl && a.is_some())?.1
+}
+
+/// The non-adversary address seen most often (ties: the lowest), for naming a silent
+/// hop from other paths.
+fn most_common(
+    seen: impl Iterator<Item = IpAddr>,
+    is_adversary: &impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+    for a in seen.filter(|a| !is_adversary(*a)) {
+        *counts.entry(a).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(a, _)| a)
 }

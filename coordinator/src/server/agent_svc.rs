@@ -331,6 +331,9 @@ impl Session {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(internal)?;
+        if fresh > 0 {
+            self.c.alias_results_stored();
+        }
         tracing::info!(vantage = %self.name, acked = acked.len(), new = fresh, "ingested alias results");
         self.send(Down::Ack(v1::Ack { result_ids: acked })).await
     }

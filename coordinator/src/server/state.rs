@@ -66,6 +66,9 @@ pub struct Coordinator {
     pub advertise: String,
     registry: Mutex<HashMap<String, LiveAgent>>,
     next_session: AtomicU64,
+    /// Bumped whenever new alias results are stored, so readers of the merged alias
+    /// sets (live detection) reload them only when they changed.
+    alias_generation: AtomicU64,
     traces: broadcast::Sender<v1::TraceRecord>,
     diversions: broadcast::Sender<v1::Diversion>,
     shutdown: watch::Receiver<bool>,
@@ -85,6 +88,16 @@ impl std::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
+    /// Changes each time new alias results have been stored.
+    pub fn alias_generation(&self) -> u64 {
+        self.alias_generation.load(Ordering::Acquire)
+    }
+
+    /// Marks that new alias results were stored.
+    pub fn alias_results_stored(&self) {
+        self.alias_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         ca: Arc<Ca>,
@@ -98,6 +111,7 @@ impl Coordinator {
             advertise,
             registry: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            alias_generation: AtomicU64::new(0),
             traces: broadcast::channel(4096).0,
             diversions: broadcast::channel(1024).0,
             shutdown,

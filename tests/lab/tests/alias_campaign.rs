@@ -6,36 +6,14 @@
 //! merged sets back. Router b1 has 10.0.0.2 and 10.9.0.2; c (10.0.0.4) and d
 //! (10.0.0.6) one address each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracemesh_lab::net::{COORDINATOR_ADDR, Emulator, Topology, in_netns, unix_ns};
-use tracemesh_lab::run::bin_dir;
 use tracemesh_lab::scenario::World;
-
-fn require_environment() -> (PathBuf, PathBuf) {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    assert!(root, "needs root (network namespaces and a TUN device)");
-    assert!(Path::new("/dev/net/tun").exists(), "needs /dev/net/tun");
-    let dir = bin_dir().unwrap();
-    let (coord, agent) = (dir.join("tracemesh"), dir.join("tracemesh-agent"));
-    for b in [&coord, &agent] {
-        assert!(
-            b.exists(),
-            "needs {} (cargo build -p tracemesh -p tracemesh-agent, or set TRACEMESH_BIN_DIR)",
-            b.display()
-        );
-    }
-    (coord, agent)
-}
 
 /// Kills its child when dropped.
 struct Killed(Child);
@@ -73,7 +51,10 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 #[test]
 #[ignore = "needs root, /dev/net/tun, built tracemesh and tracemesh-agent"]
 fn an_alias_campaign_groups_b1s_addresses_through_the_coordinator() {
-    let (coord, agent) = require_environment();
+    let (coord, agent) = (
+        tracemesh_lab::net::require_lab_bin("tracemesh"),
+        tracemesh_lab::net::require_lab_bin("tracemesh-agent"),
+    );
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/diamond-v2.toml");
     let w = Arc::new(World::load(&file).unwrap());
     let topo = Topology::build(&w).unwrap();

@@ -9,34 +9,13 @@
 //! also prints what resolution cost in probes per address.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tracemesh_lab::net::{Emulator, Topology, unix_ns};
-use tracemesh_lab::run::bin_dir;
 use tracemesh_lab::scenario::World;
-
-/// Panics with the missing prerequisite: this test is `#[ignore]`d by default and run
-/// where its environment is promised, so a gap is a failure, not a skip.
-fn require_environment() -> PathBuf {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    assert!(root, "needs root (network namespaces and a TUN device)");
-    assert!(Path::new("/dev/net/tun").exists(), "needs /dev/net/tun");
-    let agent = bin_dir().unwrap().join("tracemesh-agent");
-    assert!(
-        agent.exists(),
-        "needs {} (cargo build -p tracemesh-agent, or set TRACEMESH_BIN_DIR)",
-        agent.display()
-    );
-    agent
-}
 
 /// `tracemesh-agent alias --json` in namespace `ns`.
 fn alias(agent: &Path, ns: &str, method: &str, addrs: &[&str]) -> Value {
@@ -97,7 +76,7 @@ fn grouped_with(gs: &[BTreeSet<String>], a: &str) -> Option<BTreeSet<String>> {
 #[test]
 #[ignore = "needs root, /dev/net/tun"]
 fn alias_probes_find_routers_in_the_emulated_internet() {
-    let agent = require_environment();
+    let agent = tracemesh_lab::net::require_lab_bin("tracemesh-agent");
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/diamond-v2.toml");
     let w = Arc::new(World::load(&file).unwrap());
     let topo = Topology::build(&w).unwrap();

@@ -19,16 +19,6 @@ const SCAMPER: &str = "/usr/bin/scamper";
 /// When the scenario's diversion starts (seconds after t0).
 const DIVERSION_AT: f64 = 15.0;
 
-fn can_build_namespaces() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-        && Path::new("/dev/net/tun").exists()
-}
-
 /// The probers run at a real-time priority below the emulator's (10): scamper stamps a
 /// probe's send time before it hands the probe to the kernel, so a prober preempted in
 /// between by the builds and tests sharing this 2-core machine reports a late hop the
@@ -248,7 +238,7 @@ fn check(
 #[test]
 #[ignore = "needs root, /dev/net/tun and scamper"]
 fn scamper_sees_the_model_paths_and_the_diversion() {
-    assert!(can_build_namespaces(), "needs root and /dev/net/tun");
+    tracemesh_lab::net::require_lab();
     assert!(
         Path::new(SCAMPER).exists(),
         "needs {SCAMPER} (apt-get install scamper)"

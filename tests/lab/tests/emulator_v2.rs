@@ -16,23 +16,6 @@ use tracemesh_lab::scenario::World;
 
 const SCAMPER: &str = "/usr/bin/scamper";
 
-/// Panics with the missing prerequisite: this test is `#[ignore]`d by default and run
-/// where its environment is promised (CI, as root), so a gap is a failure, not a skip.
-fn require_environment() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    assert!(root, "needs root (network namespaces and a TUN device)");
-    assert!(Path::new("/dev/net/tun").exists(), "needs /dev/net/tun");
-    assert!(
-        Path::new(SCAMPER).exists(),
-        "needs {SCAMPER} (apt-get install scamper)"
-    );
-}
-
 /// scamper's JSON objects of `type` from one run of `command` on `dsts` in `ns`.
 fn scamper(ns: &str, command: &str, dsts: &[&str], kind: &str) -> Vec<Value> {
     let out = Command::new("timeout")
@@ -62,7 +45,11 @@ fn scamper(ns: &str, command: &str, dsts: &[&str], kind: &str) -> Vec<Value> {
 #[test]
 #[ignore = "needs root, /dev/net/tun and scamper"]
 fn real_packets_follow_the_v2_rules() {
-    require_environment();
+    tracemesh_lab::net::require_lab();
+    assert!(
+        Path::new(SCAMPER).exists(),
+        "needs {SCAMPER} (apt-get install scamper)"
+    );
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/diamond-v2.toml");
     let w = Arc::new(World::load(&file).unwrap());
     let topo = Topology::build(&w).unwrap();

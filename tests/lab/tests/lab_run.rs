@@ -9,23 +9,11 @@ use std::path::Path;
 use tracemesh_lab::run::{RunOptions, run};
 use tracemesh_lab::scenario::World;
 
-fn can_build_namespaces() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-        && Path::new("/dev/net/tun").exists()
-}
-
 #[test]
 #[ignore = "needs root and /dev/net/tun, and the workspace's binaries built"]
 fn a_small_scenario_runs_end_to_end_through_the_lab() {
-    assert!(
-        can_build_namespaces(),
-        "the lab needs root and /dev/net/tun"
-    );
+    tracemesh_lab::net::require_lab_bin("tracemesh");
+    tracemesh_lab::net::require_lab_bin("tracemesh-agent");
     let scenario =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/tiny-diversion.toml");
     let out = tempfile::tempdir().unwrap();

@@ -49,6 +49,32 @@ pub use tracemesh_testnet::{in_netns, ip};
 pub const CONTROL_NET: &str = "198.18.0.0/16";
 pub const COORDINATOR_ADDR: &str = "198.18.0.1";
 
+/// Panics with the missing prerequisite of a test that builds a lab: root and network
+/// namespaces (`tracemesh_testnet::require`) and a TUN device. Such tests are
+/// `#[ignore]`d and run where their environment is promised, so a gap is a failure.
+pub fn require_lab() {
+    tracemesh_testnet::require();
+    assert!(
+        std::path::Path::new("/dev/net/tun").exists(),
+        "this test needs /dev/net/tun (a TUN device for the emulator)"
+    );
+}
+
+/// [`require_lab`], and the workspace binary `name` beside this test (or in
+/// `$TRACEMESH_BIN_DIR`), whose path it returns.
+pub fn require_lab_bin(name: &str) -> std::path::PathBuf {
+    require_lab();
+    let bin = crate::run::bin_dir()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|e| panic!("cannot locate the workspace binaries: {e:#}"));
+    assert!(
+        bin.exists(),
+        "this test needs {} (cargo build --workspace, or set TRACEMESH_BIN_DIR)",
+        bin.display()
+    );
+    bin
+}
+
 pub fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
