@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/tracemesh/v1/trace.proto",
     "proto/tracemesh/v1/alias.proto",
+    "proto/tracemesh/v1/mesh.proto",
     "proto/tracemesh/v1/campaign.proto",
     "proto/tracemesh/v1/agent.proto",
     "proto/tracemesh/v1/consumer.proto",

@@ -87,8 +87,21 @@ struct RunArgs {
     /// Cap on probes per second toward any one destination.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     per_dst_rate: Option<u32>,
+    /// Listen for other agents (mesh campaigns, UDP/QUIC): `IP:PORT`, `IP` or `:PORT`;
+    /// the port defaults to 7444. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    mesh_listen: Option<String>,
+    /// The address other agents dial (`IP` or `IP:PORT`), when it is not the listen
+    /// address (e.g. behind a cloud's NAT); default: the listen address, or the address
+    /// the coordinator sees this agent connect from.
+    #[arg(long, value_name = "ADDR")]
+    mesh_advertise: Option<String>,
+    /// Test-only: offset this agent's clock by this many milliseconds (the session's clock
+    /// correction must undo it).
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    test_clock_skew_ms: i64,
     /// TOML file with the same settings (state, coordinator, token, allow, rate,
-    /// per_dst_rate); flags override it.
+    /// per_dst_rate, mesh_listen, mesh_advertise); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -104,6 +117,8 @@ struct FileConfig {
     allow: Vec<IpNet>,
     rate: Option<u32>,
     per_dst_rate: Option<u32>,
+    mesh_listen: Option<String>,
+    mesh_advertise: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +222,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .or(file.per_dst_rate)
             .unwrap_or(100)
             .clamp(1, 1_000_000),
+        mesh_listen: args
+            .mesh_listen
+            .or(file.mesh_listen)
+            .map(|a| parse_mesh_listen(&a))
+            .transpose()?,
+        mesh_advertise: args.mesh_advertise.or(file.mesh_advertise),
+        clock_skew_ns: args.test_clock_skew_ms.saturating_mul(1_000_000),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -557,4 +579,22 @@ fn write_alias_text(out: &mut impl Write, r: &AliasReport, method: Method) -> st
         .map(|(a, n)| format!("{a} {n}"))
         .collect();
     writeln!(out, "probes per address: {}", per.join(", "))
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, `IP` or `:PORT`; the port defaults to the mesh's.
+fn parse_mesh_listen(a: &str) -> Result<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let port = tracemesh_agent::mesh::DEFAULT_PORT;
+    if let Ok(sa) = a.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    if let Ok(ip) = a.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if let Some(p) = a.strip_prefix(':')
+        && let Ok(p) = p.parse::<u16>()
+    {
+        return Ok(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), p));
+    }
+    bail!("--mesh-listen {a:?}: expected IP:PORT, IP or :PORT")
 }

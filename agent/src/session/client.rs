@@ -25,9 +25,10 @@ use tracemesh_proto::v1::{self as pb};
 
 use super::convert::alias_result_from_report;
 use super::core::{Effect, Input, Now, SessionCore};
-use super::schedule::{HeldAlias, HeldCampaign};
+use super::schedule::{HeldAlias, HeldCampaign, HeldMesh};
 use super::spool::Spool;
 use super::state::{AgentIdentity, Credentials, StateDir, StateError};
+use crate::mesh::{MeshClock, MeshCredentials, MeshNode, Peer, TrainSpec};
 use crate::probe::alias::{AliasConfig, AliasProber, AliasReport};
 use crate::probe::denylist::DenyList;
 use crate::probe::driver::{self, Needs};
@@ -54,6 +55,8 @@ pub enum SessionError {
     Connect { coordinator: String, reason: String },
     #[error("making a key pair or CSR: {0}")]
     Key(String),
+    #[error("mesh endpoint: {0}")]
+    Mesh(String),
     #[error("a spool or state write panicked: {0}")]
     Panicked(String),
 }
@@ -66,12 +69,54 @@ pub struct RunConfig {
     pub allow: Vec<IpNet>,
     pub rate_pps: u32,
     pub per_dst_pps: u32,
+    /// Where the mesh endpoint listens (UDP); `None`: no mesh.
+    pub mesh_listen: Option<std::net::SocketAddr>,
+    /// The address peers dial (`IP` or `IP:PORT`); `None`: the listen address when it is
+    /// a specific one, else the address the coordinator sees this agent come from.
+    pub mesh_advertise: Option<String>,
+    /// Test-only: this agent's clock reads this far off (ns), as a badly set clock would;
+    /// the session's offset to the coordinator must correct it everywhere.
+    pub clock_skew_ns: i64,
 }
+
+/// The test-only clock error (`RunConfig::clock_skew_ns`), applied to every reading.
+static CLOCK_SKEW_NS: AtomicI64 = AtomicI64::new(0);
 
 fn unix_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
+        + CLOCK_SKEW_NS.load(Ordering::Relaxed)
+}
+
+/// The mesh's reading of the agent's clock: corrected by the session's offset.
+struct SessionClock {
+    offset_ns: Arc<AtomicI64>,
+    bound_ns: Arc<AtomicI64>,
+}
+
+impl MeshClock for SessionClock {
+    fn now_ns(&self) -> i64 {
+        corrected_now_ns(&self.offset_ns)
+    }
+    fn error_ns(&self) -> i64 {
+        self.bound_ns.load(Ordering::Relaxed)
+    }
+}
+
+/// The Hello's mesh address: what peers should dial.
+fn mesh_advert(listen: std::net::SocketAddr, advertise: Option<&str>) -> String {
+    match advertise {
+        Some(a) => match a.parse::<std::net::SocketAddr>() {
+            Ok(sa) => sa.to_string(),
+            Err(_) => match a.parse::<IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, listen.port()).to_string(),
+                Err(_) => a.to_string(),
+            },
+        },
+        None if listen.ip().is_unspecified() => format!(":{}", listen.port()),
+        None => listen.to_string(),
+    }
 }
 
 fn now() -> Now {
@@ -99,9 +144,33 @@ pub async fn run(cfg: RunConfig) -> Result<(), SessionError> {
     for p in problems {
         tracing::error!(error = %p, "spool file set aside");
     }
+    CLOCK_SKEW_NS.store(cfg.clock_skew_ns, Ordering::Relaxed);
     let held = state.load_campaigns()?;
     let start = now();
-    let core = SessionCore::new(held, spool.unacked(), start);
+    let mut core = SessionCore::new(held, spool.unacked(), start);
+    let offset_ns = Arc::new(AtomicI64::new(0));
+    let bound_ns = Arc::new(AtomicI64::new(0));
+    let mesh = match cfg.mesh_listen {
+        Some(listen) => {
+            let mcreds = MeshCredentials {
+                cert_chain_pem: creds.cert_chain_pem.clone(),
+                key_pem: creds.key_pem.clone(),
+                ca_pem: creds.ca_pem.clone(),
+            };
+            let clock = Arc::new(SessionClock {
+                offset_ns: offset_ns.clone(),
+                bound_ns: bound_ns.clone(),
+            });
+            let node = MeshNode::bind(&identity.name, listen, &mcreds, clock)
+                .map_err(|e| SessionError::Mesh(e.to_string()))?;
+            let bound = node.local_addr().unwrap_or(listen);
+            let advert = mesh_advert(bound, cfg.mesh_advertise.as_deref());
+            tracing::info!(listen = %bound, advertise = %advert, "mesh endpoint up");
+            core.set_mesh_addr(advert);
+            Some(node)
+        }
+        None => None,
+    };
     tracing::info!(
         agent = %identity.name,
         %coordinator,
@@ -121,7 +190,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), SessionError> {
         cfg: Arc::new(cfg),
         coordinator,
         tls,
-        offset_ns: Arc::new(AtomicI64::new(0)),
+        offset_ns,
+        bound_ns,
+        mesh,
         rounds_tx,
         rounds_rx,
         link: LinkIo::default(),
@@ -241,6 +312,7 @@ struct LinkIo {
 enum RoundResults {
     Traces(Vec<TraceResult>),
     Alias(Box<pb::AliasResult>),
+    Mesh(Vec<pb::MeshSample>),
 }
 
 struct RoundOutcome {
@@ -277,6 +349,10 @@ struct Driver {
     tls: ClientTlsConfig,
     /// The core's clock offset, for round tasks waiting for their instant.
     offset_ns: Arc<AtomicI64>,
+    /// That offset's error bound, for mesh samples.
+    bound_ns: Arc<AtomicI64>,
+    /// The mesh endpoint, when this agent runs one.
+    mesh: Option<Arc<MeshNode>>,
     rounds_tx: mpsc::UnboundedSender<RoundOutcome>,
     rounds_rx: mpsc::UnboundedReceiver<RoundOutcome>,
     link: LinkIo,
@@ -320,6 +396,11 @@ impl Driver {
                         campaign_id,
                         round,
                         result: *result,
+                    },
+                    Ok(RoundResults::Mesh(samples)) => Input::MeshDone {
+                        campaign_id,
+                        round,
+                        samples,
                     },
                     Err(e) => {
                         tracing::error!(campaign = %campaign_id, round, error = %e, "round failed");
@@ -463,6 +544,19 @@ impl Driver {
                     round,
                     start_ns,
                 } => {
+                    if let (Some(mesh), Some(node)) = (campaign.mesh.clone(), self.mesh.clone()) {
+                        let (done, id) = (self.rounds_tx.clone(), campaign.id.clone());
+                        tokio::spawn(async move {
+                            let samples = run_mesh_round(&node, &id, &mesh, round, start_ns).await;
+                            let _ = done.send(RoundOutcome {
+                                campaign_id: id,
+                                round,
+                                results: Ok(RoundResults::Mesh(samples)),
+                            });
+                        });
+                    } else if campaign.mesh.is_some() {
+                        tracing::warn!(campaign = %campaign.id, "a mesh campaign, but this agent runs no mesh endpoint (--mesh-listen): traces only");
+                    }
                     let (cfg, offset_ns, done) = (
                         self.cfg.clone(),
                         self.offset_ns.clone(),
@@ -487,6 +581,7 @@ impl Driver {
                     });
                 }
                 Effect::ClockOffset(ns) => self.offset_ns.store(ns, Ordering::Relaxed),
+                Effect::ClockBound(ns) => self.bound_ns.store(ns, Ordering::Relaxed),
                 Effect::ArmTimer(at) => self.timer = tokio::time::Instant::from_std(at),
             }
         }
@@ -632,6 +727,64 @@ async fn run_round(
             .map_err(|e| e.to_string())?;
     }
     Ok(results)
+}
+
+/// One mesh round: trains to and from every peer at the round's instant, as samples of
+/// the directions toward this agent (the peers report the other ones).
+async fn run_mesh_round(
+    node: &Arc<MeshNode>,
+    campaign: &str,
+    mesh: &HeldMesh,
+    round: u32,
+    start_ns: i64,
+) -> Vec<pb::MeshSample> {
+    let peers: Vec<Peer> = mesh
+        .peers
+        .iter()
+        .map(|p| Peer {
+            name: p.name.clone(),
+            addr: p.addr,
+        })
+        .collect();
+    let spec = TrainSpec {
+        count: mesh.train,
+        spacing: Duration::from_millis(u64::from(mesh.spacing_ms)),
+        ..TrainSpec::default()
+    };
+    let own_addr = mesh
+        .peers
+        .iter()
+        .find(|p| p.name == node.name())
+        .map(|p| p.addr.ip().to_string())
+        .unwrap_or_default();
+    let samples = node.round(campaign, round, &peers, start_ns, spec).await;
+    samples
+        .into_iter()
+        .map(|s| {
+            let src_addr = mesh
+                .peers
+                .iter()
+                .find(|p| p.name == s.src)
+                .map(|p| p.addr.ip().to_string())
+                .unwrap_or_default();
+            pb::MeshSample {
+                result_id: format!("{campaign}/{round}/mesh/{}", s.src),
+                campaign_id: campaign.to_string(),
+                round,
+                src: s.src.clone(),
+                dst: node.name().to_string(),
+                src_addr,
+                dst_addr: own_addr.clone(),
+                sent: s.sent,
+                received: s.received,
+                owd_min_ns: s.owd_min_ns,
+                owd_median_ns: s.owd_median_ns,
+                clock_error_ns: s.clock_error_ns,
+                at_ns: start_ns,
+                received_at_ns: 0,
+            }
+        })
+        .collect()
 }
 
 /// Least spacing between two alias probes to one address: the prober's default, or

@@ -3,6 +3,7 @@
 use tracemesh_proto::v1 as pb;
 
 use super::schedule::{HeldAlias, HeldCampaign};
+use super::schedule::{HeldMesh, HeldPeer};
 use crate::probe::alias::{AliasReport, Evidence, Method, UnusableReason};
 use crate::probe::{Proto, StopReason, TraceResult};
 
@@ -189,7 +190,43 @@ pub fn held_from_instruction(c: &pb::CampaignInstruction) -> Result<HeldCampaign
         start_at_ns: c.start_at_ns,
         next_round: 0,
         alias,
+        mesh: mesh_from_instruction(c)?,
     })
+}
+
+fn mesh_from_instruction(c: &pb::CampaignInstruction) -> Result<Option<HeldMesh>, String> {
+    let Some(spec) = c.mesh.as_ref() else {
+        return Ok(None);
+    };
+    let mut peers = Vec::with_capacity(c.mesh_peers.len());
+    for p in &c.mesh_peers {
+        let ip: std::net::IpAddr = p
+            .addr
+            .parse()
+            .map_err(|_| format!("mesh peer {} has no IP address ({:?})", p.name, p.addr))?;
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("mesh peer {} has no port", p.name))?;
+        peers.push(HeldPeer {
+            name: p.name.clone(),
+            addr: std::net::SocketAddr::new(ip, port),
+        });
+    }
+    let d = crate::mesh::TrainSpec::default();
+    Ok(Some(HeldMesh {
+        peers,
+        train: if spec.train == 0 {
+            d.count
+        } else {
+            u16::try_from(spec.train).unwrap_or(u16::MAX).clamp(2, 1000)
+        },
+        spacing_ms: if spec.spacing_ms == 0 {
+            d.spacing.as_millis() as u32
+        } else {
+            spec.spacing_ms.min(1000)
+        },
+    }))
 }
 
 pub fn record_from_result(campaign_id: &str, round: u32, r: &TraceResult) -> pb::TraceRecord {

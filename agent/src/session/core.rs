@@ -80,6 +80,12 @@ pub enum Input {
         round: u32,
         result: pb::AliasResult,
     },
+    /// A mesh round's samples: the trains peers sent this agent.
+    MeshDone {
+        campaign_id: String,
+        round: u32,
+        samples: Vec<pb::MeshSample>,
+    },
     /// The spool now durably holds this batch (the driver performed [`Effect::Spool`]).
     Spooled(Vec<Record>),
     /// The channel asked for by [`Effect::Connect`] is up.
@@ -121,6 +127,8 @@ pub enum Effect {
     },
     /// The offset (coordinator clock − agent clock, ns) rounds in progress correct by.
     ClockOffset(i64),
+    /// The bound on that offset's error (half the best sample's round trip, ns).
+    ClockBound(i64),
     /// Deliver [`Input::Timer`] at this instant (replaces the previous timer).
     ArmTimer(Instant),
 }
@@ -215,6 +223,13 @@ impl Unacked {
                 .collect();
             up(Up::AliasBatch(pb::AliasBatch { results }))
         }));
+        out.extend(of_kind(Kind::Mesh).chunks(BATCH_MAX).map(|chunk| {
+            let samples = chunk
+                .iter()
+                .filter_map(|p| pb::MeshSample::decode(p.as_slice()).ok())
+                .collect();
+            up(Up::MeshBatch(pb::MeshBatch { samples }))
+        }));
         out
     }
 }
@@ -229,6 +244,10 @@ pub struct SessionCore {
     unacked: Unacked,
     /// coordinator clock − agent clock, ns; kept across sessions.
     offset_ns: i64,
+    /// Half the round trip of the sample that offset came from, ns.
+    offset_bound_ns: i64,
+    /// Where this agent's mesh endpoint listens, for the Hello (empty: no mesh).
+    mesh_addr: String,
     link: Link,
     backoff: Duration,
     /// When the current (or last) dial began.
@@ -252,12 +271,20 @@ impl SessionCore {
             held,
             unacked: pending,
             offset_ns: 0,
+            offset_bound_ns: 0,
+            mesh_addr: String::new(),
             link: Link::Waiting { dial_at: now.mono },
             backoff: BACKOFF_MIN,
             attempt_started: now.mono,
             round_wake: now.mono,
             armed: None,
         }
+    }
+
+    /// Advertise a mesh endpoint (`IP:PORT`, or `:PORT` for the address the coordinator
+    /// sees the session come from) in every Hello.
+    pub fn set_mesh_addr(&mut self, addr: String) {
+        self.mesh_addr = addr;
     }
 
     pub fn held(&self) -> &Held {
@@ -344,6 +371,25 @@ impl SessionCore {
                     }],
                 });
             }
+            Input::MeshDone {
+                campaign_id,
+                round,
+                samples,
+            } => {
+                tracing::info!(campaign = %campaign_id, round, samples = samples.len(), "mesh round done");
+                out.push(Effect::Spool {
+                    campaign_id,
+                    round,
+                    records: samples
+                        .iter()
+                        .map(|m| Record {
+                            id: m.result_id.clone(),
+                            kind: Kind::Mesh,
+                            payload: m.encode_to_vec(),
+                        })
+                        .collect(),
+                });
+            }
             Input::Spooled(records) => {
                 self.unacked.add(records);
                 if matches!(self.link, Link::Up(_)) {
@@ -360,6 +406,7 @@ impl SessionCore {
                             campaign_ids: self.held.ids(),
                             spooled_results: self.unacked.len() as u64,
                         }),
+                        mesh_addr: self.mesh_addr.clone(),
                     };
                     out.push(Effect::OpenSession {
                         hello: up(Up::Hello(hello)),
@@ -427,11 +474,15 @@ impl SessionCore {
                 if live.samples.len() > SAMPLE_WINDOW {
                     live.samples.pop_front();
                 }
-                if let Some(best) = clock::best(live.samples.iter().copied())
-                    && best.offset_ns != self.offset_ns
-                {
-                    self.offset_ns = best.offset_ns;
-                    out.push(Effect::ClockOffset(best.offset_ns));
+                if let Some(best) = clock::best(live.samples.iter().copied()) {
+                    if best.offset_ns != self.offset_ns {
+                        self.offset_ns = best.offset_ns;
+                        out.push(Effect::ClockOffset(best.offset_ns));
+                    }
+                    if best.rtt_ns / 2 != self.offset_bound_ns {
+                        self.offset_bound_ns = best.rtt_ns / 2;
+                        out.push(Effect::ClockBound(self.offset_bound_ns));
+                    }
                 }
             }
         }

@@ -18,6 +18,20 @@ pub struct HeldAlias {
     pub rounds: u32,
 }
 
+/// A mesh campaign's peers (other agents' mesh endpoints) and its trains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldMesh {
+    pub peers: Vec<HeldPeer>,
+    pub train: u16,
+    pub spacing_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPeer {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+}
+
 /// A round may still fire this late (ns); later than that, it is skipped as missed, since
 /// a snapshot taken at another instant than the other vantages' would mislead.
 pub const LATE_GRACE_NS: i64 = 1_000_000_000;
@@ -38,6 +52,10 @@ pub struct HeldCampaign {
     /// Set for an alias campaign (absent in state files of older agents).
     #[serde(default)]
     pub alias: Option<HeldAlias>,
+    /// Set for a mesh campaign: the peers measured each round (their addresses are also
+    /// among the targets, so they are traced too).
+    #[serde(default)]
+    pub mesh: Option<HeldMesh>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +143,7 @@ mod tests {
             start_at_ns: start_s * S,
             next_round: 0,
             alias: None,
+            mesh: None,
         }
     }
 

@@ -51,6 +51,8 @@ pub enum Kind {
     Trace,
     /// A `tracemesh.v1.AliasResult`.
     Alias,
+    /// A `tracemesh.v1.MeshSample`.
+    Mesh,
 }
 
 impl Kind {
@@ -58,6 +60,7 @@ impl Kind {
         match self {
             Kind::Trace => 0,
             Kind::Alias => 1,
+            Kind::Mesh => 2,
         }
     }
 
@@ -65,6 +68,7 @@ impl Kind {
         match b {
             0 => Some(Kind::Trace),
             1 => Some(Kind::Alias),
+            2 => Some(Kind::Mesh),
             _ => None,
         }
     }

@@ -185,6 +185,7 @@ mod tests {
             start_at_ns: 5,
             next_round: 1,
             alias: None,
+            mesh: None,
         });
         s.save_campaigns(&held).unwrap();
         assert_eq!(s.load_campaigns().unwrap(), held);

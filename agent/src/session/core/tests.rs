@@ -208,6 +208,7 @@ fn rounds_fire_without_a_session_and_a_late_round_fires_at_once() {
         start_at_ns: T0 - 500 * MS,
         next_round: 0,
         alias: None,
+        mesh: None,
     });
     let mut core = SessionCore::new(held, vec![], now);
     let fx = core.handle(now, Input::Timer);
@@ -541,6 +542,7 @@ fn campaigns_long_past_are_dropped_at_start_and_the_hello_lists_the_rest() {
             start_at_ns: start,
             next_round: 0,
             alias: None,
+            mesh: None,
         });
     }
     let mut core = SessionCore::new(held, vec![], now);
