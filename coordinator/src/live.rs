@@ -285,6 +285,7 @@ fn schedule_aliases(c: &Arc<Coordinator>, auto: &mut AutoAlias, suspects: &[(Str
             method: v1::AliasMethod::Both as i32,
             rounds: 0,
         }),
+        mesh: None,
     };
     let c = c.clone();
     tokio::spawn(async move {

@@ -768,7 +768,7 @@ async fn run_mesh_round(
                 .map(|p| p.addr.ip().to_string())
                 .unwrap_or_default();
             pb::MeshSample {
-                result_id: format!("{campaign}/{round}/mesh/{}", s.src),
+                result_id: tracemesh_proto::mesh_result_id(campaign, round, &s.src),
                 campaign_id: campaign.to_string(),
                 round,
                 src: s.src.clone(),

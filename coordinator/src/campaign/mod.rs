@@ -147,7 +147,7 @@ pub fn build(
     now_ns: i64,
 ) -> Result<v1::Campaign, CampaignError> {
     let invalid = |m: &str| CampaignError::Invalid(m.to_string());
-    if spec.targets.is_empty() {
+    if spec.targets.is_empty() && spec.mesh.is_none() {
         return Err(invalid("no targets"));
     }
     if spec.agents.is_empty() {
@@ -155,6 +155,20 @@ pub fn build(
     }
     for s in &spec.agents {
         s.parse::<Selector>()?;
+    }
+    if let Some(mesh) = &spec.mesh {
+        if spec.alias.is_some() {
+            return Err(invalid("a campaign is either an alias or a mesh campaign"));
+        }
+        for sel in &mesh.peers {
+            sel.parse::<Selector>()?;
+        }
+        if mesh.train == 1 || mesh.train > 1000 {
+            return Err(invalid("mesh trains have 2 to 1000 datagrams"));
+        }
+        if mesh.spacing_ms > 1000 {
+            return Err(invalid("mesh train spacing is at most 1000 ms"));
+        }
     }
     if let Some(alias) = &spec.alias {
         // The targets are router addresses; the trace method does not apply.
@@ -253,23 +267,91 @@ pub fn state(c: &v1::Campaign, now_ns: i64) -> CampaignState {
 }
 
 /// Does this agent still need the instruction? Only while some round is yet to start.
+/// A mesh campaign goes to its agents and to the peers they measure (who must send their
+/// trains back), and only to those that had a mesh endpoint when it was created.
 pub fn should_push(c: &v1::Campaign, meta: &AgentMeta, now_ns: i64) -> bool {
     let Some(spec) = &c.spec else { return false };
+    let selected = if spec.mesh.is_some() {
+        c.mesh_peers.iter().any(|p| p.name == meta.name)
+    } else {
+        selects(&spec.agents, meta)
+    };
     c.cancelled_at_ns.is_none()
-        && selects(&spec.agents, meta)
+        && selected
         && schedule::next_round(c.start_at_ns, spec.every_s, spec.rounds, now_ns).is_some()
 }
 
-pub fn instruction(c: &v1::Campaign) -> v1::CampaignInstruction {
+/// The mesh peers of a campaign from the enrolled agents that have a mesh endpoint:
+/// those the campaign's selectors pick (`agent`) and those its mesh peer selectors pick
+/// (`peer`; without any, the same agents).
+pub fn mesh_peers(spec: &v1::CampaignSpec, agents: &[(AgentMeta, String)]) -> Vec<v1::MeshPeer> {
+    let Some(mesh) = &spec.mesh else {
+        return Vec::new();
+    };
+    let mut out: Vec<v1::MeshPeer> = agents
+        .iter()
+        .filter_map(|(meta, addr)| {
+            let agent = selects(&spec.agents, meta);
+            let peer = if mesh.peers.is_empty() {
+                agent
+            } else {
+                selects(&mesh.peers, meta)
+            };
+            let sa: std::net::SocketAddr = addr.parse().ok()?;
+            (agent || peer).then(|| v1::MeshPeer {
+                name: meta.name.clone(),
+                addr: sa.ip().to_string(),
+                port: u32::from(sa.port()),
+                agent,
+                peer,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Who `name` measures in a mesh campaign: the peers if it is an agent of it, the agents
+/// if it is a peer, never itself.
+pub fn mesh_partners<'a>(c: &'a v1::Campaign, name: &str) -> Vec<&'a v1::MeshPeer> {
+    let Some(me) = c.mesh_peers.iter().find(|p| p.name == name) else {
+        return Vec::new();
+    };
+    c.mesh_peers
+        .iter()
+        .filter(|p| p.name != name && ((me.agent && p.peer) || (me.peer && p.agent)))
+        .collect()
+}
+
+/// The instruction for agent `name`: for a mesh campaign, its partners' addresses join
+/// the targets (each end traces the other) and the partners come along for the trains.
+pub fn instruction(c: &v1::Campaign, name: &str) -> v1::CampaignInstruction {
     let spec = c.spec.clone().unwrap_or_default();
+    let mut targets = c.expanded_targets.clone();
+    let mut mesh_peers = Vec::new();
+    if spec.mesh.is_some() {
+        let partners = mesh_partners(c, name);
+        for p in &partners {
+            if !targets.contains(&p.addr) {
+                targets.push(p.addr.clone());
+            }
+        }
+        mesh_peers = partners.into_iter().cloned().collect();
+        // Itself too, so that its samples carry its own mesh address.
+        if let Some(me) = c.mesh_peers.iter().find(|p| p.name == name) {
+            mesh_peers.push(me.clone());
+        }
+    }
     v1::CampaignInstruction {
         id: c.id.clone(),
-        targets: c.expanded_targets.clone(),
+        targets,
         method: spec.method,
         every_s: spec.every_s,
         rounds: spec.rounds,
         start_at_ns: c.start_at_ns,
         alias: spec.alias,
+        mesh_peers,
+        mesh: spec.mesh,
     }
 }
 

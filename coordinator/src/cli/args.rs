@@ -53,6 +53,8 @@ pub enum Command {
     Traces(TracesArgs),
     /// Alias sets (addresses of one router) merged over every stored alias result.
     Aliases(AliasesArgs),
+    /// One-way delays agents measured between each other (mesh campaigns).
+    Mesh(MeshArgs),
     /// Find diversions through an adversary's networks in stored traces (the detector runs
     /// here, over the traces and vantages fetched from the coordinator).
     Diversions(DiversionsArgs),
@@ -191,7 +193,7 @@ pub enum CampaignCmd {
 #[derive(Debug, Args)]
 pub struct CampaignCreateArgs {
     /// Targets: addresses, CIDR prefixes, or @FILE (one per line).
-    #[arg(long, required = true, num_args = 1.., value_name = "ADDR|CIDR|@FILE")]
+    #[arg(long, required_unless_present = "mesh", num_args = 1.., value_name = "ADDR|CIDR|@FILE")]
     pub targets: Vec<String>,
     /// Vantages: all, name:X, country:CC, asn:N, tag:T (OR-ed).
     #[arg(long, num_args = 1.., default_value = "all")]
@@ -223,6 +225,39 @@ pub struct CampaignCreateArgs {
     /// With --alias: IP-ID echo probes per address (0 = the agent's default, 8).
     #[arg(long, default_value_t = 0, requires = "alias", value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub alias_rounds: u32,
+    /// Agents measure each other too: each round, a train of timestamped QUIC datagrams
+    /// each way (one-way delay, loss) and a traceroute from both ends. Pairs every selected
+    /// agent that runs a mesh endpoint with every other (or with --mesh-peers).
+    #[arg(long, conflicts_with = "alias")]
+    pub mesh: bool,
+    /// With --mesh: the agents the selected ones pair with (same selectors as --agents).
+    #[arg(long, num_args = 1.., requires = "mesh")]
+    pub mesh_peers: Vec<String>,
+    /// With --mesh: datagrams per train (0 = the agent's default, 10).
+    #[arg(long, default_value_t = 0, requires = "mesh", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub mesh_train: u32,
+    /// With --mesh: ms between datagrams of a train (0 = the agent's default, 10).
+    #[arg(long, default_value_t = 0, requires = "mesh", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub mesh_spacing_ms: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MeshArgs {
+    /// Only samples of this campaign.
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Only the direction from this agent.
+    #[arg(long)]
+    pub src: Option<String>,
+    /// Only the direction toward this agent.
+    #[arg(long)]
+    pub dst: Option<String>,
+    /// Keep streaming new samples as agents report them.
+    #[arg(long)]
+    pub follow: bool,
+    /// JSON lines: one object per src, dst and round (see docs/formats.md).
     #[arg(long)]
     pub json: bool,
 }

@@ -14,7 +14,7 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, cmd: CampaignCmd) -> an
     match cmd {
         CampaignCmd::Create(a) => {
             let targets = parse::expand_at_files(&a.targets).map_err(|e| anyhow!(e))?;
-            if targets.is_empty() {
+            if targets.is_empty() && !a.mesh {
                 bail!("no targets given");
             }
             let agents = parse::expand_at_files(&a.agents).map_err(|e| anyhow!(e))?;
@@ -52,6 +52,11 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, cmd: CampaignCmd) -> an
                 rounds: a.rounds,
                 start_at_ns: a.start_at.unwrap_or(0),
                 alias,
+                mesh: a.mesh.then(|| v1::MeshSpec {
+                    peers: a.mesh_peers.clone(),
+                    train: a.mesh_train,
+                    spacing_ms: a.mesh_spacing_ms,
+                }),
             };
             let created = c
                 .create_campaign(v1::CreateCampaignRequest { spec: Some(spec) })

@@ -100,6 +100,7 @@ pub fn agent(a: &v1::AgentInfo) -> Value {
         "clock_rtt_ms": a.clock_rtt_ns.map(|n| n as f64 / 1e6),
         "version": a.agent_version,
         "spooled_results": a.spooled_results,
+        "mesh_addr": (!a.mesh_addr.is_empty()).then_some(&a.mesh_addr),
     })
 }
 

@@ -13,6 +13,7 @@ pub mod client;
 pub mod deploy;
 pub mod diversions;
 pub mod json;
+pub mod mesh;
 pub mod parse;
 pub mod serve;
 pub mod token;
@@ -44,6 +45,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Aliases(a) => {
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             aliases::run(&mut c, a).await
+        }
+        Command::Mesh(a) => {
+            let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
+            mesh::run(&mut c, a).await
         }
         Command::Diversions(a) => {
             // Load tables first: a typo in a path should not wait on the network.

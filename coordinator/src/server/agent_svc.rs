@@ -107,6 +107,7 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             agent_version: req.agent_version,
             hostname: req.hostname,
             last_seen_ns: None,
+            mesh_addr: None,
         };
         let store = self.c.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -132,6 +133,7 @@ impl v1::agent_service_server::AgentService for AgentSvc {
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let name = authorize(&req, Role::Agent)?;
+        let remote_ip = req.remote_addr().map(|a| a.ip());
         let agent = self
             .c
             .store
@@ -163,6 +165,7 @@ impl v1::agent_service_server::AgentService for AgentSvc {
                 session,
                 tx,
                 meta: agent.meta,
+                remote_ip,
             };
             let end = tokio::select! {
                 r = s.run(inbound) => r,
@@ -201,6 +204,9 @@ struct Session {
     session: u64,
     tx: super::state::Outbound,
     meta: crate::store::AgentMeta,
+    /// Where the session comes from: the mesh address of an agent that advertises only
+    /// a port.
+    remote_ip: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -237,6 +243,7 @@ impl Session {
                 }
                 Some(Up::TraceBatch(b)) => self.ingest(b.results, now).await?,
                 Some(Up::AliasBatch(b)) => self.ingest_aliases(b.results, now).await?,
+                Some(Up::MeshBatch(b)) => self.ingest_mesh(b.samples, now).await?,
                 None => return Err(Status::invalid_argument("empty agent message")),
             }
         }
@@ -256,7 +263,20 @@ impl Session {
         }))
         .await?;
         // The agent's metadata may have changed since the session opened (re-enrolment).
-        if let Some(rec) = self.c.store.get_agent(&self.name).map_err(internal)? {
+        if let Some(mut rec) = self.c.store.get_agent(&self.name).map_err(internal)? {
+            let mesh_addr = mesh_addr(&h.mesh_addr, self.remote_ip);
+            if rec.mesh_addr != mesh_addr {
+                tracing::info!(agent = %self.name, mesh = ?mesh_addr, "mesh endpoint");
+                rec.mesh_addr = mesh_addr;
+                let (store, rec) = (self.c.store.clone(), rec.clone());
+                tokio::task::spawn_blocking(move || {
+                    store.put_agent(&rec)?;
+                    store.flush()
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(internal)?;
+            }
             self.meta = rec.meta;
         }
         let held: HashSet<&str> = state.campaign_ids.iter().map(String::as_str).collect();
@@ -279,7 +299,7 @@ impl Session {
             if held.contains(c.id.as_str()) {
                 continue;
             }
-            self.send(Down::Campaign(crate::campaign::instruction(&c)))
+            self.send(Down::Campaign(crate::campaign::instruction(&c, &self.name)))
                 .await?;
             pushed.push(c.id);
         }
@@ -338,6 +358,48 @@ impl Session {
         self.send(Down::Ack(v1::Ack { result_ids: acked })).await
     }
 
+    /// Stores mesh samples (keyed by campaign, round, sender and this agent, the
+    /// receiver that measured them) and acknowledges them once flushed.
+    async fn ingest_mesh(&mut self, samples: Vec<v1::MeshSample>, now: i64) -> Result<(), Status> {
+        if samples.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "mesh batch of {} samples exceeds {MAX_BATCH}",
+                samples.len()
+            )));
+        }
+        let name = self.name.clone();
+        let store = self.c.store.clone();
+        let (acked, fresh) = tokio::task::spawn_blocking(move || {
+            let mut acked = Vec::new();
+            let mut fresh = Vec::new();
+            for mut m in samples {
+                // The receiver is who the certificate says, never what the agent claims.
+                m.dst = name.clone();
+                m.received_at_ns = now;
+                match store.put_mesh_sample(&m) {
+                    Ok(IngestOutcome::Stored) => fresh.push(m.clone()),
+                    Ok(IngestOutcome::Duplicate) => {}
+                    Err(StoreError::Invalid { detail, .. }) => {
+                        tracing::warn!(agent = %name, result_id = %m.result_id, %detail, "dropping invalid mesh sample");
+                    }
+                    Err(e) => return Err(e),
+                }
+                acked.push(m.result_id);
+            }
+            store.flush()?;
+            Ok::<_, StoreError>((acked, fresh))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(internal)?;
+        tracing::debug!(agent = %self.name, acked = acked.len(), new = fresh.len(), "ingested mesh samples");
+        self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
+        for m in fresh {
+            self.c.publish_mesh(m);
+        }
+        Ok(())
+    }
+
     async fn ingest(&mut self, results: Vec<v1::TraceRecord>, now: i64) -> Result<(), Status> {
         if results.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -381,4 +443,17 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The mesh address an agent advertised: `IP:PORT` as given, `:PORT` on the address the
+/// session comes from, anything else (or nothing) as no mesh endpoint.
+fn mesh_addr(advertised: &str, remote: Option<std::net::IpAddr>) -> Option<String> {
+    if advertised.is_empty() {
+        return None;
+    }
+    if let Ok(sa) = advertised.parse::<std::net::SocketAddr>() {
+        return Some(sa.to_string());
+    }
+    let port: u16 = advertised.strip_prefix(':')?.parse().ok()?;
+    Some(std::net::SocketAddr::new(remote?, port).to_string())
 }

@@ -158,6 +158,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
                         .filter(|v| !v.is_empty())
                         .unwrap_or(r.agent_version),
                     spooled_results: live.map(|l| l.spooled_results).unwrap_or(0),
+                    mesh_addr: r.mesh_addr.clone().unwrap_or_default(),
                 }
             })
             .collect();
@@ -366,4 +367,62 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             results: if q.include_results { results } else { vec![] },
         }))
     }
+
+    type QueryMeshStream = BoxStream<v1::MeshSample>;
+
+    async fn query_mesh(
+        &self,
+        req: Request<v1::QueryMeshRequest>,
+    ) -> Result<Response<Self::QueryMeshStream>, Status> {
+        authorize(&req, Role::Admin)?;
+        let q = req.into_inner();
+        let campaign = q.campaign_id.clone();
+        let samples = self
+            .blocking(move |s| {
+                let mut out = Vec::new();
+                s.for_each_mesh_sample(campaign.as_deref(), &mut |m| {
+                    if mesh_matches(&q, &m) {
+                        out.push(m);
+                    }
+                    true
+                })?;
+                Ok(out)
+            })
+            .await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            samples.into_iter().map(Ok),
+        ))))
+    }
+
+    type SubscribeMeshStream = BoxStream<v1::MeshSample>;
+
+    async fn subscribe_mesh(
+        &self,
+        req: Request<v1::SubscribeMeshRequest>,
+    ) -> Result<Response<Self::SubscribeMeshStream>, Status> {
+        authorize(&req, Role::Admin)?;
+        let campaign = req.into_inner().campaign_id;
+        let rx = BroadcastStream::new(self.c.subscribe_mesh());
+        let out = rx
+            .filter_map(move |item| {
+                futures::future::ready(match item {
+                    Ok(m) => campaign
+                        .as_ref()
+                        .is_none_or(|c| *c == m.campaign_id)
+                        .then_some(Ok(m)),
+                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
+                        format!("subscriber fell behind; {n} mesh samples skipped (query them back)"),
+                    ))),
+                })
+            })
+            .take_until(self.c.shutdown_signal());
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+fn mesh_matches(q: &v1::QueryMeshRequest, m: &v1::MeshSample) -> bool {
+    q.src.as_ref().is_none_or(|s| *s == m.src)
+        && q.dst.as_ref().is_none_or(|d| *d == m.dst)
+        && q.since_ns.is_none_or(|t| m.at_ns >= t)
+        && q.until_ns.is_none_or(|t| m.at_ns < t)
 }

@@ -70,6 +70,7 @@ pub struct Coordinator {
     /// sets (live detection) reload them only when they changed.
     alias_generation: AtomicU64,
     traces: broadcast::Sender<v1::TraceRecord>,
+    mesh: broadcast::Sender<v1::MeshSample>,
     diversions: broadcast::Sender<v1::Diversion>,
     shutdown: watch::Receiver<bool>,
     /// Serialises read-modify-write of campaign records (push bookkeeping vs cancel).
@@ -113,6 +114,7 @@ impl Coordinator {
             next_session: AtomicU64::new(1),
             alias_generation: AtomicU64::new(0),
             traces: broadcast::channel(4096).0,
+            mesh: broadcast::channel(4096).0,
             diversions: broadcast::channel(1024).0,
             shutdown,
             campaign_lock: tokio::sync::Mutex::new(()),
@@ -190,6 +192,14 @@ impl Coordinator {
         let _ = self.traces.send(t);
     }
 
+    pub fn subscribe_mesh(&self) -> broadcast::Receiver<v1::MeshSample> {
+        self.mesh.subscribe()
+    }
+
+    pub fn publish_mesh(&self, m: v1::MeshSample) {
+        let _ = self.mesh.send(m);
+    }
+
     pub fn subscribe_diversions(&self) -> broadcast::Receiver<v1::Diversion> {
         self.diversions.subscribe()
     }
@@ -210,7 +220,25 @@ impl Coordinator {
             .await
             .map_err(|e| CreateError::Panicked(e.to_string()))??;
         let now = now_ns();
-        let c = campaign::build(&id, spec, now)?;
+        let mut c = campaign::build(&id, spec, now)?;
+        if spec.mesh.is_some() {
+            // Peers are fixed now, from every enrolled agent that has told us where its
+            // mesh endpoint listens: every agent gets the same list, whenever it connects.
+            let store = self.store.clone();
+            let agents = tokio::task::spawn_blocking(move || store.list_agents())
+                .await
+                .map_err(|e| CreateError::Panicked(e.to_string()))??;
+            let with_addr: Vec<(AgentMeta, String)> = agents
+                .into_iter()
+                .filter_map(|a| Some((a.meta, a.mesh_addr?)))
+                .collect();
+            c.mesh_peers = campaign::mesh_peers(spec, &with_addr);
+            if c.mesh_peers.iter().filter(|p| p.agent || p.peer).count() < 2 {
+                return Err(CreateError::Invalid(campaign::CampaignError::Invalid(
+                    "a mesh campaign needs at least two selected agents with a mesh endpoint (tracemesh-agent run --mesh-listen)".into(),
+                )));
+            }
+        }
         let (store, stored) = (self.store.clone(), c.clone());
         tokio::task::spawn_blocking(move || {
             store.put_campaign(&stored)?;
@@ -241,14 +269,14 @@ impl Coordinator {
                 targets.push((name, live.tx));
             }
         }
-        let msg = v1::CoordinatorMessage {
-            msg: Some(v1::coordinator_message::Msg::Campaign(
-                campaign::instruction(c),
-            )),
-        };
         let mut sent = Vec::new();
         for (name, tx) in targets {
-            if send_or_give_up(&tx, msg.clone()).await {
+            let msg = v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Campaign(
+                    campaign::instruction(c, &name),
+                )),
+            };
+            if send_or_give_up(&tx, msg).await {
                 sent.push(name);
             } else {
                 tracing::warn!(agent = %name, campaign = %c.id, "agent not reading its session; it will get the campaign when it reconnects");

@@ -37,6 +37,11 @@ pub fn alias_key(campaign: &str, round: u32, vantage: &str) -> Vec<u8> {
     k
 }
 
+/// Mesh samples: (campaign, round, src, dst) — one per direction per round.
+pub fn mesh_key(campaign: &str, round: u32, src: &str, dst: &str) -> Vec<u8> {
+    trace_key(campaign, round, src, dst)
+}
+
 /// (vantage, result_id) → primary key.
 pub fn result_key(vantage: &str, result_id: &str) -> Vec<u8> {
     let mut k = str_prefix(vantage);

@@ -44,6 +44,9 @@ pub struct AgentRecord {
     /// Last time a session of this agent was seen, unix ns.
     #[serde(default)]
     pub last_seen_ns: Option<i64>,
+    /// Where its mesh endpoint listens (`IP:PORT`), as its last Hello said.
+    #[serde(default)]
+    pub mesh_addr: Option<String>,
 }
 
 /// Operator-chosen metadata of a vantage.
@@ -186,6 +189,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         campaign_id: Option<&str>,
         f: &mut dyn FnMut(v1::AliasResult) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a mesh sample reported by `sample.dst` unless that (campaign, round, src,
+    /// dst) is already stored (then the first copy stays).
+    fn put_mesh_sample(&self, sample: &v1::MeshSample) -> Result<IngestOutcome, StoreError>;
+    /// Calls `f` with each stored mesh sample (of `campaign_id` if given), in key order
+    /// (campaign, round, src, dst), until it returns false.
+    fn for_each_mesh_sample(
+        &self,
+        campaign_id: Option<&str>,
+        f: &mut dyn FnMut(v1::MeshSample) -> bool,
     ) -> Result<(), StoreError>;
 
     /// Makes everything written so far durable; callers flush before acknowledging.

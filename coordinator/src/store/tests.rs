@@ -252,6 +252,7 @@ fn everything_survives_reopen() {
             agent_version: "0.1.0".into(),
             hostname: "vm1".into(),
             last_seen_ns: None,
+            mesh_addr: None,
         })
         .unwrap();
         campaign_id = s.next_campaign_id().unwrap();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use tracemesh_lab::net::{Emulator, Topology};
 use tracemesh_lab::run::{self, RunOptions};
@@ -60,7 +60,31 @@ enum Cmd {
         /// exchanges are in, which sharpen ingress positions.
         #[arg(long, value_name = "DIR")]
         peeringdb: Option<PathBuf>,
+        /// Set an agent's clock wrong by MS milliseconds (NAME=MS, repeatable): a test of
+        /// the clock correction mesh one-way delays rely on.
+        #[arg(long, value_name = "NAME=MS", value_parser = parse_skew)]
+        clock_skew: Vec<(String, i64)>,
     },
+    /// Check a mesh run's one-way delays (OUT/mesh.jsonl) against FORMAT.md's one-way
+    /// rule; exits non-zero when fewer than --min-share are within --tolerance-ms.
+    CheckMesh {
+        scenario: PathBuf,
+        out: PathBuf,
+        #[arg(long, default_value_t = 0.5)]
+        tolerance_ms: f64,
+        #[arg(long, default_value_t = 0.95)]
+        min_share: f64,
+    },
+}
+
+fn parse_skew(s: &str) -> Result<(String, i64), String> {
+    let (n, ms) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=MS"))?;
+    let ms: i64 = ms
+        .parse()
+        .map_err(|_| format!("{s:?}: {ms:?} is not a whole number of ms"))?;
+    Ok((n.to_string(), ms))
 }
 
 fn main() -> ExitCode {
@@ -211,12 +235,37 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             drop(topo);
             Ok(())
         }
+        Cmd::CheckMesh {
+            scenario,
+            out,
+            tolerance_ms,
+            min_share,
+        } => {
+            let w = World::load(&scenario)?;
+            let path = out.join("mesh.jsonl");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let checked = tracemesh_lab::mesh::check(&w, &text, tolerance_ms).map_err(|e| anyhow!(e))?;
+            let summary = tracemesh_lab::mesh::summary(&checked, tolerance_ms);
+            out!("{summary}");
+            let share = summary["share"].as_f64().unwrap_or(0.0);
+            if checked.is_empty() || share < min_share {
+                bail!(
+                    "{} of {} one-way delays within {tolerance_ms} ms of the scenario's ({:.4} < {min_share})",
+                    summary["within_tolerance"],
+                    checked.len(),
+                    share
+                );
+            }
+            Ok(())
+        }
         Cmd::Run {
             scenario,
             out,
             rate,
             emu_threads,
             peeringdb,
+            clock_skew,
         } => {
             let rate = match rate {
                 Some(r) => r,
@@ -228,6 +277,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 rate,
                 emu_threads,
                 peeringdb,
+                clock_skew,
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(

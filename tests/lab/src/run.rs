@@ -136,7 +136,13 @@ pub struct RunOptions {
     pub emu_threads: Option<usize>,
     /// PeeringDB dump directory handed to the coordinator.
     pub peeringdb: Option<PathBuf>,
+    /// Agents whose clocks are set wrong (name, ms): the agent's test-only knob, which
+    /// its session's clock correction must undo (mesh one-way delays show whether it did).
+    pub clock_skew: Vec<(String, i64)>,
 }
+
+/// The UDP port agents of a mesh scenario listen on for each other.
+pub const LAB_MESH_PORT: u16 = 7444;
 
 /// CPU seconds (user + system) this process has used, from /proc/self/stat.
 fn process_cpu_s() -> f64 {
@@ -303,6 +309,14 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         for w in &world.s.vantages {
             run.args(["--allow", &ipnet::IpNet::from(w.addr).to_string()]);
         }
+        if world.mesh() {
+            // Agents measure each other across the emulated internet: the endpoint sits
+            // on the vantage's address there, not on the control network.
+            run.args(["--mesh-listen", &format!("{}:{LAB_MESH_PORT}", v.addr)]);
+        }
+        if let Some((_, ms)) = opts.clock_skew.iter().find(|(n, _)| *n == v.name) {
+            run.arg(format!("--test-clock-skew-ms={ms}"));
+        }
         agents.push(spawn_logged(
             run,
             &out.join(format!("logs/agent-{}.log", v.name)),
@@ -313,9 +327,13 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     loop {
         let listing: serde_json::Value =
             serde_json::from_str(&output(cli(&["agents", "--json"]))?)?;
-        let n = listing["agents"]
-            .as_array()
-            .map_or(0, |a| a.iter().filter(|x| x["connected"] == true).count());
+        // In a mesh, an agent counts once it has said where its mesh endpoint listens
+        // (campaigns pair the agents the coordinator knows endpoints of).
+        let n = listing["agents"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|x| x["connected"] == true && (!world.mesh() || x["mesh_addr"].is_string()))
+                .count()
+        });
         if n == want {
             break;
         }
@@ -340,22 +358,12 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     for p in &world.probes {
         targets.extend(p.iter().map(|a| a.to_string()));
     }
-    // The scenario's campaign: every vantage traces every target; with `mesh`, each
-    // vantage also traces every other vantage (a campaign per vantage, so that none
-    // traces itself), all on the same round instants.
-    let mut plans: Vec<(Vec<String>, Option<String>)> = vec![(targets.clone(), None)];
-    if world.mesh() {
-        for v in &world.s.vantages {
-            let others: Vec<String> = world
-                .s
-                .vantages
-                .iter()
-                .filter(|w| w.name != v.name)
-                .map(|w| w.addr.to_string())
-                .collect();
-            plans.push((others, Some(format!("name:{}", v.name))));
-        }
-    }
+    // The scenario's campaign: every vantage traces every target; with `mesh`, the
+    // campaign is a mesh campaign (`--mesh`): the coordinator pairs every agent with every
+    // other, each traces the others' addresses and times trains of QUIC datagrams to them,
+    // all on the same round instants.
+    let plans: Vec<(Vec<String>, Option<String>)> = vec![(targets.clone(), None)];
+    let peers_each = if world.mesh() { want - 1 } else { 0 };
     let mut campaigns = Vec::new();
     let mut expected = 0usize;
     for proto in &world.s.protocols {
@@ -368,6 +376,9 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
             args.extend(dsts.iter().cloned());
             if let Some(sel) = agents {
                 args.extend(["--agents".into(), sel.clone()]);
+            }
+            if world.mesh() {
+                args.push("--mesh".into());
             }
             args.extend([
                 "--proto".into(),
@@ -391,7 +402,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
                 .ok_or_else(|| anyhow!("campaign without id: {c}"))?;
             campaigns.push(id.to_string());
             let vantages = if agents.is_some() { 1 } else { want };
-            expected += rounds as usize * vantages * dsts.len();
+            expected += rounds as usize * vantages * (dsts.len() + peers_each);
         }
     }
     tracing::info!(?campaigns, rounds, round_s, "campaign scheduled");
@@ -437,6 +448,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         sleep_interruptible(Duration::from_secs(1))?;
     }
     let stored = lines.lines().count();
+    let mut mesh_samples: Option<(usize, usize)> = None;
     std::fs::write(out.join("traces.jsonl"), &lines)?;
     let report = |extra: &[&str]| {
         let mut c = cli(&["diversions"]);
@@ -460,6 +472,25 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         // The same report as an operator reads it: incidents with both paths drawn.
         std::fs::write(out.join("diversions.txt"), report(&[])?)?;
     }
+    if world.mesh() {
+        // One-way delays, one object per (src, dst, round); stop when every direction of
+        // every round is in (each receiver reports after its train's deadline).
+        let want_samples = campaigns.len() * rounds as usize * want * (want - 1);
+        let started = Instant::now();
+        let mut mesh = String::new();
+        loop {
+            mesh.clear();
+            for id in &campaigns {
+                mesh.push_str(&output(cli(&["mesh", "--campaign", id, "--json"]))?);
+            }
+            if mesh.lines().count() >= want_samples || started.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+            sleep_interruptible(Duration::from_secs(1))?;
+        }
+        std::fs::write(out.join("mesh.jsonl"), &mesh)?;
+        mesh_samples = Some((mesh.lines().count(), want_samples));
+    }
     // Alias sets the coordinator resolved (on its own, near suspected borders).
     std::fs::write(
         out.join("aliases.json"),
@@ -479,7 +510,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     emulator["thread_wait_for_cpu_ms"] =
         (sched.wait_ns.saturating_sub(sched_before.wait_ns) as f64 / 1e6).into();
     emulator["machine_steal_s"] = steal.into();
-    let lab = serde_json::json!({
+    let mut lab = serde_json::json!({
         "t0": t0,
         "scenario": world.s.name,
         "campaigns": campaigns,
@@ -490,6 +521,10 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         "traces_stored": stored,
         "emulator": emulator,
     });
+    if let Some((got, want)) = mesh_samples {
+        lab["mesh_samples_expected"] = want.into();
+        lab["mesh_samples_stored"] = got.into();
+    }
     let mut f = std::fs::File::create(out.join("lab.json"))?;
     f.write_all(serde_json::to_string_pretty(&lab)?.as_bytes())?;
     f.write_all(b"\n")?;

@@ -57,6 +57,8 @@ pub struct SledStore {
     by_time: sled::Tree,
     /// alias_key(campaign, round, vantage) → AliasResult.
     aliases: sled::Tree,
+    /// mesh_key(campaign, round, src, dst) → MeshSample.
+    mesh: sled::Tree,
     /// Serialises ingest (the duplicate checks and the writes) and numbers the groups.
     next_group: Arc<Mutex<u64>>,
 }
@@ -137,6 +139,7 @@ impl SledStore {
             by_dst: db.open_tree("traces_dst_postings")?,
             by_time: db.open_tree("traces_time_postings")?,
             aliases: db.open_tree("alias_results")?,
+            mesh: db.open_tree("mesh_samples")?,
             next_group: Arc::new(Mutex::new(0)),
             db,
         };
@@ -403,6 +406,39 @@ impl Store for SledStore {
             let (k, v) = entry?;
             let r = v1::AliasResult::decode(&*v).map_err(|e| corrupt("alias result", &k, e))?;
             if !f(r) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn put_mesh_sample(&self, m: &v1::MeshSample) -> Result<IngestOutcome, StoreError> {
+        if m.campaign_id.is_empty() || m.src.is_empty() || m.dst.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "mesh sample",
+                detail: "campaign, src or dst missing".into(),
+            });
+        }
+        let key = keys::mesh_key(&m.campaign_id, m.round, &m.src, &m.dst);
+        match self
+            .mesh
+            .compare_and_swap(key, None as Option<&[u8]>, Some(m.encode_to_vec()))?
+        {
+            Ok(()) => Ok(IngestOutcome::Stored),
+            Err(_) => Ok(IngestOutcome::Duplicate),
+        }
+    }
+
+    fn for_each_mesh_sample(
+        &self,
+        campaign_id: Option<&str>,
+        f: &mut dyn FnMut(v1::MeshSample) -> bool,
+    ) -> Result<(), StoreError> {
+        let prefix = campaign_id.map(keys::str_prefix).unwrap_or_default();
+        for entry in self.mesh.scan_prefix(prefix) {
+            let (k, v) = entry?;
+            let m = v1::MeshSample::decode(&*v).map_err(|e| corrupt("mesh sample", &k, e))?;
+            if !f(m) {
                 break;
             }
         }
