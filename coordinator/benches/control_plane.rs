@@ -630,6 +630,7 @@ async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()>
                 rounds: 10,
                 start_at_ns: 0,
                 alias: None,
+                mesh: None,
             }),
         })
         .await?
@@ -933,6 +934,7 @@ async fn agents_run(
                         tx.send(up(Up::Hello(v1::Hello {
                             agent_version: "bench-agent/0".into(),
                             state: Some(v1::AgentState::default()),
+                            mesh_addr: String::new(),
                         })))
                         .await?;
                         let mut rx = AgentServiceClient::new(ch)

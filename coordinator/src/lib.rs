@@ -18,5 +18,6 @@ pub mod deploy;
 pub mod detect;
 pub mod geo;
 pub mod live;
+pub mod mesh;
 pub mod server;
 pub mod store;

@@ -171,6 +171,7 @@ impl Session {
                 campaign_ids: held.iter().map(|s| s.to_string()).collect(),
                 spooled_results: 0,
             }),
+            mesh_addr: String::new(),
         })))
         .await
         .unwrap();

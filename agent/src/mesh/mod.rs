@@ -6,7 +6,7 @@ pub mod node;
 pub mod tls;
 pub mod train;
 
-pub use node::{MeshClock, MeshError, MeshNode, Peer};
+pub use node::{MeshClock, MeshError, MeshNode, Peer, UdpTotals};
 pub use tls::MeshCredentials;
 pub use train::{Receiver, Sample, Stamp, TrainSpec};
 

@@ -54,6 +54,15 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// UDP totals of a node's connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UdpTotals {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_datagrams: u64,
+    pub rx_datagrams: u64,
+}
+
 /// What the endpoint moved, for the cost benchmark and metrics.
 #[derive(Debug, Default)]
 pub struct MeshStats {
@@ -289,6 +298,21 @@ impl MeshNode {
             .expect("mesh receiver lock")
             .expire(self.clock.now_ns(), 60_000_000_000);
         out
+    }
+
+    /// UDP bytes and datagrams sent and received over every live connection (QUIC's own
+    /// accounting: headers, handshakes, acks and keep-alives included).
+    pub fn udp_totals(&self) -> UdpTotals {
+        let conns = self.conns.lock().expect("mesh connections lock");
+        let mut t = UdpTotals::default();
+        for c in conns.values() {
+            let s = c.stats();
+            t.tx_bytes += s.udp_tx.bytes;
+            t.rx_bytes += s.udp_rx.bytes;
+            t.tx_datagrams += s.udp_tx.datagrams;
+            t.rx_datagrams += s.udp_rx.datagrams;
+        }
+        t
     }
 
     /// Closes every connection and the endpoint.

@@ -390,6 +390,8 @@ mod tests {
             rounds: 3,
             start_at_ns: 7,
             alias: None,
+            mesh_peers: vec![],
+            mesh: None,
         };
         let h = held_from_instruction(&c).unwrap();
         assert_eq!(

@@ -28,6 +28,7 @@ fn spec(targets: &[&str], agents: &[&str], every_s: u32, rounds: u32) -> v1::Cam
         rounds,
         start_at_ns: 0,
         alias: None,
+        mesh: None,
     }
 }
 
@@ -132,7 +133,7 @@ fn state_and_push_follow_the_clock() {
     c.cancelled_at_ns = Some(now);
     assert!(!should_push(&c, &m, now));
     assert_eq!(state(&c, now), CampaignState::Cancelled);
-    let i = instruction(&c);
+    let i = instruction(&c, "a");
     assert_eq!(i.targets, vec!["192.0.2.1".to_string()]);
     assert_eq!((i.every_s, i.rounds, i.start_at_ns), (10, 3, now + 10 * S));
 }
@@ -147,7 +148,7 @@ fn an_alias_campaign_needs_addresses_not_a_trace_method_and_carries_its_spec_to_
     });
     let c = build("c1", &sp, 100 * S).unwrap();
     assert_eq!(c.expanded_targets, ["10.0.0.2", "10.9.0.2"]);
-    let ins = instruction(&c);
+    let ins = instruction(&c, "a");
     assert_eq!(ins.alias, sp.alias);
     let mut bad = sp.clone();
     bad.targets = vec!["10.0.0.0/24".into()];
@@ -163,4 +164,52 @@ fn an_alias_campaign_needs_addresses_not_a_trace_method_and_carries_its_spec_to_
     // Without the alias spec, the missing method is an error again.
     sp.alias = None;
     assert!(build("c4", &sp, 100 * S).is_err());
+}
+
+#[test]
+fn a_mesh_campaign_pairs_agents_and_each_traces_and_times_its_partners() {
+    let mut sp = spec(&["192.0.2.1"], &["country:CA"], 10, 3);
+    sp.mesh = Some(v1::MeshSpec::default());
+    let meta = |name: &str, country: &str| AgentMeta {
+        name: name.into(),
+        country: country.into(),
+        ..AgentMeta::default()
+    };
+    let agents = vec![
+        (meta("tor", "CA"), "198.51.100.1:7444".to_string()),
+        (meta("van", "CA"), "198.51.100.2:7444".to_string()),
+        (meta("sel", "KR"), "198.51.100.3:7444".to_string()),
+    ];
+    let mut c = build("m1", &sp, 100 * S).unwrap();
+    c.mesh_peers = mesh_peers(&sp, &agents);
+    // Without --mesh-peers: the campaign's own agents, each with every other.
+    assert_eq!(c.mesh_peers.len(), 2);
+    let ins = instruction(&c, "tor");
+    assert_eq!(ins.targets, ["192.0.2.1", "198.51.100.2"]);
+    assert_eq!(
+        ins.mesh_peers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["van", "tor"]
+    );
+    assert!(should_push(&c, &meta("van", "CA"), 100 * S));
+    assert!(!should_push(&c, &meta("sel", "KR"), 100 * S));
+    // With --mesh-peers country:KR: Canadians pair with Korea, not with each other, and
+    // the Korean agent gets the campaign to send its trains back.
+    sp.mesh = Some(v1::MeshSpec {
+        peers: vec!["country:KR".into()],
+        ..Default::default()
+    });
+    c.spec = Some(sp.clone());
+    c.mesh_peers = mesh_peers(&sp, &agents);
+    let tor = instruction(&c, "tor");
+    assert_eq!(tor.targets, ["192.0.2.1", "198.51.100.3"]);
+    let sel = instruction(&c, "sel");
+    assert_eq!(sel.targets, ["192.0.2.1", "198.51.100.1", "198.51.100.2"]);
+    assert!(should_push(&c, &meta("sel", "KR"), 100 * S));
+    // An alias campaign cannot be a mesh campaign.
+    let mut bad = sp.clone();
+    bad.alias = Some(v1::AliasSpec::default());
+    assert!(build("m2", &bad, 100 * S).is_err());
 }

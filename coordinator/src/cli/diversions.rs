@@ -113,12 +113,51 @@ pub async fn run(
         .map_err(|e| anyhow!("system clock before 1970: {e}"))?
         .as_secs_f64();
     let report = det.report(annot, &loaded.gazetteer, now);
+    // Pairs of agents that measure each other: which direction, and its one-way delays.
+    let mesh = mesh_points(c, a.campaign.clone()).await?;
+    let mut doc = serde_json::to_value(&report)?;
+    tracemesh::mesh::annotate_json(&mut doc, &mesh);
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(&doc)?);
     } else {
         print!("{}", detect::render_text(&report, annot, n));
+        let lines = tracemesh::mesh::text_lines(&doc);
+        if !lines.is_empty() {
+            println!("\nAgents measuring each other (one-way delays, QUIC):");
+            for l in lines {
+                println!("{l}");
+            }
+        }
     }
     Ok(())
+}
+
+/// Every mesh sample (of the campaign, if one is given); none from a coordinator that
+/// predates the mesh.
+async fn mesh_points(
+    c: &mut ConsumerServiceClient<Channel>,
+    campaign_id: Option<String>,
+) -> anyhow::Result<Vec<tracemesh::mesh::MeshPoint>> {
+    let mut stream = match c
+        .query_mesh(v1::QueryMeshRequest {
+            campaign_id,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(Vec::new()),
+        Err(s) => return Err(status("diversions", s)),
+    };
+    let mut out = Vec::new();
+    while let Some(m) = stream
+        .message()
+        .await
+        .map_err(|s| status("diversions", s))?
+    {
+        out.push(tracemesh::mesh::MeshPoint::from_proto(&m));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use super::args::MeshArgs;
 use super::client::status;
 
 fn ms(ns: Option<i64>) -> Value {
-    ns.map_or(Value::Null, |v| json!((v as f64 / 1e6 * 1000.0).round() / 1000.0))
+    ns.map_or(Value::Null, |v| {
+        json!((v as f64 / 1e6 * 1000.0).round() / 1000.0)
+    })
 }
 
 /// One sample as `--json` prints it (docs/formats.md).
@@ -106,7 +108,8 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: MeshArgs) -> anyhow:
             let m = m.map_err(|s| status("mesh --follow", s))?;
             let wanted = a.src.as_ref().is_none_or(|s| *s == m.src)
                 && a.dst.as_ref().is_none_or(|d| *d == m.dst);
-            if wanted && seen.insert((m.campaign_id.clone(), m.round, m.src.clone(), m.dst.clone())) {
+            if wanted && seen.insert((m.campaign_id.clone(), m.round, m.src.clone(), m.dst.clone()))
+            {
                 print(&m, a.json);
             }
         }

@@ -83,6 +83,8 @@ pub enum AgentProblem {
     Tag(String),
     #[error("{what} {value} is outside 1..=1000000")]
     Rate { what: &'static str, value: u32 },
+    #[error("mesh_listen {0:?} must be IP:PORT or \"off\"")]
+    MeshListen(String),
 }
 
 /// What is wrong with a HOST:PORT.
@@ -127,6 +129,12 @@ pub struct AgentSpec {
     /// trace inside a VPC.
     #[serde(default)]
     pub allow: Vec<ipnet::IpNet>,
+    /// Where the agent listens for other agents (mesh campaigns, UDP): default
+    /// `0.0.0.0:7444`; `"off"` for none.
+    pub mesh_listen: Option<String>,
+    /// The address other agents dial when it is not the VM's own (a cloud NAT's public
+    /// address); default: the address the coordinator sees the agent come from.
+    pub mesh_advertise: Option<String>,
 }
 
 /// Provider family. The user-data is the same for all of them (cloud-init is the common
@@ -231,6 +239,12 @@ impl AgentSpec {
             if t.is_empty() || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 return Err(AgentProblem::Tag(t.clone()));
             }
+        }
+        if let Some(m) = &self.mesh_listen
+            && m != "off"
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(AgentProblem::MeshListen(m.clone()));
         }
         for (what, v) in [("rate", self.rate), ("per_dst_rate", self.per_dst_rate)] {
             if let Some(value) = v

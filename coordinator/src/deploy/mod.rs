@@ -123,7 +123,14 @@ struct AgentConfig<'a> {
     rate: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     per_dst_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh_listen: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh_advertise: Option<&'a str>,
 }
+
+/// Where deployed agents listen for each other unless the inventory says otherwise.
+pub const MESH_LISTEN: &str = "0.0.0.0:7444";
 
 pub fn agent_config(coordinator: &str, a: &AgentSpec, token: &str) -> String {
     let cfg = AgentConfig {
@@ -133,6 +140,12 @@ pub fn agent_config(coordinator: &str, a: &AgentSpec, token: &str) -> String {
         allow: &a.allow,
         rate: a.rate,
         per_dst_rate: a.per_dst_rate,
+        mesh_listen: match a.mesh_listen.as_deref() {
+            Some("off") => None,
+            Some(m) => Some(m),
+            None => Some(MESH_LISTEN),
+        },
+        mesh_advertise: a.mesh_advertise.as_deref(),
     };
     // A struct of strings and integers always serialises.
     let body = toml::to_string(&cfg).unwrap_or_default();

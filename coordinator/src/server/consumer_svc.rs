@@ -410,9 +410,11 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
                         .as_ref()
                         .is_none_or(|c| *c == m.campaign_id)
                         .then_some(Ok(m)),
-                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
-                        format!("subscriber fell behind; {n} mesh samples skipped (query them back)"),
-                    ))),
+                    Err(BroadcastStreamRecvError::Lagged(n)) => {
+                        Some(Err(Status::data_loss(format!(
+                            "subscriber fell behind; {n} mesh samples skipped (query them back)"
+                        ))))
+                    }
                 })
             })
             .take_until(self.c.shutdown_signal());

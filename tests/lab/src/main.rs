@@ -245,7 +245,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let path = out.join("mesh.jsonl");
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let checked = tracemesh_lab::mesh::check(&w, &text, tolerance_ms).map_err(|e| anyhow!(e))?;
+            let checked =
+                tracemesh_lab::mesh::check(&w, &text, tolerance_ms).map_err(|e| anyhow!(e))?;
             let summary = tracemesh_lab::mesh::summary(&checked, tolerance_ms);
             out!("{summary}");
             let share = summary["share"].as_f64().unwrap_or(0.0);

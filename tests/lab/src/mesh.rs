@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::scenario::World;
 use crate::scenario::Ep;
+use crate::scenario::World;
 
 /// Least and greatest one-way delay (ms) from vantage `src` to vantage `dst` at `t` s
 /// after campaign start, over the pair's branches; `None` if there is no route.
@@ -72,8 +72,12 @@ pub fn check(w: &World, jsonl: &str, tol_ms: f64) -> Result<Vec<Checked>, String
             continue;
         };
         let t = round as f64 * w.s.round_s + 0.01;
-        let (lo, hi) = expected_owd(w, s, d, t)
-            .ok_or_else(|| format!("no route {} -> {}", w.s.vantages[s].name, w.s.vantages[d].name))?;
+        let (lo, hi) = expected_owd(w, s, d, t).ok_or_else(|| {
+            format!(
+                "no route {} -> {}",
+                w.s.vantages[s].name, w.s.vantages[d].name
+            )
+        })?;
         out.push(Checked {
             src: w.s.vantages[s].name.clone(),
             dst: w.s.vantages[d].name.clone(),

@@ -99,6 +99,8 @@ fn campaign(id: &str, start_at_ns: i64, every_s: u32, rounds: u32) -> Input {
         rounds,
         start_at_ns,
         alias: None,
+        mesh_peers: vec![],
+        mesh: None,
     }))
 }
 
@@ -452,6 +454,7 @@ fn a_session_opens_with_quick_samples_then_heartbeats_at_the_welcomed_period() {
                 Up::Heartbeat(_) => "heartbeat",
                 Up::TraceBatch(_) => "batch",
                 Up::AliasBatch(_) => "alias batch",
+                Up::MeshBatch(_) => "mesh batch",
                 Up::Hello(_) => "hello",
             })
             .collect()
@@ -592,6 +595,8 @@ fn an_alias_round_fires_on_time_and_its_result_is_spooled_sent_and_acked_like_tr
                 method: pb::AliasMethod::Both as i32,
                 rounds: 5,
             }),
+            mesh_peers: vec![],
+            mesh: None,
         })),
     );
     assert!(fx.iter().any(|e| matches!(e, Effect::SaveCampaigns(_))));
