@@ -39,47 +39,50 @@ fn cpu_s() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn main() {
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-        .expect("runtime");
+        .build()?;
     rt.block_on(async {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let ca_key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, "bench CA");
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_pem = p.self_signed(&ca_key).unwrap().pem();
+        let ca_pem = p.self_signed(&ca_key)?.pem();
         let issuer = Issuer::new(p, ca_key);
-        let ident = |name: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let ident = |name: &str| -> Result<MeshCredentials, Error> {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             p.subject_alt_names = vec![SanType::URI(
-                format!("tracemesh:role:agent/{name}").try_into().unwrap(),
+                format!("tracemesh:role:agent/{name}").try_into()?,
             )];
-            MeshCredentials {
-                cert_chain_pem: p.signed_by(&key, &issuer).unwrap().pem(),
+            Ok(MeshCredentials {
+                cert_chain_pem: p.signed_by(&key, &issuer)?.pem(),
                 key_pem: key.serialize_pem(),
                 ca_pem: ca_pem.clone(),
-            }
+            })
         };
+        let lo: std::net::SocketAddr = "127.0.0.1:0".parse()?;
         let rounds = 5u32;
         println!("mesh cost: one agent and N peers, {rounds} rounds, trains of 10 datagrams each way");
         for n in [10usize, 50] {
-            let me = MeshNode::bind("me", "127.0.0.1:0".parse().unwrap(), &ident("me"), Arc::new(Wall)).unwrap();
-            let peers: Vec<Arc<MeshNode>> = (0..n)
-                .map(|i| {
-                    let name = format!("p{i}");
-                    MeshNode::bind(&name, "127.0.0.1:0".parse().unwrap(), &ident(&name), Arc::new(Wall)).unwrap()
+            let me = MeshNode::bind("me", lo, &ident("me")?, Arc::new(Wall))?;
+            let mut peers: Vec<Arc<MeshNode>> = Vec::with_capacity(n);
+            for i in 0..n {
+                let name = format!("p{i}");
+                peers.push(MeshNode::bind(&name, lo, &ident(&name)?, Arc::new(Wall))?);
+            }
+            let as_peer = |x: &Arc<MeshNode>| -> Result<Peer, Error> {
+                Ok(Peer {
+                    name: x.name().to_string(),
+                    addr: x.local_addr()?,
                 })
-                .collect();
-            let as_peer = |x: &Arc<MeshNode>| Peer {
-                name: x.name().to_string(),
-                addr: x.local_addr().unwrap(),
             };
-            let all: Vec<Peer> = peers.iter().map(as_peer).collect();
-            let me_peer = vec![as_peer(&me)];
+            let all: Vec<Peer> = peers.iter().map(as_peer).collect::<Result<_, _>>()?;
+            let me_peer = vec![as_peer(&me)?];
             let spec = TrainSpec::default();
             let mut received = 0u64;
             let (cpu0, t0) = (cpu_s(), Instant::now());
@@ -119,5 +122,6 @@ fn main() {
                 p.close();
             }
         }
-    });
+        Ok::<(), Error>(())
+    })
 }

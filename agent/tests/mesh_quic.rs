@@ -3,6 +3,7 @@
 //! Two enrolled agents measure each other with one clock 40 ms wrong and corrected; a
 //! peer from another CA, one without a certificate, and one that is not an agent are all
 //! refused.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::net::SocketAddr;
 use std::sync::Arc;

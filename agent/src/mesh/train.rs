@@ -17,6 +17,9 @@ const MAGIC: &[u8; 4] = b"TMD1";
 const FIXED: usize = 4 + 4 + 2 + 2 + 8 + 8 + 1;
 /// Campaign ids are short tokens; anything longer is not ours.
 pub const MAX_CAMPAIGN_ID: usize = 128;
+/// Trains in flight at once at most: an enrolled but misbehaving peer inventing
+/// campaigns and rounds cannot make a receiver's memory grow without bound.
+pub const MAX_TRAINS: usize = 8192;
 
 /// One datagram of a train.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +198,9 @@ impl Receiver {
         grace_ns: i64,
     ) {
         let k = (peer.to_string(), s.campaign.clone(), s.round);
-        if self.done.contains(&k) {
+        if self.done.contains(&k)
+            || (self.trains.len() >= MAX_TRAINS && !self.trains.contains_key(&k))
+        {
             return;
         }
         let t = self.trains.entry(k).or_default();
@@ -351,6 +356,20 @@ mod tests {
         assert_eq!(s[0].received, 0);
         assert_eq!(s[0].owd_min_ns, None);
         assert_eq!(s[0].loss(), 1.0);
+    }
+
+    #[test]
+    fn unexpected_trains_are_capped() {
+        let mut r = Receiver::default();
+        for round in 0..(MAX_TRAINS as u32 + 100) {
+            let s = Stamp {
+                round,
+                ..stamp(0, 0)
+            };
+            r.on_datagram("b", &s, 10, 0, 1_000);
+        }
+        assert_eq!(r.pending(), MAX_TRAINS);
+        assert_eq!(r.expire(2_000, 0), MAX_TRAINS);
     }
 
     #[test]

@@ -89,6 +89,21 @@ fn unix_ns() -> i64 {
         + CLOCK_SKEW_NS.load(Ordering::Relaxed)
 }
 
+/// The mesh endpoint's runtime: one thread of its own, for the life of the process (a
+/// runtime must not be dropped inside another one, so it is never dropped).
+fn mesh_runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tracemesh-mesh")
+        .enable_all()
+        .build()?;
+    Ok(RT.get_or_init(|| rt))
+}
+
 /// The mesh's reading of the agent's clock: corrected by the session's offset.
 struct SessionClock {
     offset_ns: Arc<AtomicI64>,
@@ -161,6 +176,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), SessionError> {
                 offset_ns: offset_ns.clone(),
                 bound_ns: bound_ns.clone(),
             });
+            // The endpoint and its tasks live on their own thread: a round's probing
+            // keeps the session's workers busy at the very instant the trains fly, and a
+            // datagram read late is a one-way delay measured long.
+            let rt = mesh_runtime().map_err(|e| SessionError::Mesh(e.to_string()))?;
+            let _enter = rt.enter();
             let node = MeshNode::bind(&identity.name, listen, &mcreds, clock)
                 .map_err(|e| SessionError::Mesh(e.to_string()))?;
             let bound = node.local_addr().unwrap_or(listen);
@@ -757,7 +777,18 @@ async fn run_mesh_round(
         .find(|p| p.name == node.name())
         .map(|p| p.addr.ip().to_string())
         .unwrap_or_default();
-    let samples = node.round(campaign, round, &peers, start_ns, spec).await;
+    let (n, id) = (node.clone(), campaign.to_string());
+    let round_on_mesh_thread = async move { n.round(&id, round, &peers, start_ns, spec).await };
+    let samples = match mesh_runtime() {
+        Ok(rt) => rt.spawn(round_on_mesh_thread).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "mesh round task failed");
+            Vec::new()
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "no mesh runtime");
+            Vec::new()
+        }
+    };
     samples
         .into_iter()
         .map(|s| {

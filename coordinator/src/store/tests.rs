@@ -348,3 +348,53 @@ fn alias_results_are_stored_once_per_campaign_round_and_vantage() {
     .unwrap();
     assert_eq!(n, 3, "kept across a reopen");
 }
+
+#[test]
+fn mesh_samples_are_stored_once_per_direction_and_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let m = |round: u32, src: &str, dst: &str, owd: i64| v1::MeshSample {
+        result_id: tracemesh_proto::mesh_result_id("m1", round, src),
+        campaign_id: "m1".into(),
+        round,
+        src: src.into(),
+        dst: dst.into(),
+        owd_min_ns: Some(owd),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.put_mesh_sample(&m(0, "a", "b", 5)).unwrap(),
+        IngestOutcome::Stored
+    );
+    assert_eq!(
+        s.put_mesh_sample(&m(0, "b", "a", 6)).unwrap(),
+        IngestOutcome::Stored
+    );
+    // A re-upload after a crash: the first copy stays.
+    assert_eq!(
+        s.put_mesh_sample(&m(0, "a", "b", 99)).unwrap(),
+        IngestOutcome::Duplicate
+    );
+    assert_eq!(
+        s.put_mesh_sample(&m(1, "a", "b", 7)).unwrap(),
+        IngestOutcome::Stored
+    );
+    assert!(matches!(
+        s.put_mesh_sample(&m(1, "", "b", 7)),
+        Err(StoreError::Invalid { .. })
+    ));
+    let mut got = Vec::new();
+    s.for_each_mesh_sample(Some("m1"), &mut |x| {
+        got.push((x.round, x.src, x.owd_min_ns));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        got,
+        [
+            (0, "a".into(), Some(5)),
+            (0, "b".into(), Some(6)),
+            (1, "a".into(), Some(7))
+        ]
+    );
+}

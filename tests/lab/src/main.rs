@@ -247,7 +247,18 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 .with_context(|| format!("reading {}", path.display()))?;
             let checked =
                 tracemesh_lab::mesh::check(&w, &text, tolerance_ms).map_err(|e| anyhow!(e))?;
-            let summary = tracemesh_lab::mesh::summary(&checked, tolerance_ms);
+            let mut summary = tracemesh_lab::mesh::summary(&checked, tolerance_ms);
+            // Records between agents: which direction, and its one-way delay step.
+            let dpath = out.join("diversions.json");
+            if dpath.exists() {
+                let doc: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(&dpath)
+                        .with_context(|| format!("reading {}", dpath.display()))?,
+                )?;
+                summary["directions"] = tracemesh_lab::mesh::check_directions(&w, &doc)
+                    .map_err(|e| anyhow!(e))?
+                    .into();
+            }
             out!("{summary}");
             let share = summary["share"].as_f64().unwrap_or(0.0);
             if checked.is_empty() || share < min_share {

@@ -127,3 +127,37 @@ pub fn summary(checked: &[Checked], tol_ms: f64) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Diversion records between agents (a target that is a vantage's address) must say which
+/// direction of the pair they are (`forward` from the pair's first agent by name) and
+/// carry the one-way delay step of that direction. Returns one line per such record, or
+/// the first problem.
+pub fn check_directions(w: &World, diversions: &Value) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for r in diversions["diversions"].as_array().into_iter().flatten() {
+        let Some(t) = r["target"].as_str().and_then(|t| t.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        let Some(peer) = w.vantage_by_addr(t) else {
+            continue;
+        };
+        let v = r["vantage"].as_str().unwrap_or("");
+        let peer = w.s.vantages[peer].name.as_str();
+        let want = if v < peer { "forward" } else { "reverse" };
+        if r["direction"] != want {
+            return Err(format!(
+                "{v} -> {peer}: direction {} where {want} was due",
+                r["direction"]
+            ));
+        }
+        let step = r["mesh"]["owd_step_ms"].as_f64();
+        if step.is_none() {
+            return Err(format!("{v} -> {peer}: no one-way delay step as evidence"));
+        }
+        out.push(json!({
+            "vantage": v, "peer": peer, "direction": want,
+            "owd_step_ms": step, "reverse_owd_step_ms": r["mesh"]["reverse_owd_step_ms"],
+        }));
+    }
+    Ok(out)
+}

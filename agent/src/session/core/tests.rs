@@ -681,3 +681,76 @@ fn an_alias_round_fires_on_time_and_its_result_is_spooled_sent_and_acked_like_tr
     assert_eq!(fx[0], Effect::SpoolAck(vec!["a1/0/alias".into()]));
     assert_eq!(core.pending(), 0);
 }
+
+fn mesh_batches(effects: &[Effect]) -> Vec<Vec<String>> {
+    sent(effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Up::MeshBatch(b) => Some(b.samples.into_iter().map(|s| s.result_id).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mesh_samples_go_up_once_durable_and_again_until_acknowledged() {
+    use crate::session::spool::Kind;
+    let now = t0();
+    let mut core = SessionCore::new(Held::default(), vec![], now);
+    core.set_mesh_addr("192.0.2.7:7444".into());
+    let fx = core.handle(now, Input::Timer);
+    assert!(fx.contains(&Effect::Connect));
+    let fx = core.handle(now, Input::Dialled);
+    // The Hello says where the mesh endpoint listens.
+    let hello = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::OpenSession { hello } => match &hello.msg {
+                Some(Up::Hello(h)) => Some(h.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("a hello");
+    assert_eq!(hello.mesh_addr, "192.0.2.7:7444");
+    core.handle(now, Input::Opened);
+    let sample = |src: &str| pb::MeshSample {
+        result_id: tracemesh_proto::mesh_result_id("m1", 2, src),
+        campaign_id: "m1".into(),
+        round: 2,
+        src: src.into(),
+        sent: 10,
+        received: 9,
+        owd_min_ns: Some(5_000_000),
+        ..Default::default()
+    };
+    let fx = core.handle(
+        now,
+        Input::MeshDone {
+            campaign_id: "m1".into(),
+            round: 2,
+            samples: vec![sample("a"), sample("b")],
+        },
+    );
+    assert!(
+        mesh_batches(&fx).is_empty(),
+        "not sent before it is durable"
+    );
+    let records = spooled(&fx);
+    assert!(records.iter().all(|r| r.kind == Kind::Mesh));
+    let fx = core.handle(now, Input::Spooled(records));
+    assert_eq!(mesh_batches(&fx), [["m1/2/mesh/a", "m1/2/mesh/b"]]);
+    assert!(batches(&fx).is_empty() && alias_batches(&fx).is_empty());
+    // A new session sends them again; the ack drops them.
+    core.handle(now, Input::Disconnected(None));
+    let (now, _) = tick(&mut core, now);
+    let fx = open(&mut core, now);
+    assert_eq!(mesh_batches(&fx), [["m1/2/mesh/a", "m1/2/mesh/b"]]);
+    core.handle(
+        now,
+        Input::Message(Down::Ack(pb::Ack {
+            result_ids: vec!["m1/2/mesh/a".into(), "m1/2/mesh/b".into()],
+        })),
+    );
+    assert_eq!(core.pending(), 0);
+}
