@@ -416,6 +416,17 @@ fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Current and peak resident set, MiB.
+fn rss_mib() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let v = status.lines().find_map(|l| l.strip_prefix(name))?;
+        let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib as f64 / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 fn main() -> ExitCode {
     let n_vantages = env_usize("TM_BENCH_VANTAGES", 200).max(1);
     let n_dests = env_usize("TM_BENCH_DESTS", 500).max(1);
@@ -441,6 +452,8 @@ fn main() -> ExitCode {
     let (mut traces, mut hops) = (0u64, 0u64);
     let mut ingest = Duration::ZERO;
     let mut generate = Duration::ZERO;
+    // RSS as the history grows: it must stay flat once every pair has been seen.
+    let mut next_mark = 1_000_000u64;
     // A round at a time, as the store hands them out; only ingest is timed.
     for round in 0..rounds {
         let t0 = Instant::now();
@@ -456,6 +469,12 @@ fn main() -> ExitCode {
             det.ingest(t, &annot);
         }
         ingest += t1.elapsed();
+        if traces >= next_mark {
+            if let Some((rss, peak)) = rss_mib() {
+                println!("at {traces:>10} traces: RSS {rss:.1} MiB, peak {peak:.1} MiB");
+            }
+            next_mark += 1_000_000;
+        }
     }
     let now = EPOCH + rounds as f64 * ROUND_EVERY + 3600.0;
     let t2 = Instant::now();
@@ -492,6 +511,16 @@ fn main() -> ExitCode {
         report.diversions.len(),
         report.incidents.len()
     );
+    // The whole report, for comparing two detectors record by record.
+    if let Some(path) = std::env::var_os("TM_BENCH_REPORT_JSON") {
+        let written = serde_json::to_vec(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|j| std::fs::write(&path, j).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("cannot write {}: {e}", path.to_string_lossy());
+            return ExitCode::FAILURE;
+        }
+    }
     if !same_episodes(&report, &planted, planted_n) {
         return ExitCode::FAILURE;
     }
