@@ -471,7 +471,10 @@ fn main() -> ExitCode {
         ingest += t1.elapsed();
         if traces >= next_mark {
             if let Some((rss, peak)) = rss_mib() {
-                println!("at {traces:>10} traces: RSS {rss:.1} MiB, peak {peak:.1} MiB");
+                println!(
+                    "at {traces:>10} traces: RSS {rss:.1} MiB, peak {peak:.1} MiB; {:?}",
+                    det.state_size()
+                );
             }
             next_mark += 1_000_000;
         }

@@ -117,11 +117,10 @@ where
         // own first router (rate-limited by a vantage's burst of first hops, typically),
         // which every other path of the vantage crosses at TTL 1 too.
         if ing.ttl == 2
-            && let Some(addr) =
-                most_common(
-                    other_paths().filter_map(|(p, n)| Some((at_ttl(p, 1)?, n))),
-                    &is_adversary,
-                )
+            && let Some(addr) = most_common(
+                other_paths().filter_map(|(p, n)| Some((at_ttl(p, 1)?, n))),
+                &is_adversary,
+            )
         {
             return Pick {
                 addr: Some(addr),

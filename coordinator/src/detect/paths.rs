@@ -29,17 +29,21 @@ pub(super) type CleanPath = Arc<PathHops>;
 /// before it that may name its silent hops (see [`PairState::normal_path`]).
 pub(super) const LOOKBACK: u64 = 65;
 /// Distinct clean paths a pair keeps counts for (silence patterns of one route count
-/// apart); rounds on further paths still count as rounds, not as paths.
-pub(super) const MAX_KNOWN: usize = 16;
-/// Runs a pair holds before dropping those no report can read.
-const PRUNE_AT: usize = 48;
+/// apart; the branches a report unites are the first 8 too); rounds on further paths
+/// still count as rounds, not as paths.
+pub(super) const MAX_KNOWN: usize = 8;
+/// Fewest runs a pair holds before dropping those no report can read; a pair whose
+/// window itself holds more prunes when it has doubled since the last pass.
+const PRUNE_AT: usize = 16;
 
-/// Consecutive clean rounds (no diverted round between them) that followed one path.
+/// Consecutive clean rounds (round numbers without a gap) that followed one path:
+/// every round between `first` and `last` is in it, so a round arriving inside it is a
+/// re-upload.
 #[derive(Debug, Clone)]
 struct CleanRun {
     first: u64,
     last: u64,
-    /// Rounds in the run (fewer than `last - first + 1` where rounds are missing).
+    /// Rounds in the run: `last - first + 1`.
     n: u32,
     path: CleanPath,
     first_start: f64,
@@ -62,13 +66,8 @@ impl CleanRun {
         }
     }
 
-    fn complete(&self) -> bool {
-        u64::from(self.n) == self.last - self.first + 1
-    }
-
-    /// The `k`-th round of the run (0-based) and its start. Exact at both ends, and
-    /// throughout a run without missing rounds started at a steady pace (a campaign's
-    /// rounds); interpolated otherwise.
+    /// The `k`-th round of the run (0-based) and its start: exact at both ends, and in
+    /// between for rounds started at a steady pace (a campaign's); interpolated.
     fn nth(&self, k: u32) -> (u64, f64) {
         if self.n <= 1 || k == 0 {
             return (self.first, self.first_start);
@@ -77,13 +76,8 @@ impl CleanRun {
             return (self.last, self.last_start);
         }
         let f = f64::from(k) / f64::from(self.n - 1);
-        let round = if self.complete() {
-            self.first + u64::from(k)
-        } else {
-            self.first + ((self.last - self.first) as f64 * f).round() as u64
-        };
         (
-            round,
+            self.first + u64::from(k),
             self.first_start + (self.last_start - self.first_start) * f,
         )
     }
@@ -160,6 +154,8 @@ pub(super) struct PairState {
     /// Clean rounds in dropped runs, and the latest of them.
     dropped: u64,
     dropped_upto: Option<u64>,
+    /// Runs left by the last prune.
+    kept: u32,
 }
 
 impl PairState {
@@ -176,7 +172,6 @@ impl PairState {
         match diverted_at {
             Some(ingress) => {
                 self.remove_clean(round);
-                self.split_around(round);
                 self.diverted.insert(
                     round,
                     DivertedObs {
@@ -203,7 +198,7 @@ impl PairState {
                     }
                 }
                 self.add_clean(round, start, path, dst_rtt);
-                if self.runs.len() > PRUNE_AT {
+                if self.runs.len() > PRUNE_AT.max(2 * self.kept as usize) {
                     self.prune();
                 }
             }
@@ -237,18 +232,11 @@ impl PairState {
         }
     }
 
-    fn no_diverted_between(&self, a: u64, b: u64) -> bool {
-        a + 1 >= b || self.diverted.range(a + 1..b).next().is_none()
-    }
-
     /// Takes `round` out of the run holding it, if it holds it (a run with missing
     /// rounds holds its two ends for sure, nothing in between).
     fn remove_clean(&mut self, round: u64) {
         let Some(i) = self.run_of(round) else { return };
         let r = &self.runs[i];
-        if !(r.complete() || r.first == round || r.last == round) {
-            return;
-        }
         let (n, first, last, path) = (r.n, r.first, r.last, r.path.clone());
         self.forget_path(&path);
         if n == 1 {
@@ -256,46 +244,42 @@ impl PairState {
         } else if first == round {
             let r = &mut self.runs[i];
             let (next, start) = r.nth(1);
-            r.first = next.max(round + 1);
+            r.first = next;
             r.first_start = start;
             r.n -= 1;
         } else if last == round {
             let r = &mut self.runs[i];
             let (prev, start) = r.nth(n - 2);
-            r.last = prev.min(round - 1);
+            r.last = prev;
             r.last_start = start;
             r.n -= 1;
         } else {
-            // A run without missing rounds: the half after `round` starts with it.
+            // The half after `round` starts with it until it is taken out.
             let (_, after_start) = self.runs[i].nth((round - first + 1) as u32);
             self.split_run(i, round);
             let right = &mut self.runs[i + 1];
+            right.first = round + 1;
             right.n -= 1;
             right.first_start = after_start;
         }
     }
 
-    /// Splits the run around `round` (strictly inside it) into the rounds before and
-    /// the rounds after it.
+    /// Splits the run at `round` (strictly inside it): the rounds before it, and the
+    /// rounds from it on.
     fn split_run(&mut self, i: usize, round: u64) {
         let r = self.runs[i].clone();
-        let before = if r.complete() {
-            (round - r.first) as u32
-        } else {
-            let f = (round - r.first) as f64 / (r.last - r.first) as f64;
-            ((f64::from(r.n) * f).round() as u32).clamp(1, r.n - 1)
-        };
+        let before = (round - r.first) as u32;
         let (l_last, l_start) = r.nth(before - 1);
         let (r_first, r_start) = r.nth(before);
         let left = CleanRun {
-            last: l_last.min(round - 1),
+            last: l_last,
             n: before,
             last_start: l_start,
             last_dst_rtt: r.first_dst_rtt,
             ..r.clone()
         };
         let right = CleanRun {
-            first: r_first.max(round + 1),
+            first: r_first,
             n: r.n - before,
             first_start: r_start,
             first_dst_rtt: r.last_dst_rtt,
@@ -303,16 +287,6 @@ impl PairState {
         };
         self.runs[i] = left;
         self.runs.insert(i + 1, right);
-    }
-
-    /// A diverted round arriving inside a run (whose rounds missed it) splits it.
-    fn split_around(&mut self, round: u64) {
-        if let Some(i) = self.run_of(round)
-            && self.runs[i].first < round
-            && round < self.runs[i].last
-        {
-            self.split_run(i, round);
-        }
     }
 
     /// A diverted round became clean: the runs either side may join again.
@@ -325,7 +299,7 @@ impl PairState {
 
     fn try_join(&mut self, i: usize) {
         let (a, b) = (&self.runs[i], &self.runs[i + 1]);
-        if *a.path == *b.path && self.no_diverted_between(a.last, b.first) {
+        if *a.path == *b.path && a.last + 1 == b.first {
             let b = self.runs.remove(i + 1);
             let a = &mut self.runs[i];
             a.last = b.last;
@@ -375,10 +349,7 @@ impl PairState {
     fn add_clean(&mut self, round: u64, start: f64, path: PathHops, dst_rtt: Option<f64>) {
         let path = self.intern(round, start, path);
         let i = self.runs.partition_point(|r| r.last < round);
-        if i > 0
-            && *self.runs[i - 1].path == *path
-            && self.no_diverted_between(self.runs[i - 1].last, round)
-        {
+        if i > 0 && *self.runs[i - 1].path == *path && self.runs[i - 1].last + 1 == round {
             let l = &mut self.runs[i - 1];
             l.last = round;
             l.n += 1;
@@ -389,7 +360,7 @@ impl PairState {
             }
         } else if i < self.runs.len()
             && *self.runs[i].path == *path
-            && self.no_diverted_between(round, self.runs[i].first)
+            && self.runs[i].first == round + 1
         {
             let r = &mut self.runs[i];
             r.first = round;
@@ -444,6 +415,19 @@ impl PairState {
             k
         });
         (self.dropped, self.dropped_upto) = (dropped, upto);
+        self.kept = self.runs.len() as u32;
+        // Most pairs hold a few runs: what a pass frees must not stay reserved.
+        self.runs.shrink_to_fit();
+    }
+
+    /// Clean runs, known paths and diverted rounds held, and clean rounds folded away.
+    pub(super) fn sizes(&self) -> (usize, usize, usize, u64) {
+        (
+            self.runs.len(),
+            self.known.len(),
+            self.diverted.len(),
+            self.dropped,
+        )
     }
 
     /// The pair's latest round that started by `now`.
@@ -602,16 +586,20 @@ impl PairState {
             .rev()
             .filter(move |r| r.last < round && !clean_enters(&r.path))
             .flat_map(|r| {
-                std::iter::once((&r.path, r.last_dst_rtt))
-                    .chain(std::iter::repeat_n((&r.path, r.first_dst_rtt), r.n as usize - 1))
+                std::iter::once((&r.path, r.last_dst_rtt)).chain(std::iter::repeat_n(
+                    (&r.path, r.first_dst_rtt),
+                    r.n as usize - 1,
+                ))
             });
         let fwd = self
             .runs
             .iter()
             .filter(move |r| r.first >= round && !clean_enters(&r.path))
             .flat_map(|r| {
-                std::iter::once((&r.path, r.first_dst_rtt))
-                    .chain(std::iter::repeat_n((&r.path, r.last_dst_rtt), r.n as usize - 1))
+                std::iter::once((&r.path, r.first_dst_rtt)).chain(std::iter::repeat_n(
+                    (&r.path, r.last_dst_rtt),
+                    r.n as usize - 1,
+                ))
             });
         let mut it: Box<dyn Iterator<Item = (&CleanPath, Option<f64>)>> = Box::new(back);
         let mut first = it.next();
@@ -720,4 +708,119 @@ pub(super) fn vantage_clean_paths(
     pairs
         .range(lo..=hi)
         .flat_map(|(_, p)| p.known.iter().map(|k| (&k.path, k.rounds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(ttl: u8, addr: Option<&str>, adv: bool) -> Hop {
+        Hop {
+            ttl,
+            addr: addr.map(|a| a.parse().unwrap()),
+            rtt: addr.map(|_| f64::from(ttl)),
+            asn: Some(if adv { 4134 } else { 1 }),
+            adversary: adv.then_some(4134),
+        }
+    }
+
+    /// Clean rounds on one route, every third one with TTL 2 silent; rounds in `div`
+    /// diverted through two adversary hops.
+    fn round(r: u64, div: &[std::ops::Range<u64>]) -> (Vec<Hop>, Option<usize>) {
+        if div.iter().any(|d| d.contains(&r)) {
+            let hops = vec![
+                hop(1, Some("10.0.0.1"), false),
+                hop(2, Some("202.97.1.1"), true),
+                hop(3, Some("202.97.2.1"), true),
+            ];
+            return (hops, Some(1));
+        }
+        let second = (r % 3 != 0).then_some("10.0.0.2");
+        let hops = vec![
+            hop(1, Some("10.0.0.1"), false),
+            hop(2, second, false),
+            hop(3, Some("10.0.0.3"), false),
+        ];
+        (hops, None)
+    }
+
+    fn fill(p: &mut PairState, rounds: impl Iterator<Item = u64>, div: &[std::ops::Range<u64>]) {
+        for r in rounds {
+            let (hops, at) = round(r, div);
+            p.record(r, r as f64 * 900.0, hops, at, Some(20.0));
+        }
+    }
+
+    fn spans(p: &PairState) -> Vec<(u64, u64, u32)> {
+        p.episodes(f64::INFINITY, |_| true, |_| false)
+            .iter()
+            .map(|e| (e[0].first, e[e.len() - 1].last, e.iter().map(|s| s.n).sum()))
+            .collect()
+    }
+
+    #[test]
+    fn a_stable_pair_is_one_run_however_long_it_is_watched() {
+        let mut p = PairState::default();
+        for r in 0..10_000 {
+            let hops = vec![
+                hop(1, Some("10.0.0.1"), false),
+                hop(2, Some("10.0.0.3"), false),
+            ];
+            p.record(r, r as f64, hops, None, Some(1.0));
+        }
+        assert_eq!(p.sizes(), (1, 1, 0, 0));
+        assert_eq!(p.rounds_by(f64::INFINITY), 10_000);
+        assert_eq!(p.latest_round(f64::INFINITY), Some(9_999));
+        assert_eq!(p.known[0].rounds, 10_000);
+    }
+
+    #[test]
+    fn a_flapping_pair_stays_bounded_and_keeps_its_episodes_apart() {
+        let div = [100..103, 2_000..2_004, 9_991..9_996];
+        let mut p = PairState::default();
+        fill(&mut p, 0..10_000, &div);
+        let (runs, known, diverted, dropped) = p.sizes();
+        // Two runs every three rounds (6,667 in all) unless folded: the last 65 clean
+        // rounds, those around each episode and what accumulated since the last pass.
+        assert!(runs < 1_000, "{runs} runs");
+        assert_eq!((known, diverted), (2, 12));
+        assert!(dropped > 9_000, "{dropped}");
+        assert_eq!(p.rounds_by(f64::INFINITY), 10_000);
+        assert_eq!(
+            spans(&p),
+            vec![(100, 102, 3), (2_000, 2_003, 4), (9_991, 9_995, 5)]
+        );
+        // The round before the last episode was silent at TTL 2: older ones name it.
+        let (normal, rtt) = p.normal_path(9_991, |_| true, |_| false).unwrap();
+        assert_eq!(normal[1].1, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(rtt, Some(20.0));
+    }
+
+    #[test]
+    fn arrival_order_and_reuploads_do_not_matter() {
+        let div = [5..8, 20..22];
+        let mut fwd = PairState::default();
+        fill(&mut fwd, 0..40, &div);
+        let mut back = PairState::default();
+        fill(&mut back, (0..40).rev(), &div);
+        // Shuffled, with every round uploaded twice.
+        let mut shuffled = PairState::default();
+        fill(&mut shuffled, (0..40).map(|r| (r * 17) % 40), &div);
+        fill(&mut shuffled, (0..40).map(|r| (r * 7) % 40), &div);
+        for p in [&back, &shuffled] {
+            assert_eq!(spans(p), spans(&fwd));
+            assert_eq!(p.rounds_by(f64::INFINITY), 40);
+            assert_eq!(p.sizes(), fwd.sizes());
+        }
+        assert_eq!(spans(&fwd), vec![(5, 7, 3), (20, 21, 2)]);
+        // A diverted round re-uploaded clean joins the runs either side again.
+        let mut healed = PairState::default();
+        fill(&mut healed, 0..40, &div);
+        fill(&mut healed, 20..22, &[]);
+        assert_eq!(spans(&healed), vec![(5, 7, 3)]);
+        assert_eq!(healed.rounds_by(f64::INFINITY), 40);
+        // `now` hides what started after it, inside a run too.
+        assert_eq!(fwd.rounds_by(10.5 * 900.0), 11);
+        assert_eq!(fwd.latest_round(10.5 * 900.0), Some(10));
+    }
 }
