@@ -1,9 +1,11 @@
 //! Diversion detection and triangulation: pure logic over traces, vantage metadata and
 //! an [`Annotator`]; no I/O and no clock (the caller passes `now`).
 //!
-//! Per (vantage, destination) the detector keeps the path of every clean round and the
-//! details of every diverted round (`paths.rs`), and per router the RTT bounds that
-//! position it (`links.rs`). Episodes, hand-offs and positions are computed at report
+//! Per (vantage, destination) the detector keeps its clean rounds as runs of one path
+//! (the recent ones, and those around diverted rounds; older ones only as per-path
+//! counts), and the details of every diverted round (`paths.rs`), and per router the
+//! RTT bounds that position it (`links.rs`): memory grows with pairs, addresses and
+//! diverted rounds, not with the clean history read. Episodes, hand-offs and positions are computed at report
 //! time (`episode.rs`, `handoff.rs`, `locate.rs`), which makes the result independent of
 //! the order in which rounds arrive and lets a normal path learned *after* an episode
 //! still name the hand-off of an episode that was active from the very first round.
