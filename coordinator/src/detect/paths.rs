@@ -36,6 +36,9 @@ pub(super) const MAX_KNOWN: usize = 8;
 /// window itself holds more prunes when it has doubled since the last pass.
 const PRUNE_AT: usize = 16;
 
+/// A clean round at either end of a run: its RTT to the destination and its start.
+pub(super) type RoundEnd = (Option<f64>, f64);
+
 /// Consecutive clean rounds (round numbers without a gap) that followed one path:
 /// every round between `first` and `last` is in it, so a round arriving inside it is a
 /// re-upload.
@@ -551,7 +554,7 @@ impl PairState {
     /// A segment of clean rounds: its path, and its first and (when it has more than
     /// one round) last round's RTT to the destination and start. The rounds between
     /// them carry the same path, so they name nothing the two ends do not.
-    pub(super) fn clean_seg(&self, seg: &Seg) -> Option<(&PathHops, Vec<(Option<f64>, f64)>)> {
+    pub(super) fn clean_seg(&self, seg: &Seg) -> Option<(&PathHops, Vec<RoundEnd>)> {
         let r = self.runs.get(seg.run?)?;
         let mut ends = vec![(r.first_dst_rtt, r.first_start)];
         if seg.n > 1 {
@@ -735,7 +738,7 @@ mod tests {
             ];
             return (hops, Some(1));
         }
-        let second = (r % 3 != 0).then_some("10.0.0.2");
+        let second = (!r.is_multiple_of(3)).then_some("10.0.0.2");
         let hops = vec![
             hop(1, Some("10.0.0.1"), false),
             hop(2, second, false),
