@@ -11,7 +11,12 @@
 //! otherwise, so a speed-up that changes results cannot pass for one.
 //!
 //! Size: `TM_BENCH_VANTAGES` × `TM_BENCH_DESTS` × `TM_BENCH_ROUNDS` (default
-//! 200 × 500 × 10). Run: `cargo bench -p tracemesh --bench detect_scale`.
+//! 200 × 500 × 10). Run: `cargo bench -p tracemesh --bench detect_scale`. After every
+//! million traces it prints the resident set and what the detector holds, which must
+//! level off once the history is longer than what detection reads back (65 clean
+//! rounds per pair); `TM_BENCH_MAX_RSS_MIB` fails the run above a peak,
+//! `TM_BENCH_STORED=0` skips the sled phase, `TM_BENCH_REPORT_JSON=FILE` writes the
+//! whole report (to compare two detectors record by record).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -525,6 +530,14 @@ fn main() -> ExitCode {
         }
     }
     if !same_episodes(&report, &planted, planted_n) {
+        return ExitCode::FAILURE;
+    }
+    // The detector's memory must not grow with history: CI holds it under a ceiling.
+    let ceiling = env_usize("TM_BENCH_MAX_RSS_MIB", 0);
+    if let (true, Some((_, peak))) = (ceiling > 0, rss_mib())
+        && peak > ceiling as f64
+    {
+        eprintln!("peak RSS {peak:.1} MiB is above TM_BENCH_MAX_RSS_MIB={ceiling}");
         return ExitCode::FAILURE;
     }
     if total > 10.0 {
