@@ -11,7 +11,12 @@
 //! otherwise, so a speed-up that changes results cannot pass for one.
 //!
 //! Size: `TM_BENCH_VANTAGES` × `TM_BENCH_DESTS` × `TM_BENCH_ROUNDS` (default
-//! 200 × 500 × 10). Run: `cargo bench -p tracemesh --bench detect_scale`.
+//! 200 × 500 × 10). Run: `cargo bench -p tracemesh --bench detect_scale`. After every
+//! million traces it prints the resident set and what the detector holds, which must
+//! level off once the history is longer than what detection reads back (65 clean
+//! rounds per pair); `TM_BENCH_MAX_RSS_MIB` fails the run above a peak,
+//! `TM_BENCH_STORED=0` skips the sled phase, `TM_BENCH_REPORT_JSON=FILE` writes the
+//! whole report (to compare two detectors record by record).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -416,6 +421,17 @@ fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Current and peak resident set, MiB.
+fn rss_mib() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let v = status.lines().find_map(|l| l.strip_prefix(name))?;
+        let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib as f64 / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 fn main() -> ExitCode {
     let n_vantages = env_usize("TM_BENCH_VANTAGES", 200).max(1);
     let n_dests = env_usize("TM_BENCH_DESTS", 500).max(1);
@@ -441,6 +457,8 @@ fn main() -> ExitCode {
     let (mut traces, mut hops) = (0u64, 0u64);
     let mut ingest = Duration::ZERO;
     let mut generate = Duration::ZERO;
+    // RSS as the history grows: it must stay flat once every pair has been seen.
+    let mut next_mark = 1_000_000u64;
     // A round at a time, as the store hands them out; only ingest is timed.
     for round in 0..rounds {
         let t0 = Instant::now();
@@ -456,6 +474,15 @@ fn main() -> ExitCode {
             det.ingest(t, &annot);
         }
         ingest += t1.elapsed();
+        if traces >= next_mark {
+            if let Some((rss, peak)) = rss_mib() {
+                println!(
+                    "at {traces:>10} traces: RSS {rss:.1} MiB, peak {peak:.1} MiB; {:?}",
+                    det.state_size()
+                );
+            }
+            next_mark += 1_000_000;
+        }
     }
     let now = EPOCH + rounds as f64 * ROUND_EVERY + 3600.0;
     let t2 = Instant::now();
@@ -492,7 +519,25 @@ fn main() -> ExitCode {
         report.diversions.len(),
         report.incidents.len()
     );
+    // The whole report, for comparing two detectors record by record.
+    if let Some(path) = std::env::var_os("TM_BENCH_REPORT_JSON") {
+        let written = serde_json::to_vec(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|j| std::fs::write(&path, j).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("cannot write {}: {e}", path.to_string_lossy());
+            return ExitCode::FAILURE;
+        }
+    }
     if !same_episodes(&report, &planted, planted_n) {
+        return ExitCode::FAILURE;
+    }
+    // The detector's memory must not grow with history: CI holds it under a ceiling.
+    let ceiling = env_usize("TM_BENCH_MAX_RSS_MIB", 0);
+    if let (true, Some((_, peak))) = (ceiling > 0, rss_mib())
+        && peak > ceiling as f64
+    {
+        eprintln!("peak RSS {peak:.1} MiB is above TM_BENCH_MAX_RSS_MIB={ceiling}");
         return ExitCode::FAILURE;
     }
     if total > 10.0 {

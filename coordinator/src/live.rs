@@ -131,6 +131,7 @@ async fn replay(
         tracing::info!(
             traces = n,
             secs = started.elapsed().as_secs_f64(),
+            state = ?det.state_size(),
             "detector replayed the stored traces"
         );
         Ok::<_, StoreError>(det)

@@ -12,7 +12,7 @@ use super::handoff::{Pick, Quality, find_handoff};
 use super::links::Links;
 use super::locate::Locator;
 use super::paths::Hop;
-use super::paths::{DivertedObs, PairState, Pairs, PathHops, vantage_clean_paths};
+use super::paths::{DivertedObs, PairState, Pairs, PathHops, Seg, vantage_clean_paths};
 use super::{
     Adversary, Detector, DiversionRecord, Evidence, HandoffRef, IngressRef, PathHop, VantageInfo,
 };
@@ -48,8 +48,9 @@ pub(super) struct Episode<'a> {
     /// diversion.
     pub exempt: bool,
     pub pair: &'a PairState,
-    /// The episode's rounds, in order (never empty for a real episode).
-    pub rounds: &'a [u64],
+    /// The episode's rounds, in order, as diverted rounds and runs of clean ones (never
+    /// empty for a real episode).
+    pub rounds: &'a [Seg],
     /// The pair's latest round so far: the episode is active if it ends there.
     pub latest_round: Option<u64>,
 }
@@ -160,8 +161,9 @@ impl<'a> ReportCtx<'a> {
 
     /// The episode's record; `None` when it has no usable diverted round.
     pub(super) fn record(&mut self, ep: &Episode) -> Option<DiversionRecord> {
-        let first_round = *ep.rounds.first()?;
-        let last_round = *ep.rounds.last()?;
+        let first_round = ep.rounds.first()?.first;
+        let last_round = ep.rounds.last()?.last;
+        let n_rounds: u32 = ep.rounds.iter().map(|s| s.n).sum();
         let clean_enters = |p: &PathHops| !ep.exempt && self.path_enters(p);
         let normal = ep
             .pair
@@ -172,22 +174,24 @@ impl<'a> ReportCtx<'a> {
         let branches: Normal = normal
             .as_ref()
             .map(|(p, r)| (ep.pair.with_other_branches(p), *r));
-        let owned: Vec<Cow<DivertedObs>> = ep
-            .rounds
-            .iter()
-            .filter_map(|&r| match ep.pair.diverted_round(r) {
-                Some(o) => self.effective(o),
-                // Stored clean, but through a router alias resolution gave the adversary.
-                None => {
-                    let (path, dst_rtt, start) = ep.pair.clean_round(r)?;
-                    if !clean_enters(path) {
-                        return None;
-                    }
-                    let o = self.diverted_view_of_clean(ep.vid, path, dst_rtt, start);
-                    self.effective(&o).map(|c| Cow::Owned(c.into_owned()))
-                }
-            })
-            .collect();
+        let mut owned: Vec<Cow<DivertedObs>> = Vec::new();
+        for seg in ep.rounds {
+            if let Some(o) = ep.pair.diverted_seg(seg) {
+                owned.extend(self.effective(o));
+                continue;
+            }
+            // Stored clean, but through a router alias resolution gave the adversary.
+            let Some((path, ends)) = ep.pair.clean_seg(seg) else {
+                continue;
+            };
+            if !clean_enters(path) {
+                continue;
+            }
+            for (dst_rtt, start) in ends {
+                let o = self.diverted_view_of_clean(ep.vid, path, dst_rtt, start);
+                owned.extend(self.effective(&o).map(|c| Cow::Owned(c.into_owned())));
+            }
+        }
         let obs: Vec<&DivertedObs> = owned.iter().map(|o| o.as_ref()).collect();
         let (first, last) = (*obs.first()?, *obs.last()?);
         let (rep, pick) = self.representative(ep.vid, &obs, &branches)?;
@@ -215,7 +219,7 @@ impl<'a> ReportCtx<'a> {
             ingress: ingress_ref,
             first_seen: first.start,
             last_seen: last.start,
-            rounds: ep.rounds.len() as u32,
+            rounds: n_rounds,
             first_round,
             last_round,
             active: ep.latest_round == Some(last_round),
@@ -326,13 +330,13 @@ impl<'a> ReportCtx<'a> {
         let known: Vec<&PathHops> = normal
             .iter()
             .map(|(p, _)| p)
-            .chain(vantage_clean_paths(self.pairs, vid).map(|p| p.as_ref()))
+            .chain(vantage_clean_paths(self.pairs, vid).map(|(p, _)| p.as_ref()))
             .collect();
         if !known.iter().any(|p| p.iter().any(|(_, a)| *a == Some(ha))) {
             return None;
         }
         // On a clean path with a non-adversary hop after it, it is the neighbour's own.
-        for p in vantage_clean_paths(self.pairs, vid) {
+        for (p, _) in vantage_clean_paths(self.pairs, vid) {
             if let Some(k) = p.iter().position(|(_, a)| *a == Some(xa))
                 && let Some((t, Some(next))) = p.get(k + 1)
                 && *t == p[k].0 + 1

@@ -62,7 +62,7 @@ pub(crate) fn find_handoff<'a, I>(
     is_adversary: impl Fn(IpAddr) -> bool,
 ) -> Pick
 where
-    I: Iterator<Item = &'a Arc<Vec<(u8, Option<IpAddr>)>>>,
+    I: Iterator<Item = (&'a Arc<Vec<(u8, Option<IpAddr>)>>, u64)>,
 {
     let none = Pick {
         addr: None,
@@ -117,8 +117,10 @@ where
         // own first router (rate-limited by a vantage's burst of first hops, typically),
         // which every other path of the vantage crosses at TTL 1 too.
         if ing.ttl == 2
-            && let Some(addr) =
-                most_common(other_paths().filter_map(|p| at_ttl(p, 1)), &is_adversary)
+            && let Some(addr) = most_common(
+                other_paths().filter_map(|(p, n)| Some((at_ttl(p, 1)?, n))),
+                &is_adversary,
+            )
         {
             return Pick {
                 addr: Some(addr),
@@ -137,9 +139,9 @@ where
     let (Some(anchor), want_delta) = (last.addr, ing.ttl - 1 - last.ttl) else {
         return pick(last, Quality::Gap);
     };
-    let seen = other_paths().filter_map(|p| {
+    let seen = other_paths().filter_map(|(p, n)| {
         let (t0, _) = p.iter().find(|(_, a)| *a == Some(anchor))?;
-        at_ttl(p, t0.saturating_add(want_delta))
+        Some((at_ttl(p, t0.saturating_add(want_delta))?, n))
     });
     match most_common(seen, &is_adversary) {
         Some(addr) => Pick {
@@ -158,14 +160,14 @@ fn at_ttl(p: &[(u8, Option<IpAddr>)], ttl: u8) -> Option<IpAddr> {
 }
 
 /// The non-adversary address seen most often (ties: the lowest), for naming a silent
-/// hop from other paths.
+/// hop from other paths; each address comes with the rounds that showed it.
 fn most_common(
-    seen: impl Iterator<Item = IpAddr>,
+    seen: impl Iterator<Item = (IpAddr, u64)>,
     is_adversary: &impl Fn(IpAddr) -> bool,
 ) -> Option<IpAddr> {
-    let mut counts: HashMap<IpAddr, usize> = HashMap::new();
-    for a in seen.filter(|a| !is_adversary(*a)) {
-        *counts.entry(a).or_default() += 1;
+    let mut counts: HashMap<IpAddr, u64> = HashMap::new();
+    for (a, n) in seen.filter(|(a, _)| !is_adversary(*a)) {
+        *counts.entry(a).or_default() += n;
     }
     counts
         .into_iter()

@@ -106,6 +106,11 @@ impl Links {
         }
     }
 
+    /// Addresses with RTT minima, and links between answering hops.
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        (self.rtts.len(), self.preds.values().map(|m| m.len()).sum())
+    }
+
     /// Vantage `vid`'s best RTT to `addr`.
     pub(super) fn best_rtt(&self, addr: IpAddr, vid: u32) -> Option<f64> {
         self.rtts.get(&addr)?.get(&vid).copied()

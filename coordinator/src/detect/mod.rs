@@ -1,9 +1,11 @@
 //! Diversion detection and triangulation: pure logic over traces, vantage metadata and
 //! an [`Annotator`]; no I/O and no clock (the caller passes `now`).
 //!
-//! Per (vantage, destination) the detector keeps the path of every clean round and the
-//! details of every diverted round (`paths.rs`), and per router the RTT bounds that
-//! position it (`links.rs`). Episodes, hand-offs and positions are computed at report
+//! Per (vantage, destination) the detector keeps its clean rounds as runs of one path
+//! (the recent ones, and those around diverted rounds; older ones only as per-path
+//! counts), and the details of every diverted round (`paths.rs`), and per router the
+//! RTT bounds that position it (`links.rs`): memory grows with pairs, addresses and
+//! diverted rounds, not with the clean history read. Episodes, hand-offs and positions are computed at report
 //! time (`episode.rs`, `handoff.rs`, `locate.rs`), which makes the result independent of
 //! the order in which rounds arrive and lets a normal path learned *after* an episode
 //! still name the hand-off of an episode that was active from the very first round.
@@ -141,6 +143,24 @@ impl Detector {
         );
     }
 
+    /// What the detector holds, in counts: it grows with pairs, addresses and diverted
+    /// rounds, not with the clean history it has read.
+    pub fn state_size(&self) -> StateSize {
+        let mut size = StateSize {
+            pairs: self.pairs.len(),
+            ..StateSize::default()
+        };
+        for p in self.pairs.values() {
+            let (runs, known, diverted, dropped) = p.sizes();
+            size.clean_runs += runs;
+            size.known_paths += known;
+            size.diverted_rounds += diverted;
+            size.folded_rounds += dropped;
+        }
+        (size.addresses, size.links) = self.links.sizes();
+        size
+    }
+
     /// Builds the report: one record per (vantage, destination, episode), grouped into
     /// incidents. `now` (Unix seconds) hides rounds that started after it, so a report
     /// for a past instant can be reproduced.
@@ -169,6 +189,22 @@ impl Detector {
             incidents,
         }
     }
+}
+
+/// Counts of what a [`Detector`] holds (see [`Detector::state_size`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateSize {
+    pub pairs: usize,
+    /// Runs of clean rounds kept in sequence (an episode's normal path and end read them).
+    pub clean_runs: usize,
+    /// Distinct clean paths kept with their counts.
+    pub known_paths: usize,
+    pub diverted_rounds: usize,
+    /// Clean rounds whose runs were dropped, counted in their paths.
+    pub folded_rounds: u64,
+    /// Router addresses with RTT minima, and links between them.
+    pub addresses: usize,
+    pub links: usize,
 }
 
 /// One-shot convenience: ingest `traces` (any order) and report as of `now`.
