@@ -7,6 +7,8 @@ pub mod checksum;
 pub mod denylist;
 pub mod driver;
 pub mod engine;
+pub mod mda;
+pub mod mda_engine;
 pub mod model;
 pub mod packet;
 mod sys;
