@@ -448,7 +448,35 @@ impl Mda {
 
         // 1. Hop-level discovery.
         let tried = self.at(h).map_or(0, BTreeMap::len);
-        let need = stopping_point(self.vertices(h).len(), conf);
+        let kinds: Vec<AnswerKind> = self
+            .at(h)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, r)| match r {
+                Reach::Answered { answer, .. } => Some(answer.kind),
+                _ => None,
+            })
+            .collect();
+        // Flows that answered from the end of the path (the destination, or a refusal)
+        // end there: nothing else sits at that distance on those paths.
+        let at_end = !kinds.is_empty() && !kinds.contains(&AnswerKind::Intermediate);
+        let prev_width = if first {
+            1
+        } else {
+            self.forwarding(h - 1).len().max(1)
+        };
+        let need = if h == 1 {
+            // TTL 1 is the vantage's own gateway: its default route has one next hop.
+            1
+        } else if tried == 0 {
+            // First one flow per interface of the previous hop (links need them anyway),
+            // to learn whether this is the end of the path before spending `n_k`.
+            prev_width.min(stopping_point(0, conf))
+        } else if at_end {
+            0
+        } else {
+            stopping_point(self.vertices(h).len(), conf)
+        };
         if tried < need {
             let mut want = need - tried;
             let mut batch = Vec::new();
@@ -486,11 +514,20 @@ impl Mda {
             return Vec::new();
         }
 
-        // 2. Node control where an interface branches, or everywhere once meshed.
+        // 2. Node control where an interface branches, or everywhere once meshed. One
+        // interface at the previous hop that answered every flow there is crossed by
+        // every flow: hop-level discovery has been its node control.
         let prev = self.forwarding(h - 1);
+        let single_prev = prev.len() == 1
+            && self
+                .at(h - 1)
+                .is_some_and(|m| m.values().all(|r| matches!(r, Reach::Answered { .. })));
         let mut batch = Vec::new();
         let mut short = 0usize;
         for flows in prev.values() {
+            if single_prev || at_end {
+                break;
+            }
             let succ: BTreeSet<IpAddr> = flows.iter().filter_map(|&f| self.addr_at(h, f)).collect();
             if !self.meshed && succ.len() < 2 {
                 continue;
@@ -527,10 +564,6 @@ impl Mda {
 
         // 3. Link completion.
         let here = self.vertices(h);
-        let single_prev = prev.len() == 1
-            && self
-                .at(h - 1)
-                .is_some_and(|m| m.values().all(|r| matches!(r, Reach::Answered { .. })));
         for flows in here.values() {
             let has_pred = single_prev || flows.iter().any(|&f| self.addr_at(h - 1, f).is_some());
             if !has_pred && let Some(&f) = flows.iter().find(|&&f| !self.probed(h - 1, f)) {
@@ -548,7 +581,7 @@ impl Mda {
         }
 
         // 4. The meshing test.
-        if self.meshed || prev.len() < 2 || here.len() < 2 {
+        if self.meshed || at_end || prev.len() < 2 || here.len() < 2 {
             return Vec::new();
         }
         for flows in here.values() {

@@ -9,6 +9,7 @@ pub mod driver;
 pub mod engine;
 pub mod mda;
 pub mod mda_engine;
+pub mod mda_text;
 pub mod model;
 pub mod packet;
 mod sys;

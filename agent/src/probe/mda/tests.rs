@@ -160,7 +160,7 @@ fn stopping_points_follow_the_mda_bound() {
 }
 
 #[test]
-fn a_single_path_costs_n1_probes_per_hop() {
+fn a_single_path_costs_n1_probes_per_router_hop_and_one_elsewhere() {
     let net = Net::from_layers(vec![
         vec![(ip(1, 1), vec![0])],
         vec![(ip(2, 1), vec![0])],
@@ -168,7 +168,9 @@ fn a_single_path_costs_n1_probes_per_hop() {
     ]);
     let r = run(&net, params(95));
     assert_eq!(r.stop_reason, MdaStop::Completed);
-    assert_eq!(r.probes_sent, 18);
+    // One at TTL 1 (the vantage's gateway), n(1) = 6 at the router, one at the
+    // destination.
+    assert_eq!(r.probes_sent, 8);
     assert_eq!(r.flows, 6);
     let (i, l) = found(&r);
     assert_eq!(i, net.interfaces());
