@@ -468,6 +468,14 @@ fn write_text(out: &mut impl Write, r: &TraceResult) -> std::io::Result<()> {
 }
 
 fn engine_cookie() -> u16 {
+    // TRACEMESH_COOKIE pins it, for reproducible runs: the cookie picks the source ports
+    // (hence the branches) of --mda's flows.
+    if let Some(c) = std::env::var("TRACEMESH_COOKIE")
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+    {
+        return c;
+    }
     // Distinct per process, so two agents (or scamper) on one host ignore each other.
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

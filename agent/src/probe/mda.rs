@@ -74,14 +74,35 @@ impl Default for MdaParams {
 
 /// The MDA's stopping point: with `k` interfaces found, how many flows must have been
 /// tried to rule out a `k + 1`-th one taking an equal share of the traffic, at the
-/// given confidence: 6, 11, 16, 21, 27, 33, 39, 45 at 95 %; 8, 15, 21, 28, 36 at 99 %.
-/// With nothing found yet it is `n(1)`.
+/// given confidence (Veitch et al.'s table, which scamper's tracelb uses): 6, 11, 16,
+/// 21, 27, 33, 38, 44 at 95 %; 8, 15, 21, 28, 36 at 99 %. With nothing found yet it is
+/// `n(1)`.
 pub fn stopping_point(k: usize, confidence: u8) -> usize {
-    let k = k.max(1) as f64;
+    let k = k.max(1);
     let alpha = 1.0 - f64::from(confidence.clamp(50, 99)) / 100.0;
-    // Chance that k+1 equal branches show only k after n flows is at most
-    // (k+1)·(k/(k+1))^n; the bound is split over the k+1 ways to miss one.
-    ((alpha / (k + 1.0)).ln() / (k / (k + 1.0)).ln()).ceil() as usize
+    let branches = k + 1;
+    // The chance that n flows over `branches` equal branches miss one or more of them,
+    // by inclusion–exclusion; beyond ~60 branches the alternating sum loses precision
+    // and its first term (a union bound, slightly larger n) is used alone.
+    let miss = |n: i32| -> f64 {
+        let b = branches as f64;
+        if branches > 60 {
+            return b * ((b - 1.0) / b).powi(n);
+        }
+        let mut sum = 0.0;
+        let mut binom = 1.0;
+        for i in 1..branches {
+            binom *= (branches - i + 1) as f64 / i as f64;
+            let term = binom * ((b - i as f64) / b).powi(n);
+            sum += if i % 2 == 1 { term } else { -term };
+        }
+        sum
+    };
+    let mut n = k as i32;
+    while miss(n) > alpha && n < 100_000 {
+        n += 1;
+    }
+    n as usize
 }
 
 /// Why a multipath trace ended.

@@ -71,12 +71,20 @@ impl Topology {
     }
 
     /// Every interface (by TTL) and link a complete multipath trace to `dst` finds.
-    /// Routers answer from the interface a probe came in on; the sink as `dst`.
+    /// Routers answer from the interface a probe came in on. The destination answers
+    /// from its own address over IPv4; Linux sources ICMPv6 errors for an address it only
+    /// routes locally (no interface has it) from the inbound interface, as for routers.
     pub fn truth(&self, dst: IpAddr) -> Truth {
+        self.truth_with(dst, dst.is_ipv4())
+    }
+
+    /// As [`Topology::truth`], saying whether the destination answers as `dst` (TCP
+    /// resets always do).
+    pub fn truth_with(&self, dst: IpAddr, dst_answers_as_itself: bool) -> Truth {
         let v6 = dst.is_ipv6();
         let sink = self.nodes - 1;
         let iface = |l: usize| -> IpAddr {
-            if self.edges[l].1 == sink {
+            if self.edges[l].1 == sink && dst_answers_as_itself {
                 dst
             } else {
                 link_addr(l, true, v6)
@@ -201,6 +209,11 @@ impl Multipath {
                 sysctl(ns, key, value)?;
             }
         }
+        for ns in names {
+            // A fixed hash seed makes which flow takes which branch reproducible; kernels
+            // before 6.11 lack the setting and pick a random seed.
+            let _ = sysctl(ns, "net.ipv4.fib_multipath_hash_seed", "20181031");
+        }
         let pid = std::process::id() % 100_000;
         for (i, &(l, r)) in topo.edges.iter().enumerate() {
             let (ld, rd) = (format!("m{pid}x{k}a{i}"), format!("m{pid}x{k}b{i}"));
@@ -296,6 +309,11 @@ impl Multipath {
     /// Every interface (by TTL) and link a complete multipath trace to `dst` finds.
     pub fn truth(&self, dst: IpAddr) -> Truth {
         self.topo.truth(dst)
+    }
+
+    /// See [`Topology::truth_with`].
+    pub fn truth_with(&self, dst: IpAddr, dst_answers_as_itself: bool) -> Truth {
+        self.topo.truth_with(dst, dst_answers_as_itself)
     }
 
     /// A command that runs `prog` inside the source namespace.

@@ -151,9 +151,14 @@ fn params(conf: u8) -> MdaParams {
 }
 
 #[test]
-fn stopping_points_follow_the_mda_bound() {
-    let p95: Vec<usize> = (1..=8).map(|k| stopping_point(k, 95)).collect();
-    assert_eq!(p95, [6, 11, 16, 21, 27, 33, 39, 45]);
+fn stopping_points_are_veitchs_and_scampers_table() {
+    let p95: Vec<usize> = (1..=16).map(|k| stopping_point(k, 95)).collect();
+    assert_eq!(
+        p95,
+        [
+            6, 11, 16, 21, 27, 33, 38, 44, 51, 57, 63, 70, 76, 83, 90, 96
+        ]
+    );
     let p99: Vec<usize> = (1..=5).map(|k| stopping_point(k, 99)).collect();
     assert_eq!(p99, [8, 15, 21, 28, 36]);
     assert_eq!(stopping_point(0, 95), 6);
