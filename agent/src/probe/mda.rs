@@ -11,10 +11,9 @@
 //!    until `n_k` flows have been tried there, reusing the previous hop's flows spread
 //!    over its interfaces before making new ones;
 //! 2. node control (the full MDA's rule), for interfaces of the previous hop seen to
-//!    branch (two successors or more), or for all of them once the trace found a meshed
-//!    diamond: `n_k` flows through that interface, making new flows at the previous hop
-//!    when too few are known to pass it. Lite's hop-level count alone misses branches
-//!    behind one interface of a non-uniform diamond (a diamond nested in one branch);
+//!    branch (two successors or more): every flow known to cross one is probed on, up to
+//!    `n_k` of them; once the trace found a meshed diamond, for every interface, making
+//!    new flows at the previous hop when too few are known to cross it (the full MDA);
 //! 3. link completion: every interface gets a predecessor and a successor where a flow
 //!    can show one;
 //! 4. the meshing test: with two interfaces or more at both hops, two flows through each
@@ -571,8 +570,14 @@ impl Mda {
         if !batch.is_empty() {
             return batch;
         }
+        // Making new flows at the previous hop until enough cross one interface is what
+        // makes the full MDA expensive (most land elsewhere); the lite does it only in a
+        // meshed diamond, where hop-level counts say nothing about one interface.
         let tried_prev = self.at(h - 1).map_or(0, BTreeMap::len);
-        if short > 0 && tried_prev < MAX_FLOWS_PER_WIDTH * stopping_point(prev.len(), conf) {
+        if self.meshed
+            && short > 0
+            && tried_prev < MAX_FLOWS_PER_WIDTH * stopping_point(prev.len(), conf)
+        {
             // Too few flows are known to pass some interface: new flows at the previous
             // hop, each landing on one of its interfaces.
             let n = short * prev.len().max(1);

@@ -209,10 +209,14 @@ impl Multipath {
                 sysctl(ns, key, value)?;
             }
         }
-        for ns in names {
-            // A fixed hash seed makes which flow takes which branch reproducible; kernels
+        for (n, ns) in names.iter().enumerate() {
+            // A fixed hash seed per router makes which flow takes which branch
+            // reproducible; one seed for all would polarise the hashing (the flows a
+            // router sends to its first branch would all take the first branch of the
+            // next split too), which real routers avoid with seeds of their own. Kernels
             // before 6.11 lack the setting and pick a random seed.
-            let _ = sysctl(ns, "net.ipv4.fib_multipath_hash_seed", "20181031");
+            let seed = (20_181_031 + 7_919 * n as u64).to_string();
+            let _ = sysctl(ns, "net.ipv4.fib_multipath_hash_seed", &seed);
         }
         let pid = std::process::id() % 100_000;
         for (i, &(l, r)) in topo.edges.iter().enumerate() {
