@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::{NetError, in_netns};
 
+/// Interfaces (TTL, address) and links one trace lacks.
+pub type Missing = (Vec<(u8, IpAddr)>, Vec<(IpAddr, IpAddr)>);
+
 /// What one multipath trace found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
@@ -18,8 +21,8 @@ pub struct Found {
 }
 
 impl Found {
-    /// What `other` found that this did not: (interfaces, links).
-    pub fn missing_from(&self, other: &Found) -> (Vec<(u8, IpAddr)>, Vec<(IpAddr, IpAddr)>) {
+    /// What `other` found that this did not.
+    pub fn missing_from(&self, other: &Found) -> Missing {
         (
             other
                 .interfaces
