@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""MDA in the lab: every ECMP branch the oracle knows, found by `trace --mda`.
+
+usage: check_mda.py SCENARIO LAB_BIN AGENT_BIN [--confidence 99] [--min-share 0.99] [--json]
+
+Runs `LAB_BIN check --json SCENARIO` for the oracle's `ecmp_paths` (the same as
+`shared/tools/scenario.py --json`), builds the emulated internet with `LAB_BIN emulate`,
+and from each vantage's namespace runs `AGENT_BIN trace --mda` (UDP, source ports vary)
+toward every probe address of every target. A (pair, address) counts as found when every
+branch's hops that cannot be silent (the oracle's may_be_silent flag: rate limits) answered
+at their TTL in the MDA's interfaces. Prints the share of pairs with ECMP branches found
+whole and exits 1 below --min-share. Needs root (namespaces); probes stay inside the lab.
+"""
+
+import json
+import subprocess
+import sys
+import time
+import tomllib
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) < 3:
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    scen, lab, agent = args[:3]
+    conf, min_share, as_json = "99", 0.99, False
+    rest = args[3:]
+    while rest:
+        flag = rest.pop(0)
+        if flag == "--confidence":
+            conf = rest.pop(0)
+        elif flag == "--min-share":
+            min_share = float(rest.pop(0))
+        elif flag == "--json":
+            as_json = True
+        else:
+            print(f"error: unknown flag {flag}", file=sys.stderr)
+            return 2
+
+    with open(scen, "rb") as f:
+        s = tomllib.load(f)
+    oracle = json.loads(
+        subprocess.run([lab, "check", "--json", scen], check=True, capture_output=True).stdout
+    )
+    ecmp = oracle.get("ecmp_paths", {})
+    # Paths as the network starts (events come later in the scenario's time).
+    at0 = ecmp.get("0.0") or ecmp.get("0") or (next(iter(ecmp.values())) if ecmp else {})
+    if not at0:
+        print(f"{scen}: no ECMP pair in the oracle; nothing to check", file=sys.stderr)
+        return 1
+    targets = {t["name"]: t.get("probe", []) for t in s.get("target", [])}
+    # Pairs toward a vantage trace its own address.
+    targets.update({v["name"]: [v["addr"]] for v in s.get("vantage", [])})
+    vantages = [v["name"] for v in s.get("vantage", [])]
+
+    emu = subprocess.Popen(
+        [lab, "emulate", scen, "--duration", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    ns = {}
+    try:
+        deadline = time.time() + 120
+        while len(ns) < len(vantages) and time.time() < deadline:
+            line = emu.stdout.readline()
+            if not line:
+                break
+            # "vantage NAME (ADDR): ip netns exec NS ..."
+            if line.startswith("vantage "):
+                name = line.split()[1]
+                ns[name] = line.split("ip netns exec ")[1].split()[0]
+        if len(ns) < len(vantages):
+            print("error: the emulator did not come up", file=sys.stderr)
+            return 1
+        results = []
+        t0 = time.time()
+        for v in vantages:
+            pairs = [p for p in at0 if p.split(">")[0] == v]
+            dsts = sorted({a for p in pairs for a in targets.get(p.split(">")[1], [])})
+            if not dsts:
+                continue
+            out = subprocess.run(
+                ["ip", "netns", "exec", ns[v], agent, "trace", "--mda", "--proto", "udp",
+                 "--confidence", conf, "--rate", "500", "--wait-ms", "1500",
+                 "--allow", "0.0.0.0/0", "--allow", "::/0", *dsts],
+                capture_output=True, text=True,
+            )
+            found = {}
+            for line in out.stdout.splitlines():
+                r = json.loads(line)
+                found[r["dst"]] = (
+                    {(h["ttl"], i["addr"]) for h in r["hops"] for i in h["interfaces"]},
+                    r["probes_sent"],
+                )
+            for p in pairs:
+                for dst in targets.get(p.split(">")[1], []):
+                    ifaces, probes = found.get(dst, (set(), 0))
+                    missing = []
+                    for branch in at0[p]:
+                        for ttl, addr, _lo, _hi, may_be_silent in branch:
+                            if addr == "DEST" or may_be_silent or addr is None:
+                                continue
+                            if (ttl, addr) not in ifaces:
+                                missing.append([ttl, addr])
+                    results.append({
+                        "pair": p, "dst": dst, "branches": len(at0[p]),
+                        "found_all": not missing, "missing": missing, "probes": probes,
+                    })
+        secs = time.time() - t0
+    finally:
+        emu.terminate()
+        try:
+            emu.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            emu.kill()
+    ok = sum(r["found_all"] for r in results)
+    share = ok / len(results) if results else 0.0
+    summary = {
+        "scenario": s.get("name", scen), "confidence": int(conf), "pairs": len(results),
+        "found_all": ok, "share": share, "probes": sum(r["probes"] for r in results),
+        "seconds": round(secs, 1), "results": results,
+    }
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['scenario']}: MDA at {conf} % found every ECMP branch for {ok}/"
+              f"{len(results)} (pair, address) = {share:.3f}; {summary['probes']} probes, "
+              f"{secs:.1f} s")
+        for r in results:
+            if not r["found_all"]:
+                print(f"  {r['pair']} {r['dst']}: missing {r['missing']}")
+    return 0 if share >= min_share else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
