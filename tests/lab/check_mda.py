@@ -12,6 +12,7 @@ at their TTL in the MDA's interfaces. Prints the share of pairs with ECMP branch
 whole and exits 1 below --min-share. Needs root (namespaces); probes stay inside the lab.
 """
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -50,7 +51,11 @@ def main():
     if not at0:
         print(f"{scen}: no ECMP pair in the oracle; nothing to check", file=sys.stderr)
         return 1
-    targets = {t["name"]: t.get("probe", []) for t in s.get("target", [])}
+    # A target without `probe` is traced at the first host address of its prefix.
+    targets = {
+        t["name"]: t.get("probe") or [str(next(ipaddress.ip_network(t["prefix"]).hosts()))]
+        for t in s.get("target", [])
+    }
     # Pairs toward a vantage trace its own address.
     targets.update({v["name"]: [v["addr"]] for v in s.get("vantage", [])})
     vantages = [v["name"] for v in s.get("vantage", [])]
@@ -94,10 +99,11 @@ def main():
                 found[r["dst"]] = (
                     {(h["ttl"], i["addr"]) for h in r["hops"] for i in h["interfaces"]},
                     r["probes_sent"],
+                    {h["ttl"]: (len(h["interfaces"]), h["stars"], h["probes"]) for h in r["hops"]},
                 )
             for p in pairs:
                 for dst in targets.get(p.split(">")[1], []):
-                    ifaces, probes = found.get(dst, (set(), 0))
+                    ifaces, probes, per_ttl = found.get(dst, (set(), 0, {}))
                     missing = []
                     for branch in at0[p]:
                         for ttl, addr, _lo, _hi, may_be_silent in branch:
@@ -108,6 +114,8 @@ def main():
                     results.append({
                         "pair": p, "dst": dst, "branches": len(at0[p]),
                         "found_all": not missing, "missing": missing, "probes": probes,
+                        # At the TTLs with a miss: (interfaces, silent flows, probes).
+                        "at_missing": {t: per_ttl.get(t) for t, _ in missing},
                     })
         secs = time.time() - t0
     finally:
@@ -131,7 +139,8 @@ def main():
               f"{secs:.1f} s")
         for r in results:
             if not r["found_all"]:
-                print(f"  {r['pair']} {r['dst']}: missing {r['missing']}")
+                print(f"  {r['pair']} {r['dst']}: missing {r['missing']}; there (interfaces, "
+                      f"silent flows, probes): {r['at_missing']}")
     return 0 if share >= min_share else 1
 
 

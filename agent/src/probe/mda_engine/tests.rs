@@ -204,3 +204,77 @@ fn a_reply_quoting_another_flow_than_its_probe_id_is_refused() {
     }
     assert!(!e.handle_reply(&r, t0));
 }
+
+mod props {
+    use super::*;
+    use crate::probe::packet::{MDA_MAX_FLOWS, mda_sport, parse_v4};
+    use proptest::prelude::*;
+
+    fn proto_of(i: u8) -> Proto {
+        [Proto::Udp, Proto::Tcp, Proto::Icmp][usize::from(i % 3)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every flow id survives the trip into probe bytes and back out of the quote,
+        /// in both families, and distinct flows differ in what routers hash.
+        #[test]
+        fn flow_ids_round_trip_through_the_quoted_probe(
+            cookie in any::<u16>(),
+            id in 0..MDA_MAX_FLOWS,
+            probe_id in 1u16..0xfffe,
+            ttl in 1u8..=255,
+            p in 0u8..3,
+            v6 in any::<bool>(),
+        ) {
+            let proto = proto_of(p);
+            let (src, dst): (IpAddr, IpAddr) = if v6 {
+                ("2001:db8::1".parse().unwrap(), "2001:db8:1::7".parse().unwrap())
+            } else {
+                ("192.0.2.1".parse().unwrap(), "198.51.100.7".parse().unwrap())
+            };
+            let mut buf = Vec::new();
+            let spec = ProbeSpec { proto, src, dst, ttl, flow: Flow::mda(cookie, proto, id), probe_id };
+            build_probe(&spec, &mut buf).unwrap();
+            let q = if v6 { parse_quoted_v6(&buf) } else { parse_quoted_v4(&buf) }.unwrap();
+            let back = match q.l4 {
+                QuotedL4::Udp { sport, checksum, .. } => {
+                    prop_assert_eq!(checksum, probe_id);
+                    mda_flow_of_sport(cookie, sport)
+                }
+                QuotedL4::Tcp { sport, seq, .. } => {
+                    prop_assert_eq!(seq as u16, probe_id);
+                    mda_flow_of_sport(cookie, sport)
+                }
+                QuotedL4::Icmp { checksum, seq, id: icmp_id, .. } => {
+                    prop_assert_eq!(seq, probe_id);
+                    prop_assert_eq!(icmp_id, cookie);
+                    mda_flow_of_icmp_sum(checksum)
+                }
+                QuotedL4::Other { .. } => None,
+            };
+            prop_assert_eq!(back, Some(id));
+            prop_assert_eq!(mda_sport(cookie, id) & 0x8000, 0x8000);
+        }
+
+        /// Whatever arrives on the raw socket, matching never panics and never credits a
+        /// reply to a trace it does not quote.
+        #[test]
+        fn arbitrary_replies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let t0 = Instant::now();
+            let mut e = MdaEngine::new(cfg(100_000), t0, 0.0);
+            e.add(MdaRequest {
+                dst: "198.51.100.7".parse().unwrap(),
+                src: "192.0.2.1".parse().unwrap(),
+                params: MdaParams::default(),
+            }).unwrap();
+            let mut buf = Vec::new();
+            while e.poll_transmit(t0, &mut buf).is_some() {}
+            if let Ok(reply) = parse_v4(&bytes) {
+                e.handle_reply(&reply, t0);
+            }
+            e.handle_timeout(t0 + Duration::from_secs(5));
+        }
+    }
+}
