@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """MDA in the lab: every ECMP branch the oracle knows, found by `trace --mda`.
 
-usage: check_mda.py SCENARIO LAB_BIN AGENT_BIN [--confidence 99] [--min-share 0.99] [--json]
+usage: check_mda.py SCENARIO LAB_BIN AGENT_BIN [--also SCENARIO]... [--confidence 99] [--min-share 0.99] [--json]
 
 Runs `LAB_BIN check --json SCENARIO` for the oracle's `ecmp_paths` (the same as
 `shared/tools/scenario.py --json`), builds the emulated internet with `LAB_BIN emulate`,
@@ -9,7 +9,8 @@ and from each vantage's namespace runs `AGENT_BIN trace --mda` (UDP, source port
 toward every probe address of every target. A (pair, address) counts as found when every
 branch's hops that cannot be silent (the oracle's may_be_silent flag: rate limits) answered
 at their TTL in the MDA's interfaces. Prints the share of pairs with ECMP branches found
-whole and exits 1 below --min-share. Needs root (namespaces); probes stay inside the lab.
+whole and exits 1 below --min-share; with --also, over every scenario's pairs together.
+Needs root (namespaces); probes stay inside the lab.
 """
 
 import ipaddress
@@ -26,6 +27,7 @@ def main():
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     scen, lab, agent = args[:3]
+    scens = [scen]
     conf, min_share, as_json = "99", 0.99, False
     rest = args[3:]
     while rest:
@@ -34,12 +36,39 @@ def main():
             conf = rest.pop(0)
         elif flag == "--min-share":
             min_share = float(rest.pop(0))
+        elif flag == "--also":
+            scens.append(rest.pop(0))
         elif flag == "--json":
             as_json = True
         else:
             print(f"error: unknown flag {flag}", file=sys.stderr)
             return 2
+    summaries = []
+    for sc in scens:
+        summary = run_one(sc, lab, agent, conf)
+        if summary is None:
+            return 1
+        summaries.append(summary)
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            ok, n = summary["found_all"], summary["pairs"]
+            print(f"{summary['scenario']}: MDA at {conf} % found every ECMP branch for {ok}/"
+                  f"{n} (pair, address) = {summary['share']:.3f}; {summary['probes']} probes, "
+                  f"{summary['seconds']:.1f} s")
+            for r in summary["results"]:
+                if not r["found_all"]:
+                    print(f"  {r['pair']} {r['dst']}: missing {r['missing']}; there (interfaces, "
+                          f"silent flows, probes): {r['at_missing']}")
+    ok = sum(x["found_all"] for x in summaries)
+    n = sum(x["pairs"] for x in summaries)
+    share = ok / n if n else 0.0
+    if len(summaries) > 1 and not as_json:
+        print(f"all: {ok}/{n} = {share:.3f} (gate {min_share})")
+    return 0 if share >= min_share else 1
 
+
+def run_one(scen, lab, agent, conf):
     with open(scen, "rb") as f:
         s = tomllib.load(f)
     oracle = json.loads(
@@ -50,7 +79,7 @@ def main():
     at0 = ecmp.get("0.0") or ecmp.get("0") or (next(iter(ecmp.values())) if ecmp else {})
     if not at0:
         print(f"{scen}: no ECMP pair in the oracle; nothing to check", file=sys.stderr)
-        return 1
+        return None
     # A target without `probe` is traced at the first host address of its prefix.
     targets = {
         t["name"]: t.get("probe") or [str(next(ipaddress.ip_network(t["prefix"]).hosts()))]
@@ -79,7 +108,7 @@ def main():
                 ns[name] = line.split("ip netns exec ")[1].split()[0]
         if len(ns) < len(vantages):
             print("error: the emulator did not come up", file=sys.stderr)
-            return 1
+            return None
         results = []
         t0 = time.time()
         for v in vantages:
@@ -125,23 +154,12 @@ def main():
         except subprocess.TimeoutExpired:
             emu.kill()
     ok = sum(r["found_all"] for r in results)
-    share = ok / len(results) if results else 0.0
-    summary = {
+    return {
         "scenario": s.get("name", scen), "confidence": int(conf), "pairs": len(results),
-        "found_all": ok, "share": share, "probes": sum(r["probes"] for r in results),
-        "seconds": round(secs, 1), "results": results,
+        "found_all": ok, "share": ok / len(results) if results else 0.0,
+        "probes": sum(r["probes"] for r in results), "seconds": round(secs, 1),
+        "results": results,
     }
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        print(f"{summary['scenario']}: MDA at {conf} % found every ECMP branch for {ok}/"
-              f"{len(results)} (pair, address) = {share:.3f}; {summary['probes']} probes, "
-              f"{secs:.1f} s")
-        for r in results:
-            if not r["found_all"]:
-                print(f"  {r['pair']} {r['dst']}: missing {r['missing']}; there (interfaces, "
-                      f"silent flows, probes): {r['at_missing']}")
-    return 0 if share >= min_share else 1
 
 
 if __name__ == "__main__":
