@@ -81,7 +81,7 @@ impl MdaEngine {
     }
 
     /// Queues a multipath trace. A second one to the same destination and method is
-    /// refused: replies could not tell them apart.
+    /// merged into the first (one result): replies could not tell them apart.
     pub fn add(&mut self, req: MdaRequest) -> Result<(), RequestError> {
         self.cfg.denylist.check(req.dst)?;
         if req.src.is_ipv4() != req.dst.is_ipv4() {
@@ -257,6 +257,7 @@ impl MdaEngine {
         } else if trace.wants_to_send() {
             self.ready.push_back(id);
         } else if trace.is_done() {
+            // Planning the next batch (inside `wants_to_send`) found nothing left to learn.
             self.finish(id);
         }
     }
