@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """MDA in the lab: every ECMP branch the oracle knows, found by `trace --mda`.
 
-usage: check_mda.py SCENARIO LAB_BIN AGENT_BIN [--also SCENARIO]... [--confidence 99] [--min-share 0.99] [--json]
+usage: check_mda.py SCENARIO LAB_BIN AGENT_BIN [--also SCENARIO]... [--confidence 99] [--proto udp|tcp|icmp] [--min-share 0.99] [--json]
 
 Runs `LAB_BIN check --json SCENARIO` for the oracle's `ecmp_paths` (the same as
 `shared/tools/scenario.py --json`), builds the emulated internet with `LAB_BIN emulate`,
-and from each vantage's namespace runs `AGENT_BIN trace --mda` (UDP, source ports vary)
+and from each vantage's namespace runs `AGENT_BIN trace --mda` (UDP by default: source
+ports vary; the lab hashes ICMP's checksum too, so --proto icmp checks that variation)
 toward every probe address of every target. A (pair, address) counts as found when every
 branch's hops that cannot be silent (the oracle's may_be_silent flag: rate limits) answered
 at their TTL in the MDA's interfaces. Prints the share of pairs with ECMP branches found
@@ -28,7 +29,7 @@ def main():
         return 2
     scen, lab, agent = args[:3]
     scens = [scen]
-    conf, min_share, as_json = "99", 0.99, False
+    conf, min_share, as_json, proto = "99", 0.99, False, "udp"
     rest = args[3:]
     while rest:
         flag = rest.pop(0)
@@ -36,6 +37,8 @@ def main():
             conf = rest.pop(0)
         elif flag == "--min-share":
             min_share = float(rest.pop(0))
+        elif flag == "--proto":
+            proto = rest.pop(0)
         elif flag == "--also":
             scens.append(rest.pop(0))
         elif flag == "--json":
@@ -45,7 +48,7 @@ def main():
             return 2
     summaries = []
     for sc in scens:
-        summary = run_one(sc, lab, agent, conf)
+        summary = run_one(sc, lab, agent, conf, proto)
         if summary is None:
             return 1
         summaries.append(summary)
@@ -53,7 +56,7 @@ def main():
             print(json.dumps(summary))
         else:
             ok, n = summary["found_all"], summary["pairs"]
-            print(f"{summary['scenario']}: MDA at {conf} % found every ECMP branch for {ok}/"
+            print(f"{summary['scenario']}: MDA ({proto}) at {conf} % found every ECMP branch for {ok}/"
                   f"{n} (pair, address) = {summary['share']:.3f}; {summary['probes']} probes, "
                   f"{summary['seconds']:.1f} s")
             for r in summary["results"]:
@@ -68,7 +71,7 @@ def main():
     return 0 if share >= min_share else 1
 
 
-def run_one(scen, lab, agent, conf):
+def run_one(scen, lab, agent, conf, proto):
     with open(scen, "rb") as f:
         s = tomllib.load(f)
     oracle = json.loads(
@@ -117,7 +120,7 @@ def run_one(scen, lab, agent, conf):
             if not dsts:
                 continue
             out = subprocess.run(
-                ["ip", "netns", "exec", ns[v], agent, "trace", "--mda", "--proto", "udp",
+                ["ip", "netns", "exec", ns[v], agent, "trace", "--mda", "--proto", proto,
                  "--confidence", conf, "--rate", "500", "--wait-ms", "1500",
                  "--allow", "0.0.0.0/0", "--allow", "::/0", *dsts],
                 capture_output=True, text=True,
