@@ -17,6 +17,8 @@ use tracemesh_agent::probe::{
     Engine, EngineConfig, Proto, StopReason, TraceParams, TraceRequest, TraceResult,
 };
 
+mod mda_cli;
+
 #[derive(Parser, Debug)]
 #[command(name = "tracemesh-agent", version, about = "tracemesh probing agent")]
 struct Cli {
@@ -123,9 +125,20 @@ struct FileConfig {
 
 #[derive(Args, Debug)]
 struct TraceArgs {
-    /// Probe method (all Paris-style: constant flow identifiers per trace).
-    #[arg(long, default_value = "icmp")]
-    proto: Proto,
+    /// Probe method (all Paris-style: constant flow identifiers per trace); icmp by
+    /// default, udp with --mda.
+    #[arg(long)]
+    proto: Option<Proto>,
+    /// Multipath: MDA-Lite, every interface and link of the load-balanced paths (flows
+    /// vary the UDP/TCP source port or the ICMP checksum).
+    #[arg(long)]
+    mda: bool,
+    /// With --mda: chance in percent (95 or 99) that no interface of a hop is missed.
+    #[arg(long, default_value_t = 95, requires = "mda", value_parser = parse_confidence)]
+    confidence: u8,
+    /// With --mda: most probes per destination.
+    #[arg(long, default_value_t = 5000, requires = "mda", value_parser = clap::value_parser!(u32).range(1..=65_534))]
+    budget: u32,
     /// Resolve host names to IPv6 and refuse IPv4 targets.
     #[arg(short = '6')]
     ipv6: bool,
@@ -313,10 +326,22 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+fn parse_confidence(s: &str) -> Result<u8, String> {
+    match s {
+        "95" => Ok(95),
+        "99" => Ok(99),
+        _ => Err(format!("confidence {s:?}: expected 95 or 99")),
+    }
+}
+
 fn trace(args: TraceArgs) -> Result<ExitCode> {
+    if args.mda {
+        return mda_cli::trace_mda(&args);
+    }
+    let proto = args.proto.unwrap_or(Proto::Icmp);
     let targets = read_targets(&args)?;
     let params = TraceParams {
-        proto: args.proto,
+        proto,
         first_ttl: args.first_ttl,
         max_ttl: args.max_ttl,
         attempts: args.attempts,
@@ -363,7 +388,7 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
         };
         match engine.add(TraceRequest { dst, src, params }) {
             Ok(()) => {
-                needs.add(dst, args.proto);
+                needs.add(dst, proto);
                 queued += 1;
             }
             Err(RequestError::Denied(d)) => {
@@ -372,7 +397,7 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
                 let denied = TraceResult {
                     dst,
                     src: Some(src),
-                    proto: args.proto,
+                    proto,
                     stop_reason: StopReason::Denied,
                     start: unix_now(),
                     hops: vec![],
@@ -465,6 +490,14 @@ fn write_text(out: &mut impl Write, r: &TraceResult) -> std::io::Result<()> {
 }
 
 fn engine_cookie() -> u16 {
+    // TRACEMESH_COOKIE pins it, for reproducible runs: the cookie picks the source ports
+    // (hence the branches) of --mda's flows.
+    if let Some(c) = std::env::var("TRACEMESH_COOKIE")
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+    {
+        return c;
+    }
     // Distinct per process, so two agents (or scamper) on one host ignore each other.
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -38,6 +38,8 @@ pub struct Flow {
     pub dport: u16,
     /// IPv6 flow label (20 bits).
     pub flow_label: u32,
+    /// The ICMP checksum every echo probe of this flow carries (payload bytes make it so).
+    pub icmp_sum: u16,
 }
 
 impl Flow {
@@ -50,22 +52,64 @@ impl Flow {
             Proto::Tcp => 80,
             Proto::Icmp => 0,
         };
+        // Any constant checksum works; 0 and 0xffff are avoided because some stacks
+        // normalise them.
+        let icmp_sum = match !cookie {
+            0 | 0xffff => 0x5a5a,
+            c => c,
+        };
         Flow {
             cookie,
             sport,
             dport,
             flow_label: u32::from(cookie) & 0xfffff,
+            icmp_sum,
         }
     }
 
-    /// The ICMP checksum every echo probe of this engine carries.
-    fn icmp_checksum(self) -> u16 {
-        // Any constant works; 0 and 0xffff are avoided because some stacks normalise them.
-        match !self.cookie {
-            0 | 0xffff => 0x5a5a,
-            c => c,
+    /// Flow `id` of a multipath (MDA) trace: what load balancers hash on differs per flow
+    /// id and stays constant for one flow id across TTLs. UDP and TCP vary the source
+    /// port, ICMP echo the checksum (through the payload), IPv6 also the flow label; the
+    /// ICMP identifier and the TCP sequence's top half still carry the cookie.
+    pub fn mda(cookie: u16, proto: Proto, id: u16) -> Flow {
+        let base = Flow::from_cookie(cookie, proto);
+        Flow {
+            sport: mda_sport(cookie, id),
+            flow_label: (u32::from(cookie) << 4 ^ u32::from(id).wrapping_mul(2_654_435_761))
+                & 0xfffff,
+            // 0x0100..=0xfeff: never 0 or 0xffff, distinct for every flow id in range.
+            icmp_sum: 0x0100 + (id % 0xfe00),
+            ..base
         }
     }
+
+    fn icmp_checksum(self) -> u16 {
+        self.icmp_sum
+    }
+}
+
+/// Flow ids an MDA trace may use: source ports stay in the ephemeral upper half.
+pub const MDA_MAX_FLOWS: u16 = 0x7000;
+
+/// The source port of MDA flow `id` (`id < MDA_MAX_FLOWS`).
+pub fn mda_sport(cookie: u16, id: u16) -> u16 {
+    0x8000 | (cookie.wrapping_add(1).wrapping_add(id) & 0x7fff)
+}
+
+/// The MDA flow id a source port stands for, if it is one of this cookie's.
+pub fn mda_flow_of_sport(cookie: u16, sport: u16) -> Option<u16> {
+    if sport & 0x8000 == 0 {
+        return None;
+    }
+    let id = (sport & 0x7fff).wrapping_sub(cookie.wrapping_add(1)) & 0x7fff;
+    (id < MDA_MAX_FLOWS).then_some(id)
+}
+
+/// The MDA flow id an ICMP echo checksum stands for.
+pub fn mda_flow_of_icmp_sum(sum: u16) -> Option<u16> {
+    (0x0100..0x0100 + MDA_MAX_FLOWS)
+        .contains(&sum)
+        .then(|| sum - 0x0100)
 }
 
 /// Everything needed to build one probe.

@@ -14,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use thiserror::Error;
 
 pub mod compare;
+pub mod mda_compare;
+pub mod multipath;
 
 #[derive(Debug, Error)]
 pub enum NetError {

@@ -1,0 +1,186 @@
+//! tracemesh-agent's MDA-Lite against scamper's tracelb (the full MDA) on Linux multipath
+//! routes in network namespaces: diamonds of width 2, 4 and 8 and a nested one, IPv4
+//! and IPv6, both at confidence 95 %, UDP with varying source ports. Prints interfaces,
+//! links, probes and wall time of each, what one found that the other did not, and the
+//! probe ratio tracelb/ours (above 1: we sent fewer). scamper paces tracelb at one probe
+//! per 250 ms (its default `-W`), so the times compare defaults, not engines. Run: `cargo bench -p tracemesh-agent --bench mda_vs_tracelb` (as root;
+//! scamper from Debian's packages).
+//!
+//! Environment: TM_BENCH_CONFIDENCE (95), TM_BENCH_TOPOLOGIES (2,4,8,nested),
+//! TM_BENCH_FAMILIES (4,6), TM_BENCH_DESTS (1: destinations per network; the hash, hence
+//! the flows' branches, differs per destination).
+//!
+//! Without its prerequisites it skips, except under CI (`CI` set), where it fails.
+//! It fails when ours misses an interface or link that tracelb found.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tracemesh_testnet::mda_compare::{self, Found};
+use tracemesh_testnet::multipath::{Multipath, Topology};
+use tracemesh_testnet::{available, compare};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> ExitCode {
+    let mut missing = Vec::new();
+    if !available() {
+        missing.push("root and network namespaces (iproute2)");
+    }
+    if !compare::scamper_available() {
+        missing.push("scamper (apt-get install scamper)");
+    }
+    if !missing.is_empty() {
+        let missing = missing.join(", ");
+        if std::env::var_os("CI").is_some() {
+            eprintln!("error: mda_vs_tracelb: this machine lacks {missing}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("mda_vs_tracelb: this machine lacks {missing}; skipped (under CI this fails)");
+        return ExitCode::SUCCESS;
+    }
+    let confidence: u8 = env_or("TM_BENCH_CONFIDENCE", 95);
+    let topologies: String = env_or("TM_BENCH_TOPOLOGIES", "2,4,8,nested".to_string());
+    let families: String = env_or("TM_BENCH_FAMILIES", "4,6".to_string());
+    let dests: usize = env_or("TM_BENCH_DESTS", 1).clamp(1, 100);
+    let agent = env!("CARGO_BIN_EXE_tracemesh-agent");
+
+    println!(
+        "MDA-Lite (tracemesh-agent trace --mda) vs scamper tracelb, confidence {confidence} %, UDP (source ports vary), {dests} destinations per network"
+    );
+    println!(
+        "{:<9} {:>3} {:>14} {:>14} {:>12} {:>12} {:>9} {:>9} {:>7}",
+        "network",
+        "ip",
+        "ifaces s/ours",
+        "links s/ours",
+        "probes s",
+        "probes ours",
+        "s secs",
+        "ours secs",
+        "tl/ours"
+    );
+    let mut misses = 0usize;
+    let mut total = (0u64, 0u64, Duration::ZERO, Duration::ZERO);
+    for topo_name in topologies.split(',') {
+        let topo = match topo_name {
+            "nested" => Topology::nested(),
+            w => match w.parse::<usize>() {
+                Ok(w) if (1..=64).contains(&w) => Topology::diamond(w),
+                _ => {
+                    eprintln!("error: unknown topology {w:?}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let net = match Multipath::build(topo, "bench") {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for fam in families.split(',') {
+            let v6 = fam == "6";
+            let mut theirs = Found::default();
+            let mut ours = Found::default();
+            let mut truth_ifaces = 0;
+            let mut truth_links = 0;
+            for i in 0..dests {
+                let dst: IpAddr = Multipath::destination(i, v6);
+                let t = match mda_compare::tracelb(&net.source, dst, "udp-sport", confidence) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let o = match mda_compare::agent_mda(
+                    &net.source,
+                    agent,
+                    dst,
+                    "udp",
+                    confidence,
+                    None,
+                    &["--allow", "10.0.0.0/8", "--allow", "fc00::/7"],
+                ) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let truth = net.truth(dst);
+                truth_ifaces += truth.interfaces.len();
+                truth_links += truth.links.len();
+                let (mi, ml) = o.missing_from(&t);
+                if !mi.is_empty() || !ml.is_empty() {
+                    println!(
+                        "  {topo_name} IPv{fam} {dst}: ours lacks what tracelb found: interfaces {mi:?} links {ml:?}"
+                    );
+                    misses += mi.len() + ml.len();
+                }
+                let (ti, tl) = t.missing_from(&o);
+                if !ti.is_empty() || !tl.is_empty() {
+                    println!(
+                        "  {topo_name} IPv{fam} {dst}: tracelb lacks what ours found: {} interfaces, {} links",
+                        ti.len(),
+                        tl.len()
+                    );
+                }
+                theirs
+                    .interfaces
+                    .extend(t.interfaces.iter().map(|x| (x.0, x.1)));
+                theirs.probes += t.probes;
+                theirs.wall += t.wall;
+                ours.probes += o.probes;
+                ours.wall += o.wall;
+                // Counted per destination (the same interfaces recur for each).
+                theirs.links.extend(t.links.iter().map(|&(a, b)| (a, b)));
+                ours.interfaces.extend(o.interfaces.iter().copied());
+                ours.links.extend(o.links.iter().copied());
+            }
+            println!(
+                "{:<9} {:>3} {:>6}/{:<7} {:>6}/{:<7} {:>12} {:>12} {:>9.2} {:>9.2} {:>6.2}x",
+                topo_name,
+                fam,
+                theirs.interfaces.len(),
+                ours.interfaces.len(),
+                theirs.links.len(),
+                ours.links.len(),
+                theirs.probes,
+                ours.probes,
+                theirs.wall.as_secs_f64(),
+                ours.wall.as_secs_f64(),
+                theirs.probes as f64 / ours.probes.max(1) as f64
+            );
+            println!(
+                "          (truth over {dests} destinations: {truth_ifaces} interfaces, {truth_links} links; distinct addresses above)"
+            );
+            total.0 += theirs.probes;
+            total.1 += ours.probes;
+            total.2 += theirs.wall;
+            total.3 += ours.wall;
+        }
+    }
+    println!(
+        "total: tracelb {} probes in {:.1} s, ours {} probes in {:.1} s: probes tracelb/ours {:.2}, time tracelb/ours {:.1}",
+        total.0,
+        total.2.as_secs_f64(),
+        total.1,
+        total.3.as_secs_f64(),
+        total.0 as f64 / total.1.max(1) as f64,
+        total.2.as_secs_f64() / total.3.as_secs_f64().max(1e-9)
+    );
+    if misses > 0 {
+        eprintln!("error: ours missed {misses} interfaces or links tracelb found");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
