@@ -31,12 +31,13 @@ pub fn to_vantage(a: &v1::AgentInfo) -> Option<VantageInfo> {
     })
 }
 
-pub async fn run(
+/// The detector fed with every stored trace (of `a.campaign`), the vantages and what
+/// alias resolution knows; and the number of traces it read. `report` uses it too.
+pub async fn detector(
     c: &mut ConsumerServiceClient<Channel>,
-    a: DiversionsArgs,
-    loaded: &Tables,
-) -> anyhow::Result<()> {
-    let annot = &loaded.annot;
+    a: &DiversionsArgs,
+    annot: &tracemesh::annotate::Annotator,
+) -> anyhow::Result<(Detector, usize)> {
     let vantages: Vec<VantageInfo> = c
         .list_agents(v1::ListAgentsRequest {})
         .await
@@ -108,6 +109,16 @@ pub async fn run(
     if skipped > 0 {
         tracing::warn!(skipped, "traces the detector cannot use were skipped");
     }
+    Ok((det, n))
+}
+
+pub async fn run(
+    c: &mut ConsumerServiceClient<Channel>,
+    a: DiversionsArgs,
+    loaded: &Tables,
+) -> anyhow::Result<()> {
+    let annot = &loaded.annot;
+    let (det, n) = detector(c, &a, annot).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| anyhow!("system clock before 1970: {e}"))?

@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod diversions;
 pub mod json;
 pub mod parse;
+pub mod report;
 pub mod serve;
 pub mod token;
 pub mod traces;
@@ -50,6 +51,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = diversions::annotation(&a)?;
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             diversions::run(&mut c, a, &loaded).await
+        }
+        Command::Report(a) => {
+            let loaded = diversions::annotation(&a.detect())?;
+            let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
+            report::run(&mut c, a, &loaded).await
         }
         Command::Deploy(DeployCmd::Render(a)) => {
             deploy::render(&cli.data, cli.coordinator, cli.identity, a).await

@@ -1,7 +1,7 @@
 //! `tracemesh-lab run`: the scenario's internet in namespaces, the real coordinator in
 //! the control namespace, one real agent per vantage, the scenario's campaign, and the
 //! files a run leaves behind (`lab.json`, `traces.jsonl`, `diversions.json` and its drawn
-//! form `diversions.txt`, `aliases.json`).
+//! form `diversions.txt`, the map `report.html`, `aliases.json`).
 //!
 //! The coordinator gets what a user would give it: a prefix-to-AS table and AS names
 //! generated from the scenario's `[[as]]`, and the adversary ASNs. Router positions,
@@ -459,6 +459,15 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         std::fs::write(out.join("diversions.json"), report(&["--json"])?)?;
         // The same report as an operator reads it: incidents with both paths drawn.
         std::fs::write(out.join("diversions.txt"), report(&[])?)?;
+        // And as a map anyone can open: `tracemesh report --html`, same inputs.
+        let mut c = cli(&["report", "--html"]);
+        c.arg(out.join("report.html"))
+            .arg("--pfx2as")
+            .arg(&pfx)
+            .arg("--asnames")
+            .arg(&names)
+            .args(&detect_args);
+        output(c)?;
     }
     // Alias sets the coordinator resolved (on its own, near suspected borders).
     std::fs::write(
