@@ -88,9 +88,13 @@ struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     per_dst_rate: Option<u32>,
     /// TOML file with the same settings (state, coordinator, token, allow, rate,
-    /// per_dst_rate); flags override it.
+    /// per_dst_rate, metrics); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no authentication:
+    /// bind loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// `tracemesh-agent run --config FILE`: what cloud-init writes.
@@ -104,6 +108,7 @@ struct FileConfig {
     allow: Vec<IpNet>,
     rate: Option<u32>,
     per_dst_rate: Option<u32>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -213,7 +218,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let metrics = args.metrics.or(file.metrics);
     rt.block_on(async {
+        if let Some(addr) = metrics {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics at /metrics");
+            tokio::spawn(tracemesh_proto::metrics::serve(
+                l,
+                tracemesh_agent::metrics::render,
+            ));
+        }
         tokio::select! {
             r = tracemesh_agent::session::run(cfg) => r.map_err(anyhow::Error::from),
             _ = shutdown_signal() => {

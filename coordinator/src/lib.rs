@@ -19,6 +19,7 @@ pub mod deploy;
 pub mod detect;
 pub mod geo;
 pub mod live;
+pub mod metrics;
 pub mod report;
 pub mod server;
 pub mod store;

@@ -324,6 +324,7 @@ async fn run(
     feed_aliases(&c, &mut det, &mut aliases_fed).await?;
     let mut published = HashMap::new();
     let report = det.report(&annot, &gazetteer, now_s());
+    crate::metrics::note_report(&report.diversions);
     changed(&mut published, &report.diversions);
     tracing::info!(known_diversions = published.len(), "live detection ready");
     let mut auto = load_probed(&c).await?;
@@ -347,6 +348,7 @@ async fn run(
                         aliases_fed = None;
                         feed_aliases(&c, &mut det, &mut aliases_fed).await?;
                         let report = det.report(&annot, &gazetteer, now_s());
+                        crate::metrics::note_report(&report.diversions);
                         for d in changed(&mut published, &report.diversions) {
                             c.publish_diversion(d);
                         }
@@ -392,6 +394,7 @@ async fn run(
         }
         feed_aliases(&c, &mut det, &mut aliases_fed).await?;
         let report = det.report(&annot, &gazetteer, now_s());
+        crate::metrics::note_report(&report.diversions);
         for d in changed(&mut published, &report.diversions) {
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, "diversion");
             c.publish_diversion(d);

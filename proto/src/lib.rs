@@ -9,6 +9,7 @@
 //! - [`union_find`]: grouping alias evidence into routers, on either end.
 
 pub mod clock;
+pub mod metrics;
 pub mod schedule;
 pub mod time;
 pub mod token;

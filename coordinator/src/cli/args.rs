@@ -173,6 +173,10 @@ pub struct ServeArgs {
     /// stored history with the fresh tables).
     #[command(flatten)]
     pub annotation: AnnotationArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no authentication:
+    /// bind loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use tracemesh::live;
 use tracemesh::server::{self, ServeConfig};
 
@@ -46,6 +46,18 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         let reload: live::Reload = Arc::new(move || sources.load());
         Some((adversary, tables, reload))
     };
+    // Bound before serving, so that a taken port fails `serve` at once.
+    let metrics = match a.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics at /metrics");
+            Some(l)
+        }
+        None => None,
+    };
+    let db_dir = server::DataDir(data.clone()).db_dir();
     server::serve_with(
         ServeConfig {
             data,
@@ -54,6 +66,9 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         },
         shutdown,
         move |c| {
+            if let Some(l) = metrics {
+                tracemesh::metrics::spawn(l, c.clone(), db_dir);
+            }
             if let Some((adversary, tables, reload)) = live {
                 live::spawn(c, adversary, tables, reload);
             } else {

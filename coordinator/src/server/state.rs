@@ -231,6 +231,13 @@ impl Coordinator {
     /// Sends the campaign to every connected agent it selects that still has rounds to
     /// run, and records who got it.
     pub async fn push_campaign(&self, c: &v1::Campaign) -> Result<Vec<String>, StoreError> {
+        let t = std::time::Instant::now();
+        let sent = self.push_campaign_untimed(c).await;
+        crate::metrics::DISPATCH.observe(t.elapsed().as_secs_f64());
+        sent
+    }
+
+    async fn push_campaign_untimed(&self, c: &v1::Campaign) -> Result<Vec<String>, StoreError> {
         let now = now_ns();
         let mut targets = Vec::new();
         for (name, live) in self.live_all() {
