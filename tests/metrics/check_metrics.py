@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--agent", required=True)
     ap.add_argument("--stored", type=int, required=True, help="traces the store holds")
     ap.add_argument("--expect-traces", type=int, required=True)
+    ap.add_argument("--dashboard", help="Grafana dashboard JSON whose queries must name only exported metrics")
     a = ap.parse_args()
     c, ct = scrape(a.coordinator)
     g, gt = scrape(a.agent)
@@ -65,7 +66,19 @@ def main():
     need(g.get("tracemesh_agent_rate_limit_pps", 0) > 0, "no rate limit")
     need("tracemesh_agent_clock_offset_seconds" in g, "no clock offset")
     need(gt.get("tracemesh_agent_drops") == "counter", "drops is not a counter")
+    dashboard_metrics = 0
+    if a.dashboard:
+        import re
+        with open(a.dashboard) as f:
+            dash = json.load(f)
+        exported = {k.split("{")[0] for k in list(c) + list(g)}
+        exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+        named = {m for e in exprs for m in re.findall(r"tracemesh_[a-z_]+", e)}
+        dashboard_metrics = len(named)
+        missing = sorted(named - exported)
+        need(not missing, f"dashboard queries metrics nobody exports: {missing}")
     out = {
+        "dashboard_metrics": dashboard_metrics,
         "traces_stored": a.stored,
         "coordinator_traces_ingested": ingested,
         "coordinator_traces_duplicate": c.get("tracemesh_traces_duplicate_total"),

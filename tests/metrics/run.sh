@@ -37,4 +37,4 @@ sleep 1
 STORED=$("$BIN/tracemesh" --data "$WORK/coord" traces --since 1970-01-01T00:00:00Z --json | wc -l)
 "$WORK/venv/bin/python" tests/metrics/check_metrics.py \
   --coordinator "http://127.0.0.1:$CM/metrics" --agent "http://127.0.0.1:$AM/metrics" \
-  --stored "$STORED" --expect-traces 9
+  --stored "$STORED" --expect-traces 9 --dashboard deploy/grafana/tracemesh.json
