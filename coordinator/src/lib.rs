@@ -19,6 +19,7 @@ pub mod deploy;
 pub mod detect;
 pub mod geo;
 pub mod live;
+pub mod live_view;
 pub mod metrics;
 pub mod report;
 pub mod server;

@@ -13,6 +13,7 @@ const TOPOJSON: &str = include_str!("../assets/report/topojson-client.min.js");
 const WORLD: &str = include_str!("../assets/report/countries-110m.json");
 const SCRIPT: &str = include_str!("../assets/report/report.js");
 const STYLE: &str = include_str!("../assets/report/report.css");
+const LIVE: &str = include_str!("../assets/report/live.js");
 
 /// The licence notices shipped inside every report (the vendored code travels with it).
 const NOTICES: &str = concat!(
@@ -47,16 +48,40 @@ fn escape(s: &str) -> String {
 
 /// The whole report page.
 pub fn render_html(view: &MapView<'_>, title: &str) -> Result<String, ReportError> {
+    render_page(view, title, None)
+}
+
+/// The page of the live view (`serve --http`): the report as of live detection's
+/// `generation`, reloading itself when the server announces a newer one.
+pub fn render_live_html(
+    view: &MapView<'_>,
+    title: &str,
+    generation: u64,
+) -> Result<String, ReportError> {
+    render_page(view, title, Some(generation))
+}
+
+fn render_page(view: &MapView<'_>, title: &str, live: Option<u64>) -> Result<String, ReportError> {
     let data = script_json(&serde_json::to_string(view)?);
     let world = script_json(WORLD);
     let title = escape(title);
     let mut out = String::with_capacity(data.len() + 300_000);
     // The policy forbids every fetch, frame, font and image from anywhere: the page can
     // only run its inline scripts and styles.
+    // The live page may also talk to the server it came from (its event stream).
+    let connect = if live.is_some() {
+        "; connect-src 'self'"
+    } else {
+        ""
+    };
     out.push_str(concat!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; ",
-        "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:\">\n",
+        "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+    ));
+    out.push_str(connect);
+    out.push_str(concat!(
+        "\">\n",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
         "<meta name=\"generator\" content=\"tracemesh report\">\n"
     ));
@@ -65,6 +90,9 @@ pub fn render_html(view: &MapView<'_>, title: &str) -> Result<String, ReportErro
     ));
     out.push_str("</head>\n<body>\n");
     out.push_str(&format!("<h1>{title}</h1>\n"));
+    if live.is_some() {
+        out.push_str("<p id=\"live-status\" class=\"muted\">live: connecting</p>\n");
+    }
     out.push_str(concat!(
         "<p id=\"summary\" class=\"summary\"></p>\n",
         "<div class=\"legend\">",
@@ -90,7 +118,16 @@ pub fn render_html(view: &MapView<'_>, title: &str) -> Result<String, ReportErro
     out.push_str("</script>\n<script id=\"tm-world\" type=\"application/json\">");
     out.push_str(&world);
     out.push_str("</script>\n");
-    for lib in [D3_ARRAY, D3_GEO, TOPOJSON, SCRIPT] {
+    if let Some(generation) = live {
+        out.push_str(&format!(
+            "<script id=\"tm-live\" type=\"application/json\">{{\"generation\":{generation}}}</script>\n"
+        ));
+    }
+    let live_js = if live.is_some() { LIVE } else { "" };
+    for lib in [D3_ARRAY, D3_GEO, TOPOJSON, SCRIPT, live_js] {
+        if lib.is_empty() {
+            continue;
+        }
         out.push_str("<script>\n");
         out.push_str(lib);
         out.push_str("\n</script>\n");
@@ -110,6 +147,7 @@ mod tests {
             ("d3-geo", D3_GEO),
             ("topojson", TOPOJSON),
             ("report.js", SCRIPT),
+            ("live.js", LIVE),
         ] {
             assert!(
                 !text.to_ascii_lowercase().contains("</script"),

@@ -246,3 +246,101 @@ fn chromium_draws_two_thousand_diverted_pairs_offline() {
     assert_eq!(figures["ingress_markers"], 1);
     assert_eq!(figures["foreign_requests"], 0);
 }
+
+async fn http_get(addr: std::net::SocketAddr, target: &str, extra: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Reads from an event stream until `want` has arrived.
+async fn read_until(s: &mut tokio::net::TcpStream, seen: &mut String, want: &str) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("event in time")
+            .unwrap();
+        assert!(n > 0, "stream closed; got {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_serves_the_page_and_announces_each_new_report() {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt as _;
+    use tracemesh::live_view::{LiveView, serve};
+    let hub = Arc::new(LiveView::new());
+    hub.enable();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        l,
+        hub.clone(),
+        Some("0123456789abcdef".into()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // Without the token nothing is served.
+    let r = http_get(addr, "/", "").await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // Before live detection reports: a waiting page.
+    let r = http_get(addr, "/?token=0123456789abcdef", "").await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("has not reported yet"),
+        "{r}"
+    );
+
+    let mut events = tokio::net::TcpStream::connect(addr).await.unwrap();
+    events
+        .write_all(b"GET /events HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut events, &mut seen, "\"generation\":0").await;
+    assert!(seen.contains("Content-Type: text/event-stream"), "{seen}");
+
+    // Live detection reports: the stream announces it, the page is the new report.
+    let a = annotator();
+    let g = Gazetteer::builtin();
+    let (det, _) = detector(2, 3);
+    let report = det.report(&a, &g, T0 + 1e6);
+    hub.publish(&det.map_view(&report, &a, &g, 0, T0 + 1e6));
+    read_until(
+        &mut events,
+        &mut seen,
+        "{\"generation\":1,\"diversions\":6,\"open\":6}",
+    )
+    .await;
+    let page = http_get(addr, "/", "Authorization: Bearer 0123456789abcdef\r\n").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("{\"generation\":1}") && page.contains("connect-src 'self'"));
+    let json = http_get(addr, "/view.json?token=0123456789abcdef", "").await;
+    let body = json.split("\r\n\r\n").nth(1).unwrap();
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["diversions"].as_array().unwrap().len(), 6);
+    // Read-only.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /?token=0123456789abcdef HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out)
+        .await
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    // A second report, a second announcement.
+    hub.publish(&det.map_view(&report, &a, &g, 0, T0 + 2e6));
+    read_until(&mut events, &mut seen, "\"generation\":2").await;
+    let _ = stop_tx.send(());
+    server.await.unwrap();
+}

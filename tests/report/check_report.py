@@ -15,6 +15,7 @@ no third-party client), with every host name unresolvable. Checks, against the r
 Prints one JSON line with the figures; exits 1 with the reasons when a check fails.
 
     check_report.py REPORT.html --diversions diversions.json [--screenshot out.png]
+    check_report.py http://127.0.0.1:PORT/ --diversions diversions.json   (a live view)
 """
 
 import argparse
@@ -178,8 +179,13 @@ def main():
     ap.add_argument("--screenshot", help="write the screenshot here (PNG)")
     ap.add_argument("--timeout", type=float, default=120)
     a = ap.parse_args()
-    report = os.path.abspath(a.report)
-    url = "file://" + report
+    # A live view (`serve --http`) is checked at its URL; it may talk to its own origin.
+    if a.report.startswith("http://"):
+        report, url = None, a.report
+        origin = "/".join(url.split("/")[:3]) + "/"
+    else:
+        report = os.path.abspath(a.report)
+        url = origin = "file://" + report
     want_pairs, want_incidents = expected(a.diversions)
 
     profile = tempfile.mkdtemp(prefix="tm-report-chromium-")
@@ -200,7 +206,8 @@ def main():
         "--disable-gpu",
         "--remote-debugging-pipe",
         f"--user-data-dir={profile}",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
+        # Every name unresolvable; a live view's own loopback address stays reachable.
+        "--host-resolver-rules=MAP * ~NOTFOUND" + (", EXCLUDE " + url.split("/")[2].split(":")[0] if report is None else ""),
         "--no-first-run",
         "--no-default-browser-check",
         "--disable-background-networking",
@@ -264,11 +271,14 @@ def main():
                 console.append("exception: " + str(d.get("exception", {}).get("description", d.get("text"))))
             elif meth == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
                 console.append("log: " + p["entry"].get("text", ""))
-        foreign = [u for u in requests if u != url and not u.startswith("data:")]
+        foreign = [u for u in requests
+                   if u != url and not u.startswith("data:") and not (report is None and u.startswith(origin))]
         if not probe["rendered"]:
             failures.append("the page never finished drawing (body[data-rendered] unset)")
         if foreign:
             failures.append(f"network requests: {foreign[:5]}")
+        if report is None:
+            probe["resources"] = [u for u in probe["resources"] if not u.startswith(origin)]
         if probe["resources"]:
             failures.append(f"resources loaded: {probe['resources'][:5]}")
         if console:
@@ -285,7 +295,7 @@ def main():
         del probe["resources"], probe["rendered"]
         out = {
             "report": a.report,
-            "report_bytes": os.path.getsize(report),
+            "report_bytes": os.path.getsize(report) if report else None,
             "load_s": round(load_s, 3),
             "rendered_s": round(render_s, 3),
             "requests": len(requests),

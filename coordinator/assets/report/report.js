@@ -68,7 +68,8 @@
   const adv = [...D.adversary.asns.map(asLabel), ...D.adversary.countries.map((c) => 'ASes of ' + c)];
   summary.textContent =
     D.diversions.length + ' diverted (vantage, target) episode(s) in ' + D.incidents.length +
-    ' incident(s), ' + pairs.size + ' pair(s), from ' + D.traces + ' traces; adversary: ' +
+    ' incident(s), ' + pairs.size + ' pair(s), ' +
+    (document.getElementById('tm-live') ? 'live detection' : 'from ' + D.traces + ' traces') + '; adversary: ' +
     (adv.join(', ') || 'none') + '; as of ' + utc(D.generated) + '.';
 
   // ---- map

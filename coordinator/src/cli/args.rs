@@ -177,6 +177,15 @@ pub struct ServeArgs {
     /// bind loopback or a monitoring network).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Serve the live view (the HTML report of live detection, updated over server-sent
+    /// events) at http://ADDR/. Read-only; needs --adversary. Beyond loopback it needs
+    /// --http-token-file.
+    #[arg(long, value_name = "ADDR", requires = "adversary")]
+    pub http: Option<SocketAddr>,
+    /// File holding the token the live view requires (`?token=` or `Authorization:
+    /// Bearer`); required when --http is not a loopback address.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub http_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -57,6 +57,34 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let http = match a.http {
+        Some(addr) => {
+            let token = match &a.http_token_file {
+                Some(p) => {
+                    let t = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?
+                        .trim()
+                        .to_owned();
+                    if t.len() < 16 {
+                        bail!("the token in {} is shorter than 16 characters", p.display());
+                    }
+                    Some(t)
+                }
+                None if tracemesh::live_view::is_loopback(addr) => None,
+                None => bail!(
+                    "--http {addr} is reachable beyond this host: give --http-token-file (or bind 127.0.0.1)"
+                ),
+            };
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the live view on {addr}"))?;
+            let local = l.local_addr()?;
+            tracing::info!(addr = %local, token = token.is_some(), "live view");
+            println!("tracemesh live view at http://{local}/");
+            Some((l, token))
+        }
+        None => None,
+    };
     let db_dir = server::DataDir(data.clone()).db_dir();
     server::serve_with(
         ServeConfig {
@@ -68,6 +96,15 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         move |c| {
             if let Some(l) = metrics {
                 tracemesh::metrics::spawn(l, c.clone(), db_dir);
+            }
+            if let Some((l, token)) = http {
+                c.live_view.enable();
+                tokio::spawn(tracemesh::live_view::serve(
+                    l,
+                    c.live_view.clone(),
+                    token,
+                    c.shutdown_signal(),
+                ));
             }
             if let Some((adversary, tables, reload)) = live {
                 live::spawn(c, adversary, tables, reload);

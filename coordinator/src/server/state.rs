@@ -76,6 +76,8 @@ pub struct Coordinator {
     pub campaign_lock: tokio::sync::Mutex<()>,
     /// Group commit for uploaded traces.
     pub ingest: super::ingest::IngestQueue,
+    /// The live view `serve --http` shows; live detection publishes to it.
+    pub live_view: Arc<crate::live_view::LiveView>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -116,6 +118,7 @@ impl Coordinator {
             diversions: broadcast::channel(1024).0,
             shutdown,
             campaign_lock: tokio::sync::Mutex::new(()),
+            live_view: Arc::new(crate::live_view::LiveView::new()),
         }
     }
 
