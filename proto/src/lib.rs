@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod metrics;
+pub mod progress;
 pub mod schedule;
 pub mod time;
 pub mod token;

@@ -122,7 +122,9 @@
     const r = (byIncident.get(i.id) || [])[0];
     if (!i.ingress_loc || !r || !r.ingress.radius_km) continue;
     const circle = d3.geoCircle().center(lonlat(i.ingress_loc)).radius(r.ingress.radius_km / 111.195)();
-    title(sv('path', { class: 'uncertainty', 'data-incident': i.id, d: path(circle) || '' }, gUnc),
+    // A region of continental size would tint the whole map: outline only.
+    const cls = r.ingress.radius_km > 1500 ? 'uncertainty wide' : 'uncertainty';
+    title(sv('path', { class: cls, 'data-incident': i.id, d: path(circle) || '' }, gUnc),
       'incident ' + i.id + ': ingress ' + i.ingress + ' within ' + r.ingress.radius_km + ' km');
   }
   let undrawn = 0;

@@ -93,6 +93,7 @@ pub async fn detector(
         det.observe_echo(&v, a, ms);
     }
     let (mut n, mut skipped) = (0usize, 0usize);
+    let mut progress = tracemesh_proto::progress::Progress::new("traces", None);
     while let Some(t) = stream
         .message()
         .await
@@ -105,7 +106,9 @@ pub async fn detector(
             }
             None => skipped += 1,
         }
+        progress.set((n + skipped) as u64, "read into the detector");
     }
+    progress.finish();
     if skipped > 0 {
         tracing::warn!(skipped, "traces the detector cannot use were skipped");
     }

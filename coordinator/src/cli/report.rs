@@ -24,7 +24,9 @@ pub async fn run(
         .as_secs_f64();
     let t = std::time::Instant::now();
     let report = det.report(annot, &loaded.gazetteer, now);
+    let report_ms = t.elapsed().as_secs_f64() * 1e3;
     let view = det.map_view(&report, annot, &loaded.gazetteer, n, now);
+    let view_ms = t.elapsed().as_secs_f64() * 1e3 - report_ms;
     let html = tracemesh::report::render_html(&view, &a.title)?;
     // Written beside the target and renamed: a reader never sees half a report, and a
     // failed run leaves an earlier report in place.
@@ -39,7 +41,9 @@ pub async fn run(
         records = report.diversions.len(),
         incidents = report.incidents.len(),
         located_hops = view.located.len(),
-        build_ms = t.elapsed().as_secs_f64() * 1e3,
+        detect_report_ms = report_ms,
+        locate_hops_ms = view_ms,
+        total_ms = t.elapsed().as_secs_f64() * 1e3,
         "report written"
     );
     if a.json {

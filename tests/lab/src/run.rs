@@ -399,20 +399,36 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let cpu_before = process_cpu_s();
     let sched_before = emu.stats.sched_times();
     let steal_before = steal_s();
+    let total_s = (end + 5.0 - t0).max(0.0);
+    let mut progress = tracemesh_proto::progress::Progress::new("lab", Some(total_s as u64));
     loop {
         let now = unix_ns() as f64 / 1e9;
         if now >= end + 5.0 {
             break;
         }
         let elapsed = (now - t0).max(0.0);
-        tracing::info!(
-            "t = {elapsed:.0} s of {:.0} s; emulator answered {} of {} packets",
-            rounds as f64 * round_s,
-            emu.stats.answers.load(Ordering::Relaxed),
-            emu.stats.packets_in.load(Ordering::Relaxed)
+        progress.set(
+            elapsed as u64,
+            &format!(
+                "seconds; emulator answered {} of {} packets",
+                emu.stats.answers.load(Ordering::Relaxed),
+                emu.stats.packets_in.load(Ordering::Relaxed)
+            ),
         );
-        sleep_interruptible(Duration::from_secs_f64((end + 5.0 - now).clamp(0.1, 5.0)))?;
+        // On a terminal the progress line says it; logs get it every 5 s.
+        if !progress.is_enabled() {
+            tracing::info!(
+                "t = {elapsed:.0} s of {:.0} s; emulator answered {} of {} packets",
+                rounds as f64 * round_s,
+                emu.stats.answers.load(Ordering::Relaxed),
+                emu.stats.packets_in.load(Ordering::Relaxed)
+            );
+        }
+        // Shorter steps when a terminal shows the progress.
+        let step = if progress.is_enabled() { 1.0 } else { 5.0 };
+        sleep_interruptible(Duration::from_secs_f64((end + 5.0 - now).clamp(0.1, step)))?;
     }
+    progress.finish();
     let campaign_s = (unix_ns() as f64 / 1e9 - t0).max(1e-9);
     let emulator_cpu_s = process_cpu_s() - cpu_before;
     let sched = emu.stats.sched_times();
