@@ -443,4 +443,23 @@ t_latency_seconds_count 4
         assert!(respond("POST /metrics HTTP/1.1", String::new).starts_with("HTTP/1.1 405"));
         assert!(respond("", String::new).starts_with("HTTP/1.1 405"));
     }
+
+    proptest::proptest! {
+        // Whatever a client sends, the answer is one well-formed response whose length
+        // header matches its body, and only `GET /metrics` (or `/`) gets the metrics.
+        #[test]
+        fn any_request_line_gets_one_well_formed_answer(line in ".{0,200}") {
+            let r = respond(&line, || "secret 1\n".into());
+            let (head, body) = r.split_once("\r\n\r\n").unwrap_or_default();
+            proptest::prop_assert!(head.starts_with("HTTP/1.1 "));
+            let len = format!("Content-Length: {}", body.len());
+            proptest::prop_assert!(head.contains(&len));
+            if body.contains("secret") {
+                let mut p = line.split_whitespace();
+                proptest::prop_assert_eq!(p.next(), Some("GET"));
+                let path = p.next().unwrap_or("").split('?').next().unwrap_or("");
+                proptest::prop_assert!(path == "/metrics" || path == "/");
+            }
+        }
+    }
 }
