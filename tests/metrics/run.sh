@@ -2,7 +2,8 @@
 # Prometheus metrics of a real run, parsed by the reference Python parser (PyPI
 # prometheus-client): a real coordinator (`serve --metrics`) and one real agent
 # (`run --metrics`) tracing loopback as root; the coordinator's count of ingested traces
-# must equal the traces stored. Needs the workspace built and python3 with venv.
+# must equal the traces stored. Then the live view (`serve --http`) in headless Chromium.
+# Needs the workspace built, python3 with venv, and chromium.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${TRACEMESH_BIN:-target/debug}
@@ -14,9 +15,13 @@ python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q prometheus-client
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(port); CM=$(port); AM=$(port)
+PORT=$(port); CM=$(port); AM=$(port); HTTP=$(port)
+# Live detection on (an adversary nobody meets on loopback) so that the live view and
+# the diversion gauges are there too.
+printf '127.0.0.0\t8\t64500\n' >"$WORK/pfx2as.txt"
 "$BIN/tracemesh" serve --data "$WORK/coord" --listen "127.0.0.1:$PORT" \
-  --metrics "127.0.0.1:$CM" >"$WORK/serve.log" 2>&1 &
+  --metrics "127.0.0.1:$CM" --http "127.0.0.1:$HTTP" \
+  --adversary 64512 --pfx2as "$WORK/pfx2as.txt" >"$WORK/serve.log" 2>&1 &
 for _ in $(seq 50); do [ -f "$WORK/coord/coordinator.addr" ] && break; sleep 0.2; done
 TOKEN=$("$BIN/tracemesh" --data "$WORK/coord" token create --name metrics-agent --country CA)
 "$BIN/tracemesh-agent" run --state "$WORK/agent" --token "$TOKEN" --allow 127.0.0.0/8 \
@@ -38,3 +43,7 @@ STORED=$("$BIN/tracemesh" --data "$WORK/coord" traces --since 1970-01-01T00:00:0
 "$WORK/venv/bin/python" tests/metrics/check_metrics.py \
   --coordinator "http://127.0.0.1:$CM/metrics" --agent "http://127.0.0.1:$AM/metrics" \
   --stored "$STORED" --expect-traces 9 --dashboard deploy/grafana/tracemesh.json
+# The live view in headless Chromium: drawn, no console error, nothing fetched from
+# anywhere but itself (no diversions on loopback: no paths, no ingress markers).
+echo '{"diversions": [], "incidents": []}' >"$WORK/none.json"
+python3 tests/report/check_report.py "http://127.0.0.1:$HTTP/" --diversions "$WORK/none.json"
