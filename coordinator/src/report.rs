@@ -15,17 +15,25 @@ const SCRIPT: &str = include_str!("../assets/report/report.js");
 const STYLE: &str = include_str!("../assets/report/report.css");
 const LIVE: &str = include_str!("../assets/report/live.js");
 
-/// The licence notices shipped inside every report (the vendored code travels with it).
-const NOTICES: &str = concat!(
-    "d3-array 3.2.5, d3-geo 3.1.2, topojson-client 3.1.0: ISC licence, ",
-    "Copyright 2010-2023 Mike Bostock (d3-geo also: Copyright 2008-2012 Charles Karney, MIT). ",
-    "world-atlas 2.0.2: ISC licence, Copyright 2013-2019 Michael Bostock; ",
-    "map data from Natural Earth (public domain). ",
-    "Permission to use, copy, modify, and/or distribute this software for any purpose with or ",
-    "without fee is hereby granted, provided that the above copyright notice and this ",
-    "permission notice appear in all copies. THE SOFTWARE IS PROVIDED \"AS IS\" AND THE AUTHOR ",
-    "DISCLAIMS ALL WARRANTIES."
-);
+/// The vendored files' licences, verbatim: they travel inside every report.
+const LICENCES: [(&str, &str); 4] = [
+    (
+        "d3-array 3.2.5",
+        include_str!("../assets/report/LICENSE.d3-array"),
+    ),
+    (
+        "d3-geo 3.1.2",
+        include_str!("../assets/report/LICENSE.d3-geo"),
+    ),
+    (
+        "topojson-client 3.1.0",
+        include_str!("../assets/report/LICENSE.topojson-client"),
+    ),
+    (
+        "world-atlas 2.0.2 (map data: Natural Earth, public domain)",
+        include_str!("../assets/report/LICENSE.world-atlas"),
+    ),
+];
 
 #[derive(Debug, Error)]
 pub enum ReportError {
@@ -109,10 +117,17 @@ fn render_page(view: &MapView<'_>, title: &str, live: Option<u64>) -> Result<Str
         "<div id=\"incidents\"></div>\n",
         "<noscript><p>This report draws its map and tables with JavaScript.</p></noscript>\n",
     ));
-    out.push_str(&format!(
-        "<footer class=\"muted\"><p>Made by tracemesh. Embedded libraries and map data: {}</p></footer>\n",
-        escape(NOTICES)
-    ));
+    out.push_str(
+        "<footer class=\"muted\"><details><summary>Made by tracemesh; the embedded libraries and map data, and their licences</summary>\n",
+    );
+    for (what, text) in LICENCES {
+        out.push_str(&format!(
+            "<h3>{}</h3><pre>{}</pre>\n",
+            escape(what),
+            escape(text)
+        ));
+    }
+    out.push_str("</details></footer>\n");
     out.push_str("<script id=\"tm-data\" type=\"application/json\">");
     out.push_str(&data);
     out.push_str("</script>\n<script id=\"tm-world\" type=\"application/json\">");

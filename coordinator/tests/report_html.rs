@@ -171,7 +171,8 @@ fn report_carries_paths_positions_and_timelines_and_names_no_outside_resource() 
     assert!(!html.contains("<script>alert"));
     assert!(html.contains("diversions &lt;script&gt;alert(1)&lt;/script&gt; &amp; co"));
     // Licences travel with the vendored code.
-    assert!(html.contains("ISC licence") && html.contains("Natural Earth"));
+    assert!(html.contains("Copyright 2010-2026 Mike Bostock") && html.contains("Natural Earth"));
+    assert!(html.contains("Copyright 2013-2019 Michael Bostock"));
 }
 
 #[test]

@@ -97,7 +97,10 @@
     const px = drawn.map((p) => projection(p)).filter((p) => p && isFinite(p[0]) && isFinite(p[1]));
     if (px.length > 0) {
       const xs = px.map((p) => p[0]), ys = px.map((p) => p[1]);
-      const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+      // Folds, not spreads: tens of thousands of points exceed an argument list.
+      const lo = (a) => a.reduce((m, v) => (v < m ? v : m), Infinity);
+      const hi = (a) => a.reduce((m, v) => (v > m ? v : m), -Infinity);
+      const x0 = lo(xs), x1 = hi(xs), y0 = lo(ys), y1 = hi(ys);
       const zoom = Math.max(1, Math.min(6, W / ((x1 - x0) * 1.4 + 1), H / ((y1 - y0) * 1.4 + 1)));
       const [tx, ty] = projection.translate();
       const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
@@ -266,8 +269,8 @@
     const keys = [...new Set(rows.map((r) => r.vantage + ' \u2192 ' + r.target))];
     const shown = keys.slice(0, MAX_ROWS);
     const rIdx = new Map(shown.map((k, i) => [k, i]));
-    const r0 = Math.min(...rows.map((r) => r.first_round));
-    const r1 = Math.max(...rows.map((r) => r.last_round)) + 1;
+    const r0 = rows.reduce((m, r) => Math.min(m, r.first_round), Infinity);
+    const r1 = rows.reduce((m, r) => Math.max(m, r.last_round), -Infinity) + 1;
     const left = 230, rowH = 14, w = 900, h = shown.length * rowH + 30;
     const s = sv('svg', { class: 'timeline-svg', width: left + w + 20, height: h, 'data-incident': inc.id });
     const x = (round) => left + ((round - r0) / Math.max(1, r1 - r0)) * w;
