@@ -345,3 +345,125 @@ async fn the_live_view_serves_the_page_and_announces_each_new_report() {
     let _ = stop_tx.send(());
     server.await.unwrap();
 }
+
+/// `tracemesh` with `args`: (exit code, stderr).
+fn tracemesh(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracemesh"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+#[test]
+fn bad_report_and_live_view_flags_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let pfx = dir.path().join("pfx2as.txt");
+    std::fs::write(&pfx, "202.97.0.0\t16\t4134\n").unwrap();
+    let pfx = pfx.to_str().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let missing = dir.path().join("no/such/dir/r.html");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "report",
+                "--html",
+                missing.to_str().unwrap(),
+                "--adversary",
+                "4134",
+                "--pfx2as",
+                pfx,
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "report",
+                "--html",
+                dir.path().to_str().unwrap(),
+                "--adversary",
+                "4134",
+                "--pfx2as",
+                pfx,
+            ],
+            "is a directory",
+        ),
+        (
+            vec!["report", "--adversary", "4134", "--pfx2as", pfx],
+            "required arguments",
+        ),
+        (
+            vec![
+                "--data",
+                data,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ],
+            "--http shows live detection",
+        ),
+        (
+            vec![
+                "--data",
+                data,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "0.0.0.0:0",
+                "--adversary",
+                "4134",
+                "--pfx2as",
+                pfx,
+            ],
+            "--http-token-file",
+        ),
+        (
+            vec![
+                "--data",
+                data,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "not-an-address",
+            ],
+            "not-an-address",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = tracemesh(&args);
+        assert_ne!(code, 0, "{args:?} succeeded");
+        assert!(
+            err.lines().count() == 1 && err.contains(want),
+            "{args:?}: wanted one line naming {want}, got {err:?}"
+        );
+    }
+    // A short token is refused before anything listens.
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, "short\n").unwrap();
+    let (code, err) = tracemesh(&[
+        "--data",
+        data,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "0.0.0.0:0",
+        "--http-token-file",
+        tok.to_str().unwrap(),
+        "--adversary",
+        "4134",
+        "--pfx2as",
+        pfx,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("shorter than 16"), "{err}");
+}

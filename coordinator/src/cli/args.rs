@@ -180,7 +180,7 @@ pub struct ServeArgs {
     /// Serve the live view (the HTML report of live detection, updated over server-sent
     /// events) at http://ADDR/. Read-only; needs --adversary. Beyond loopback it needs
     /// --http-token-file.
-    #[arg(long, value_name = "ADDR", requires = "adversary")]
+    #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// File holding the token the live view requires (`?token=` or `Authorization:
     /// Bearer`); required when --http is not a loopback address.

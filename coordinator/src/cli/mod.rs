@@ -53,6 +53,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             diversions::run(&mut c, a, &loaded).await
         }
         Command::Report(a) => {
+            // Where the page goes is checked first: a typo should not wait on the work.
+            report::check_destination(&a.html)?;
             let loaded = diversions::annotation(&a.detect())?;
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             report::run(&mut c, a, &loaded).await

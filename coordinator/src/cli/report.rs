@@ -11,6 +11,25 @@ use tracemesh_proto::v1::consumer_service_client::ConsumerServiceClient;
 use super::args::ReportArgs;
 use super::diversions;
 
+/// Fails unless `html` can be written: its directory exists and it is not a directory.
+pub fn check_destination(html: &std::path::Path) -> anyhow::Result<()> {
+    if html.is_dir() {
+        anyhow::bail!("--html {} is a directory; name a file", html.display());
+    }
+    let dir = match html.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--html {}: directory {} does not exist",
+            html.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(
     c: &mut ConsumerServiceClient<Channel>,
     a: ReportArgs,

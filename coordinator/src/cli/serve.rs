@@ -58,6 +58,11 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let http = match a.http {
+        Some(_) if live.is_none() => {
+            bail!(
+                "--http shows live detection: name the adversary with --adversary ASN (and give --pfx2as)"
+            )
+        }
         Some(addr) => {
             let token = match &a.http_token_file {
                 Some(p) => {
