@@ -364,7 +364,7 @@ async fn run(
                         feed_aliases(&c, &mut det, &mut aliases_fed).await?;
                         let report = det.report(&annot, &gazetteer, now_s());
                         crate::metrics::note_report(&report.diversions);
-        publish_view(&c, &det, &report, &annot, &gazetteer);
+                        publish_view(&c, &det, &report, &annot, &gazetteer);
                         for d in changed(&mut published, &report.diversions) {
                             c.publish_diversion(d);
                         }

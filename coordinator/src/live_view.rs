@@ -44,7 +44,14 @@ impl Snapshot {
 pub struct LiveView {
     enabled: AtomicBool,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// When the current snapshot was rendered.
+    rendered_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// An unchanged picture (same episodes, same number open) is re-rendered at most this
+/// often: positions and timelines still move, but rendering a big report on every batch
+/// would hold up live detection.
+const REFRESH_UNCHANGED: Duration = Duration::from_secs(30);
 
 impl Default for LiveView {
     fn default() -> Self {
@@ -71,6 +78,7 @@ impl LiveView {
                 diversions: 0,
                 open: 0,
             })),
+            rendered_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -87,6 +95,17 @@ impl LiveView {
     pub fn publish(&self, view: &MapView<'_>) {
         if !self.is_enabled() {
             return;
+        }
+        let open = view.diversions.iter().filter(|d| d.active).count();
+        {
+            let mut at = self.rendered_at.lock().unwrap_or_else(|p| p.into_inner());
+            let cur = self.tx.borrow();
+            let same =
+                cur.generation > 0 && cur.diversions == view.diversions.len() && cur.open == open;
+            if same && at.is_some_and(|t| t.elapsed() < REFRESH_UNCHANGED) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
         }
         let generation = self.tx.borrow().generation + 1;
         let title = "tracemesh: live diversions";
@@ -109,7 +128,7 @@ impl LiveView {
             html,
             view_json: json,
             diversions: view.diversions.len(),
-            open: view.diversions.iter().filter(|d| d.active).count(),
+            open,
         }));
     }
 

@@ -339,9 +339,18 @@ async fn the_live_view_serves_the_page_and_announces_each_new_report() {
         .await
         .unwrap();
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
-    // A second report, a second announcement.
+    // The same picture again is not re-rendered at once; a changed one is.
     hub.publish(&det.map_view(&report, &a, &g, 0, T0 + 2e6));
-    read_until(&mut events, &mut seen, "\"generation\":2").await;
+    assert_eq!(hub.current().generation, 1);
+    let (det2, _) = detector(2, 4);
+    let report2 = det2.report(&a, &g, T0 + 1e6);
+    hub.publish(&det2.map_view(&report2, &a, &g, 0, T0 + 2e6));
+    read_until(
+        &mut events,
+        &mut seen,
+        "{\"generation\":2,\"diversions\":8,\"open\":8}",
+    )
+    .await;
     let _ = stop_tx.send(());
     server.await.unwrap();
 }
