@@ -160,6 +160,7 @@ DOM_PROBE = """(() => {
     distinct_pairs: new Set(div.map(p => p.getAttribute('data-pair'))).size,
     normal_paths: document.querySelectorAll('#map path.normal').length,
     ingress_markers: document.querySelectorAll('#map circle.ingress').length,
+    ingress_markers_approx: document.querySelectorAll('#map circle.ingress.approx').length,
     uncertainty_circles: document.querySelectorAll('#map path.uncertainty').length,
     handoff_markers: document.querySelectorAll('#map path.handoff').length,
     vantages: document.querySelectorAll('#map circle.vantage').length,

@@ -173,13 +173,30 @@
         'L' + (p[0] - s) + ',' + p[1] + 'Z',
     }, gHand), 'hand-off ' + a + (r.handoff.asn ? ' ' + asLabel(r.handoff.asn) : '') + ' (' + r.handoff.method + ')');
   }
+  // An ingress that never answered has no RTT of its own: it is drawn one link away,
+  // at its hand-off (else the first located hop after it), dashed.
+  function ingressPoint(i) {
+    if (i.ingress_loc) return { at: i.ingress_loc, approx: false };
+    for (const r of byIncident.get(i.id) || []) {
+      if (r.handoff.addr && D.located[r.handoff.addr]) return { at: D.located[r.handoff.addr].loc, approx: true };
+    }
+    for (const r of byIncident.get(i.id) || []) {
+      const after = r.evidence.diverted_path.find((h) =>
+        h.addr && D.located[h.addr] && (r.handoff.ttl == null || h.ttl > r.handoff.ttl));
+      if (after) return { at: D.located[after.addr].loc, approx: true };
+    }
+    return null;
+  }
   for (const i of D.incidents) {
-    if (!i.ingress_loc) continue;
-    const p = projection(lonlat(i.ingress_loc));
+    const where = ingressPoint(i);
+    if (!where) continue;
+    const p = projection(lonlat(where.at));
     if (!p) continue;
-    title(sv('circle', { class: 'ingress', 'data-incident': i.id, cx: p[0], cy: p[1], r: 6 }, gIng),
+    title(sv('circle', {
+      class: where.approx ? 'ingress approx' : 'ingress', 'data-incident': i.id, cx: p[0], cy: p[1], r: 6,
+    }, gIng),
       'incident ' + i.id + ': ingress ' + i.ingress + ' of ' + asLabel(i.adversary_asn) +
-      (i.ingress_city ? ' near ' + i.ingress_city : ''));
+      (where.approx ? ' (never answered: drawn next to its hand-off)' : (i.ingress_city ? ' near ' + i.ingress_city : '')));
     const t = sv('text', { class: 'label', x: p[0] + 8, y: p[1] - 8 }, gIng);
     t.textContent = '#' + i.id + ' ' + i.ingress;
   }
