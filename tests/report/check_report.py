@@ -190,16 +190,6 @@ def main():
     want_pairs, want_incidents = expected(a.diversions)
 
     profile = tempfile.mkdtemp(prefix="tm-report-chromium-")
-    to_child_r, to_child_w = os.pipe()
-    from_child_r, from_child_w = os.pipe()
-
-    def fds():
-        # Chromium reads commands on fd 3 and writes answers on fd 4. Through spare
-        # numbers first: the pipes may themselves be 3..6.
-        r, w = os.dup(to_child_r), os.dup(from_child_w)
-        os.dup2(r, 3)
-        os.dup2(w, 4)
-
     args = [
         find_chromium(),
         "--headless=new",
@@ -218,17 +208,57 @@ def main():
         "--window-size=1400,1000",
         "about:blank",
     ]
-    log = open(os.path.join(profile, "chromium.log"), "wb")
-    proc = subprocess.Popen(
-        args, preexec_fn=fds, pass_fds=(3, 4),
-        stdout=subprocess.DEVNULL, stderr=log,
-    )
-    os.close(to_child_r)
-    os.close(from_child_w)
+    log_path = os.path.join(profile, "chromium.log")
+
+    def launch():
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+
+        def fds():
+            # Chromium reads commands on fd 3 and writes answers on fd 4. Through spare
+            # numbers first: the pipes may themselves be 3..6.
+            r, w = os.dup(to_child_r), os.dup(from_child_w)
+            os.dup2(r, 3)
+            os.dup2(w, 4)
+
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                args, preexec_fn=fds, pass_fds=(3, 4),
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        return proc, Cdp(proc, from_child_r, to_child_w)
+
+    def log_tail():
+        try:
+            with open(log_path, errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-5:])
+        except OSError:
+            return ""
+
     failures = []
+    # A browser that dies while starting (seen about once in twenty starts on a loaded
+    # machine) is started again, twice at most; what it logged is kept for the error.
+    for attempt in range(3):
+        proc, cdp = launch()
+        try:
+            target = cdp.call("Target.createTarget", {"url": "about:blank"}, timeout=30)["targetId"]
+            break
+        except (RuntimeError, TimeoutError) as e:
+            proc.kill()
+            proc.wait()
+            if attempt == 2:
+                shutil.rmtree(profile, ignore_errors=True)
+                sys.exit(f"check_report: Chromium did not start ({e}): {log_tail()}")
+            print(f"check_report: Chromium did not start ({e}); again", file=sys.stderr)
+            # The dead browser's profile lock would stop the next one.
+            for n in ("SingletonLock", "SingletonSocket", "SingletonCookie"):
+                try:
+                    os.unlink(os.path.join(profile, n))
+                except OSError:
+                    pass
     try:
-        cdp = Cdp(proc, from_child_r, to_child_w)
-        target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         s = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for dom in ("Page", "Runtime", "Log", "Network"):
             cdp.call(f"{dom}.enable", session=s)
