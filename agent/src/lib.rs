@@ -2,5 +2,6 @@
 //! session that runs coordinated campaigns for a coordinator.
 
 pub mod mesh;
+pub mod metrics;
 pub mod probe;
 pub mod session;

@@ -103,9 +103,13 @@ struct RunArgs {
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     test_clock_skew_ms: i64,
     /// TOML file with the same settings (state, coordinator, token, allow, rate,
-    /// per_dst_rate, mesh_listen, mesh_advertise); flags override it.
+    /// per_dst_rate, mesh_listen, mesh_advertise, metrics); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no authentication:
+    /// bind loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// `tracemesh-agent run --config FILE`: what cloud-init writes.
@@ -121,6 +125,7 @@ struct FileConfig {
     per_dst_rate: Option<u32>,
     mesh_listen: Option<String>,
     mesh_advertise: Option<String>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -248,7 +253,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let metrics = args.metrics.or(file.metrics);
     rt.block_on(async {
+        if let Some(addr) = metrics {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics at /metrics");
+            tokio::spawn(tracemesh_proto::metrics::serve(
+                l,
+                tracemesh_agent::metrics::render,
+            ));
+        }
         tokio::select! {
             r = tracemesh_agent::session::run(cfg) => r.map_err(anyhow::Error::from),
             _ = shutdown_signal() => {

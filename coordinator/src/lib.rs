@@ -8,6 +8,7 @@
 //! - [`annotate`]: prefix→AS, AS names, IXP LANs, MRT dumps.
 //! - [`geo`]: distances, RTT-constrained multilateration, the gazetteer.
 //! - [`detect`]: diversion detection and triangulation (pure: no I/O, no clock).
+//! - [`report`]: the self-contained HTML report (map, timelines, hop tables).
 //! - [`live`]: live detection inside `tracemesh serve --adversary`.
 //! - [`deploy`]: inventory → cloud-init user-data.
 pub mod alias;
@@ -18,6 +19,9 @@ pub mod deploy;
 pub mod detect;
 pub mod geo;
 pub mod live;
+pub mod live_view;
 pub mod mesh;
+pub mod metrics;
+pub mod report;
 pub mod server;
 pub mod store;

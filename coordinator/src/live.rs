@@ -305,6 +305,20 @@ fn schedule_aliases(c: &Arc<Coordinator>, auto: &mut AutoAlias, suspects: &[(Str
     });
 }
 
+/// Hands the report to the live view (`serve --http`), which renders it only when on.
+fn publish_view(
+    c: &Coordinator,
+    det: &Detector,
+    report: &crate::detect::DiversionReport,
+    annot: &crate::annotate::Annotator,
+    gazetteer: &crate::geo::Gazetteer,
+) {
+    if c.live_view.is_enabled() {
+        c.live_view
+            .publish(&det.map_view(report, annot, gazetteer, 0, now_s()));
+    }
+}
+
 async fn run(
     c: Arc<Coordinator>,
     adversary: Adversary,
@@ -326,6 +340,8 @@ async fn run(
     feed_aliases(&c, &mut det, &mut aliases_fed).await?;
     let mut published = HashMap::new();
     let report = det.report(&annot, &gazetteer, now_s());
+    crate::metrics::note_report(&report.diversions);
+    publish_view(&c, &det, &report, &annot, &gazetteer);
     changed(&mut published, &report.diversions);
     tracing::info!(known_diversions = published.len(), "live detection ready");
     let mut auto = load_probed(&c).await?;
@@ -349,6 +365,8 @@ async fn run(
                         aliases_fed = None;
                         feed_aliases(&c, &mut det, &mut aliases_fed).await?;
                         let report = det.report(&annot, &gazetteer, now_s());
+                        crate::metrics::note_report(&report.diversions);
+                        publish_view(&c, &det, &report, &annot, &gazetteer);
                         for d in changed(&mut published, &report.diversions) {
                             c.publish_diversion(d);
                         }
@@ -394,6 +412,8 @@ async fn run(
         }
         feed_aliases(&c, &mut det, &mut aliases_fed).await?;
         let report = det.report(&annot, &gazetteer, now_s());
+        crate::metrics::note_report(&report.diversions);
+        publish_view(&c, &det, &report, &annot, &gazetteer);
         for d in changed(&mut published, &report.diversions) {
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, "diversion");
             c.publish_diversion(d);

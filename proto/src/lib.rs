@@ -9,6 +9,8 @@
 //! - [`union_find`]: grouping alias evidence into routers, on either end.
 
 pub mod clock;
+pub mod metrics;
+pub mod progress;
 pub mod schedule;
 pub mod time;
 pub mod token;

@@ -257,8 +257,15 @@ async fn main_loop<P: Prober>(
     mut after_send: impl FnMut(&mut P, Instant) -> Result<(), DriverError>,
 ) -> Result<(), DriverError> {
     let mut buf = Vec::with_capacity(128);
+    // The measured rate: probes sent since the start of the current one-second window.
+    let (mut window_start, mut window_sent) = (Instant::now(), 0u64);
     loop {
         let now = Instant::now();
+        let window = now.duration_since(window_start);
+        if window >= Duration::from_secs(1) {
+            crate::metrics::RATE.set(window_sent as f64 / window.as_secs_f64());
+            (window_start, window_sent) = (now, 0);
+        }
         engine.handle_timeout(now);
         // A fresh instant per probe: the engine stamps the probe's send time with it, and
         // on a busy machine the sends of one burst can be far apart.
@@ -275,10 +282,14 @@ async fn main_loop<P: Prober>(
                     source: io::Error::other("no socket opened for this family"),
                 });
             };
-            send(sock, &buf, dst).await?;
+            if send(sock, &buf, dst).await? {
+                crate::metrics::PROBES_SENT.inc();
+                window_sent += 1;
+            }
         }
         after_send(engine, now)?;
         if engine.is_done() {
+            crate::metrics::RATE.set(0.0);
             return Ok(());
         }
         let deadline = engine
@@ -293,10 +304,14 @@ async fn main_loop<P: Prober>(
                     continue;
                 };
                 engine.handle_reply(&reply, ip_id, at);
+                crate::metrics::REPLIES.inc();
                 // Drain what else is queued so a burst is handled in one pass.
                 for _ in 0..4096 {
                     match rx.try_recv() {
-                        Ok((reply, ip_id, at)) => { engine.handle_reply(&reply, ip_id, at); }
+                        Ok((reply, ip_id, at)) => {
+                            engine.handle_reply(&reply, ip_id, at);
+                            crate::metrics::REPLIES.inc();
+                        }
                         Err(_) => break,
                     }
                 }
@@ -306,7 +321,9 @@ async fn main_loop<P: Prober>(
     }
 }
 
-async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<(), DriverError> {
+/// Whether the probe went out: a probe that cannot (no route, a queue that stays full)
+/// is lost like an unanswered one, counted in the drops.
+async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<bool, DriverError> {
     // A full queue (EAGAIN/ENOBUFS) waits for room; any other error is fatal, since it
     // would hit every probe alike (no permission, no route for the family).
     for _ in 0..100 {
@@ -314,7 +331,7 @@ async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<(), 
             .async_io(Interest::WRITABLE, |s| sys::send_to(s, packet, dst))
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
@@ -327,13 +344,15 @@ async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<(), 
                 ) =>
             {
                 tracing::debug!(%dst, error = %e, "probe not sent");
-                return Ok(());
+                crate::metrics::DROPS.inc("unreachable");
+                return Ok(false);
             }
             Err(source) => return Err(DriverError::Send { dst, source }),
         }
     }
     tracing::warn!(%dst, "send queue stayed full; probe dropped");
-    Ok(())
+    crate::metrics::DROPS.inc("send_queue_full");
+    Ok(false)
 }
 
 async fn receive(fd: AsyncFd<Socket>, v6: bool, proto: u8, tx: mpsc::Sender<Received>) {

@@ -156,6 +156,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), SessionError> {
         .clone()
         .unwrap_or_else(|| identity.coordinator.clone());
     let (spool, waiting, problems) = Spool::open(&state.spool_dir())?;
+    crate::metrics::SPOOL_DEPTH.set(spool.pending() as f64);
+    crate::metrics::RATE_LIMIT.set(f64::from(cfg.rate_pps));
     for p in problems {
         tracing::error!(error = %p, "spool file set aside");
     }
@@ -384,6 +386,7 @@ impl Driver {
         let mut effects = self.core.handle(start, Input::Timer);
         let mut origin = Origin::Agent;
         loop {
+            crate::metrics::session_state(self.core.link_state());
             if let Some(e) = self.perform(effects, origin).await? {
                 self.link = LinkIo::default();
                 effects = self
@@ -458,6 +461,7 @@ impl Driver {
                 }
             };
             effects = self.core.handle(now(), input);
+            crate::metrics::session_state(self.core.link_state());
         }
     }
 
@@ -539,6 +543,7 @@ impl Driver {
                         (spool, records, r)
                     })
                     .await?;
+                    crate::metrics::SPOOL_DEPTH.set(spool.pending() as f64);
                     self.spool = Some(spool);
                     match r {
                         Ok(()) => queue.extend(self.core.handle(now(), Input::Spooled(records))),
@@ -554,6 +559,7 @@ impl Driver {
                         (spool, r)
                     })
                     .await?;
+                    crate::metrics::SPOOL_DEPTH.set(spool.pending() as f64);
                     self.spool = Some(spool);
                     if let Err(e) = r {
                         session_error.get_or_insert(e.into());
@@ -600,7 +606,10 @@ impl Driver {
                         });
                     });
                 }
-                Effect::ClockOffset(ns) => self.offset_ns.store(ns, Ordering::Relaxed),
+                Effect::ClockOffset(ns) => {
+                    self.offset_ns.store(ns, Ordering::Relaxed);
+                    crate::metrics::CLOCK_OFFSET.set(ns as f64 / 1e9);
+                }
                 Effect::ClockBound(ns) => self.bound_ns.store(ns, Ordering::Relaxed),
                 Effect::ArmTimer(at) => self.timer = tokio::time::Instant::from_std(at),
             }
@@ -712,6 +721,7 @@ async fn run_round(
             Ok(()) => needs.add(dst, campaign.proto),
             Err(RequestError::Denied(d)) => {
                 tracing::warn!(error = %d, "target refused");
+                crate::metrics::DROPS.inc("denied");
                 results.push(TraceResult {
                     dst,
                     src: Some(src),
@@ -732,9 +742,10 @@ async fn run_round(
     };
     wait_for_instant(offset_ns, start_ns).await;
     let late_ms = (corrected_now_ns(offset_ns) - start_ns) as f64 / 1e6;
+    crate::metrics::ROUND_LATE.observe(late_ms.max(0.0) / 1e3);
     tracing::info!(campaign = %campaign.id, round, late_ms, "round started");
     if let Some(sockets) = sockets {
-        sockets
+        let stats = sockets
             .run(
                 &mut engine,
                 |r| {
@@ -745,6 +756,8 @@ async fn run_round(
             )
             .await
             .map_err(|e| e.to_string())?;
+        crate::metrics::DROPS.add("unmatched_reply", stats.replies_unmatched);
+        crate::metrics::TRACES_DONE.add(stats.traces_done);
     }
     Ok(results)
 }

@@ -287,6 +287,16 @@ impl SessionCore {
         self.mesh_addr = addr;
     }
 
+    /// The link's state, as the metrics name it.
+    pub fn link_state(&self) -> &'static str {
+        match self.link {
+            Link::Waiting { .. } => "waiting",
+            Link::Dialling => "dialling",
+            Link::Opening => "opening",
+            Link::Up(_) => "up",
+        }
+    }
+
     pub fn held(&self) -> &Held {
         &self.held
     }

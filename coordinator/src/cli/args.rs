@@ -58,6 +58,9 @@ pub enum Command {
     /// Find diversions through an adversary's networks in stored traces (the detector runs
     /// here, over the traces and vantages fetched from the coordinator).
     Diversions(DiversionsArgs),
+    /// Write the diversions as one self-contained HTML page (world map, paths, ingress
+    /// regions, timelines, hop tables) that opens offline.
+    Report(ReportArgs),
     /// Deploy agents on cloud VMs.
     #[command(subcommand)]
     Deploy(DeployCmd),
@@ -117,6 +120,43 @@ pub struct DiversionsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the HTML report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
+    /// The page's title.
+    #[arg(long, default_value = "tracemesh: traffic diversions")]
+    pub title: String,
+    /// Also print the map view the page draws, as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this campaign's traces (default: all stored traces).
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Adversary AS numbers (repeatable or comma-separated), as for `diversions`.
+    #[arg(long = "adversary", value_parser = parse::asn, value_name = "ASN", value_delimiter = ',')]
+    pub adversary: Vec<u32>,
+    /// Treat every AS registered in this country as the adversary's too (repeatable).
+    #[arg(long = "adversary-country", value_name = "CC", value_delimiter = ',')]
+    pub adversary_countries: Vec<String>,
+    #[command(flatten)]
+    pub annotation: AnnotationArgs,
+}
+
+impl ReportArgs {
+    /// The same detection `diversions` runs.
+    pub fn detect(&self) -> DiversionsArgs {
+        DiversionsArgs {
+            campaign: self.campaign.clone(),
+            adversary: self.adversary.clone(),
+            adversary_countries: self.adversary_countries.clone(),
+            annotation: self.annotation.clone(),
+            json: false,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on, e.g. 0.0.0.0:7443 (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
@@ -135,6 +175,19 @@ pub struct ServeArgs {
     /// stored history with the fresh tables).
     #[command(flatten)]
     pub annotation: AnnotationArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no authentication:
+    /// bind loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Serve the live view (the HTML report of live detection, updated over server-sent
+    /// events) at http://ADDR/. Read-only; needs --adversary. Beyond loopback it needs
+    /// --http-token-file.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// File holding the token the live view requires (`?token=` or `Authorization:
+    /// Bearer`); required when --http is not a loopback address.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub http_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,5 +419,36 @@ mod tests {
         assert_eq!(a.adversary, vec![4134, 4809]);
         assert_eq!(a.annotation.mrt, vec![PathBuf::from("rib.bz2")]);
         assert_eq!(a.annotation.peeringdb, Some(PathBuf::from("pdb")));
+    }
+
+    #[test]
+    fn report_takes_the_detection_flags_and_a_file() {
+        let cli = Cli::try_parse_from([
+            "tracemesh",
+            "report",
+            "--html",
+            "r.html",
+            "--adversary",
+            "4134",
+            "--pfx2as",
+            "t.txt",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Report(a) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.html, PathBuf::from("r.html"));
+        assert!(a.json);
+        let d = a.detect();
+        assert_eq!(d.adversary, vec![4134]);
+        assert_eq!(d.annotation.pfx2as, vec![PathBuf::from("t.txt")]);
+        assert!(!d.json);
+    }
+
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
     }
 }

@@ -31,12 +31,13 @@ pub fn to_vantage(a: &v1::AgentInfo) -> Option<VantageInfo> {
     })
 }
 
-pub async fn run(
+/// The detector fed with every stored trace (of `a.campaign`), the vantages and what
+/// alias resolution knows; and the number of traces it read. `report` uses it too.
+pub async fn detector(
     c: &mut ConsumerServiceClient<Channel>,
-    a: DiversionsArgs,
-    loaded: &Tables,
-) -> anyhow::Result<()> {
-    let annot = &loaded.annot;
+    a: &DiversionsArgs,
+    annot: &tracemesh::annotate::Annotator,
+) -> anyhow::Result<(Detector, usize)> {
     let vantages: Vec<VantageInfo> = c
         .list_agents(v1::ListAgentsRequest {})
         .await
@@ -92,6 +93,7 @@ pub async fn run(
         det.observe_echo(&v, a, ms);
     }
     let (mut n, mut skipped) = (0usize, 0usize);
+    let mut progress = tracemesh_proto::progress::Progress::new("traces", None);
     while let Some(t) = stream
         .message()
         .await
@@ -104,10 +106,22 @@ pub async fn run(
             }
             None => skipped += 1,
         }
+        progress.set((n + skipped) as u64, "read into the detector");
     }
+    progress.finish();
     if skipped > 0 {
         tracing::warn!(skipped, "traces the detector cannot use were skipped");
     }
+    Ok((det, n))
+}
+
+pub async fn run(
+    c: &mut ConsumerServiceClient<Channel>,
+    a: DiversionsArgs,
+    loaded: &Tables,
+) -> anyhow::Result<()> {
+    let annot = &loaded.annot;
+    let (det, n) = detector(c, &a, annot).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| anyhow!("system clock before 1970: {e}"))?

@@ -15,6 +15,7 @@ pub mod diversions;
 pub mod json;
 pub mod mesh;
 pub mod parse;
+pub mod report;
 pub mod serve;
 pub mod token;
 pub mod traces;
@@ -55,6 +56,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = diversions::annotation(&a)?;
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             diversions::run(&mut c, a, &loaded).await
+        }
+        Command::Report(a) => {
+            // Where the page goes is checked first: a typo should not wait on the work.
+            report::check_destination(&a.html)?;
+            let loaded = diversions::annotation(&a.detect())?;
+            let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
+            report::run(&mut c, a, &loaded).await
         }
         Command::Deploy(DeployCmd::Render(a)) => {
             deploy::render(&cli.data, cli.coordinator, cli.identity, a).await

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use tracemesh::live;
 use tracemesh::server::{self, ServeConfig};
 
@@ -46,6 +46,51 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         let reload: live::Reload = Arc::new(move || sources.load());
         Some((adversary, tables, reload))
     };
+    // Bound before serving, so that a taken port fails `serve` at once.
+    let metrics = match a.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics at /metrics");
+            Some(l)
+        }
+        None => None,
+    };
+    let http = match a.http {
+        Some(_) if live.is_none() => {
+            bail!(
+                "--http shows live detection: name the adversary with --adversary ASN (and give --pfx2as)"
+            )
+        }
+        Some(addr) => {
+            let token = match &a.http_token_file {
+                Some(p) => {
+                    let t = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?
+                        .trim()
+                        .to_owned();
+                    if t.len() < 16 {
+                        bail!("the token in {} is shorter than 16 characters", p.display());
+                    }
+                    Some(t)
+                }
+                None if tracemesh::live_view::is_loopback(addr) => None,
+                None => bail!(
+                    "--http {addr} is reachable beyond this host: give --http-token-file (or bind 127.0.0.1)"
+                ),
+            };
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the live view on {addr}"))?;
+            let local = l.local_addr()?;
+            tracing::info!(addr = %local, token = token.is_some(), "live view");
+            println!("tracemesh live view at http://{local}/");
+            Some((l, token))
+        }
+        None => None,
+    };
+    let db_dir = server::DataDir(data.clone()).db_dir();
     server::serve_with(
         ServeConfig {
             data,
@@ -54,6 +99,18 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         },
         shutdown,
         move |c| {
+            if let Some(l) = metrics {
+                tracemesh::metrics::spawn(l, c.clone(), db_dir);
+            }
+            if let Some((l, token)) = http {
+                c.live_view.enable();
+                tokio::spawn(tracemesh::live_view::serve(
+                    l,
+                    c.live_view.clone(),
+                    token,
+                    c.shutdown_signal(),
+                ));
+            }
             if let Some((adversary, tables, reload)) = live {
                 live::spawn(c, adversary, tables, reload);
             } else {

@@ -18,12 +18,14 @@ mod handoff;
 mod incident;
 mod links;
 mod locate;
+mod map_view;
 mod paths;
 mod types;
 mod view;
 
 use std::collections::HashMap;
 
+pub use map_view::{LocatedHop, MapView};
 pub use types::*;
 pub use view::render_text;
 

@@ -16,7 +16,7 @@ fn utc(unix_s: f64) -> String {
     format_rfc3339(unix_s, Precision::Seconds)
 }
 
-fn as_label(annot: &Annotator, asn: u32) -> String {
+pub(super) fn as_label(annot: &Annotator, asn: u32) -> String {
     match annot.as_info(asn) {
         Some(i) if !i.name.is_empty() => match &i.country {
             Some(cc) => format!("AS{asn} {} ({cc})", i.name),

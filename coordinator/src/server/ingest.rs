@@ -50,11 +50,26 @@ impl IngestQueue {
     /// durable.
     pub async fn submit(&self, records: Vec<v1::TraceRecord>) -> Result<Outcomes, Status> {
         let (reply, rx) = oneshot::channel();
+        let t = std::time::Instant::now();
         self.tx
             .send(Job { records, reply })
             .map_err(|_| Status::unavailable("ingest writer stopped"))?;
-        rx.await
-            .map_err(|_| Status::internal("ingest writer dropped the batch"))?
+        let out = rx
+            .await
+            .map_err(|_| Status::internal("ingest writer dropped the batch"))?;
+        if let Ok(outcomes) = &out {
+            use crate::metrics as m;
+            m::INGEST_LATENCY.observe(t.elapsed().as_secs_f64());
+            m::BATCHES_INGESTED.inc();
+            for (_, o) in outcomes {
+                match o {
+                    Ok(IngestOutcome::Stored) => m::TRACES_INGESTED.inc(),
+                    Ok(IngestOutcome::Duplicate) => m::TRACES_DUPLICATE.inc(),
+                    Err(_) => {}
+                }
+            }
+        }
+        out
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Coordinator {
     pub campaign_lock: tokio::sync::Mutex<()>,
     /// Group commit for uploaded traces.
     pub ingest: super::ingest::IngestQueue,
+    /// The live view `serve --http` shows; live detection publishes to it.
+    pub live_view: Arc<crate::live_view::LiveView>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -118,6 +120,7 @@ impl Coordinator {
             diversions: broadcast::channel(1024).0,
             shutdown,
             campaign_lock: tokio::sync::Mutex::new(()),
+            live_view: Arc::new(crate::live_view::LiveView::new()),
         }
     }
 
@@ -259,6 +262,13 @@ impl Coordinator {
     /// Sends the campaign to every connected agent it selects that still has rounds to
     /// run, and records who got it.
     pub async fn push_campaign(&self, c: &v1::Campaign) -> Result<Vec<String>, StoreError> {
+        let t = std::time::Instant::now();
+        let sent = self.push_campaign_untimed(c).await;
+        crate::metrics::DISPATCH.observe(t.elapsed().as_secs_f64());
+        sent
+    }
+
+    async fn push_campaign_untimed(&self, c: &v1::Campaign) -> Result<Vec<String>, StoreError> {
         let now = now_ns();
         let mut targets = Vec::new();
         for (name, live) in self.live_all() {

@@ -43,7 +43,7 @@ enum Cmd {
     },
     /// The whole lab: namespaces, emulator, the real coordinator and one real agent per
     /// vantage, the scenario's campaign; writes lab.json, traces.jsonl, diversions.json
-    /// and diversions.txt.
+    /// diversions.txt and report.html (the map).
     Run {
         scenario: PathBuf,
         #[arg(long)]
@@ -293,7 +293,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(
-                "wrote {}/lab.json, traces.jsonl, diversions.json, diversions.txt",
+                "wrote {}/lab.json, traces.jsonl, diversions.json, diversions.txt, report.html",
                 out.display()
             );
             Ok(())

@@ -1,7 +1,7 @@
 //! `tracemesh-lab run`: the scenario's internet in namespaces, the real coordinator in
 //! the control namespace, one real agent per vantage, the scenario's campaign, and the
 //! files a run leaves behind (`lab.json`, `traces.jsonl`, `diversions.json` and its drawn
-//! form `diversions.txt`, `aliases.json`).
+//! form `diversions.txt`, the map `report.html`, `aliases.json`).
 //!
 //! The coordinator gets what a user would give it: a prefix-to-AS table and AS names
 //! generated from the scenario's `[[as]]`, and the adversary ASNs. Router positions,
@@ -410,20 +410,36 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let cpu_before = process_cpu_s();
     let sched_before = emu.stats.sched_times();
     let steal_before = steal_s();
+    let total_s = (end + 5.0 - t0).max(0.0);
+    let mut progress = tracemesh_proto::progress::Progress::new("lab", Some(total_s as u64));
     loop {
         let now = unix_ns() as f64 / 1e9;
         if now >= end + 5.0 {
             break;
         }
         let elapsed = (now - t0).max(0.0);
-        tracing::info!(
-            "t = {elapsed:.0} s of {:.0} s; emulator answered {} of {} packets",
-            rounds as f64 * round_s,
-            emu.stats.answers.load(Ordering::Relaxed),
-            emu.stats.packets_in.load(Ordering::Relaxed)
+        progress.set(
+            elapsed as u64,
+            &format!(
+                "seconds; emulator answered {} of {} packets",
+                emu.stats.answers.load(Ordering::Relaxed),
+                emu.stats.packets_in.load(Ordering::Relaxed)
+            ),
         );
-        sleep_interruptible(Duration::from_secs_f64((end + 5.0 - now).clamp(0.1, 5.0)))?;
+        // On a terminal the progress line says it; logs get it every 5 s.
+        if !progress.is_enabled() {
+            tracing::info!(
+                "t = {elapsed:.0} s of {:.0} s; emulator answered {} of {} packets",
+                rounds as f64 * round_s,
+                emu.stats.answers.load(Ordering::Relaxed),
+                emu.stats.packets_in.load(Ordering::Relaxed)
+            );
+        }
+        // Shorter steps when a terminal shows the progress.
+        let step = if progress.is_enabled() { 1.0 } else { 5.0 };
+        sleep_interruptible(Duration::from_secs_f64((end + 5.0 - now).clamp(0.1, step)))?;
     }
+    progress.finish();
     let campaign_s = (unix_ns() as f64 / 1e9 - t0).max(1e-9);
     let emulator_cpu_s = process_cpu_s() - cpu_before;
     let sched = emu.stats.sched_times();
@@ -471,6 +487,15 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         std::fs::write(out.join("diversions.json"), report(&["--json"])?)?;
         // The same report as an operator reads it: incidents with both paths drawn.
         std::fs::write(out.join("diversions.txt"), report(&[])?)?;
+        // And as a map anyone can open: `tracemesh report --html`, same inputs.
+        let mut c = cli(&["report", "--html"]);
+        c.arg(out.join("report.html"))
+            .arg("--pfx2as")
+            .arg(&pfx)
+            .arg("--asnames")
+            .arg(&names)
+            .args(&detect_args);
+        output(c)?;
     }
     if world.mesh() {
         // One-way delays, one object per (src, dst, round); stop when every direction of

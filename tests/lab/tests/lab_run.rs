@@ -107,4 +107,19 @@ fn a_small_scenario_runs_end_to_end_through_the_lab() {
     assert!(handoff.contains("24.114.255.1"), "{text}");
     let ingress = text.lines().find(|l| l.contains("<- ingress")).unwrap();
     assert!(ingress.contains("!202.97.12.1"), "{text}");
+    // And the map: report.html carries the same record, with the vantage's position.
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    let open = "<script id=\"tm-data\" type=\"application/json\">";
+    let start = html.find(open).unwrap() + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let view: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+    assert_eq!(view["diversions"].as_array().unwrap().len(), 1);
+    assert_eq!(view["diversions"][0]["ingress"]["addr"], "202.97.12.1");
+    let toronto = view["vantages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "toronto-rogers")
+        .unwrap();
+    assert!(toronto["loc"][0].is_f64(), "{toronto}");
 }
