@@ -43,8 +43,10 @@ fn vantage_of(m: &AgentMeta) -> VantageInfo {
     }
 }
 
-/// A record as `SubscribeDiversions` carries it.
-pub fn to_proto(d: &DiversionRecord) -> v1::Diversion {
+/// A record as `SubscribeDiversions` carries it; `mesh` are the mesh samples that say
+/// which direction of an agent pair it is.
+pub fn to_proto(d: &DiversionRecord, mesh: &[crate::mesh::MeshPoint]) -> v1::Diversion {
+    let ev = crate::mesh::evidence(mesh, &d.vantage, d.target, d.first_seen, d.last_seen);
     v1::Diversion {
         vantage: d.vantage.clone(),
         target: d.target.to_string(),
@@ -66,6 +68,48 @@ pub fn to_proto(d: &DiversionRecord) -> v1::Diversion {
         last_seen: d.last_seen,
         rounds: d.rounds,
         campaign_id: String::new(),
+        direction: ev.as_ref().map(|e| e.direction.to_string()).unwrap_or_default(),
+        owd_step_ms: ev.as_ref().and_then(|e| e.owd_step_ms),
+        reverse_owd_step_ms: ev.as_ref().and_then(|e| e.reverse_owd_step_ms),
+    }
+}
+
+/// Every stored mesh sample, when a record's target is an agent's mesh address (only
+/// then can one say which direction of a pair it is); none otherwise.
+async fn mesh_points_for(c: &Arc<Coordinator>, report: &[DiversionRecord]) -> Vec<crate::mesh::MeshPoint> {
+    if report.is_empty() {
+        return Vec::new();
+    }
+    let targets: std::collections::HashSet<std::net::IpAddr> =
+        report.iter().map(|d| d.target).collect();
+    let store = c.store.clone();
+    let load = move || -> Result<Vec<crate::mesh::MeshPoint>, StoreError> {
+        let agent_ips: std::collections::HashSet<std::net::IpAddr> = store
+            .list_agents()?
+            .iter()
+            .filter_map(|a| a.mesh_addr.as_deref()?.parse::<std::net::SocketAddr>().ok())
+            .map(|sa| sa.ip())
+            .collect();
+        let mut out = Vec::new();
+        if targets.is_disjoint(&agent_ips) {
+            return Ok(out);
+        }
+        store.for_each_mesh_sample(None, &mut |m| {
+            out.push(crate::mesh::MeshPoint::from_proto(&m));
+            true
+        })?;
+        Ok(out)
+    };
+    match tokio::task::spawn_blocking(load).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "mesh samples unreadable; records go out without a direction");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "mesh sample task failed");
+            Vec::new()
+        }
     }
 }
 
@@ -74,20 +118,30 @@ fn now_s() -> f64 {
 }
 
 /// The records whose content changed since `published`, updating it.
-fn changed(
+/// (Compared without mesh evidence, which only names the direction: the records that
+/// changed then get it, from one read of the mesh samples.)
+fn changed<'a>(
     published: &mut HashMap<Key, v1::Diversion>,
-    report: &[DiversionRecord],
-) -> Vec<v1::Diversion> {
+    report: &'a [DiversionRecord],
+) -> Vec<&'a DiversionRecord> {
     let mut out = Vec::new();
     for d in report {
         let key = (d.vantage.clone(), d.target.to_string(), d.first_round);
-        let p = to_proto(d);
+        let p = to_proto(d, &[]);
         if published.get(&key) != Some(&p) {
-            published.insert(key, p.clone());
-            out.push(p);
+            published.insert(key, p);
+            out.push(d);
         }
     }
     out
+}
+
+/// The changed records as `SubscribeDiversions` carries them, agent pairs with their
+/// direction.
+async fn with_direction(c: &Arc<Coordinator>, changed: Vec<&DiversionRecord>) -> Vec<v1::Diversion> {
+    let owned: Vec<DiversionRecord> = changed.into_iter().cloned().collect();
+    let mesh = mesh_points_for(c, &owned).await;
+    owned.iter().map(|d| to_proto(d, &mesh)).collect()
 }
 
 /// Runs live detection on the coordinator's runtime until it shuts down: `tables` to
@@ -121,10 +175,18 @@ async fn replay(
             det.set_vantage(vantage_of(&a.meta));
         }
         let mut n = 0usize;
+        // A long history takes minutes to replay: say how far it got, every few seconds
+        // (serve runs as a daemon, so progress goes to the log, not a terminal line).
+        let mut last_note = started;
         store.for_each_trace_any_order(&mut |t| {
             if let Some(t) = Trace::from_record(&t) {
                 det.ingest(&t, &annot);
                 n += 1;
+            }
+            if n % 4096 == 0 && last_note.elapsed() >= std::time::Duration::from_secs(5) {
+                last_note = std::time::Instant::now();
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(traces = n, secs, rate = (n as f64 / secs.max(1e-9)).round(), "replaying stored traces");
             }
             true
         })?;
@@ -367,7 +429,8 @@ async fn run(
                         let report = det.report(&annot, &gazetteer, now_s());
                         crate::metrics::note_report(&report.diversions);
                         publish_view(&c, &det, &report, &annot, &gazetteer);
-                        for d in changed(&mut published, &report.diversions) {
+                        let fresh = changed(&mut published, &report.diversions);
+                        for d in with_direction(&c, fresh).await {
                             c.publish_diversion(d);
                         }
                     }
@@ -414,8 +477,9 @@ async fn run(
         let report = det.report(&annot, &gazetteer, now_s());
         crate::metrics::note_report(&report.diversions);
         publish_view(&c, &det, &report, &annot, &gazetteer);
-        for d in changed(&mut published, &report.diversions) {
-            tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, "diversion");
+        let fresh = changed(&mut published, &report.diversions);
+        for d in with_direction(&c, fresh).await {
+            tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, direction = %d.direction, "diversion");
             c.publish_diversion(d);
         }
         schedule_aliases(
