@@ -10,12 +10,14 @@
 //! - [`detect`]: diversion detection and triangulation (pure: no I/O, no clock).
 //! - [`live`]: live detection inside `tracemesh serve --adversary`.
 //! - [`deploy`]: inventory → cloud-init user-data.
+//! - [`formats`]: RIPE Atlas, scamper JSON and warts codecs (import and export).
 pub mod alias;
 pub mod annotate;
 pub mod ca;
 pub mod campaign;
 pub mod deploy;
 pub mod detect;
+pub mod formats;
 pub mod geo;
 pub mod live;
 pub mod server;

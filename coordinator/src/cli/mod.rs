@@ -12,6 +12,8 @@ pub mod campaign;
 pub mod client;
 pub mod deploy;
 pub mod diversions;
+pub mod export;
+pub mod import;
 pub mod json;
 pub mod parse;
 pub mod serve;
@@ -50,6 +52,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = diversions::annotation(&a)?;
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             diversions::run(&mut c, a, &loaded).await
+        }
+        Command::Import(a) => import::run(&cli.data, a),
+        Command::Export(a) => {
+            let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
+            export::run(&mut c, a).await
         }
         Command::Deploy(DeployCmd::Render(a)) => {
             deploy::render(&cli.data, cli.coordinator, cli.identity, a).await
