@@ -129,12 +129,17 @@ pub fn run(data: &Path, a: ImportArgs) -> anyhow::Result<()> {
         report.push((name, c));
     }
     for (name, source) in &vantages {
-        let meta = probes.get(name).cloned().unwrap_or_else(|| AgentMeta {
-            name: name.clone(),
-            tags: vec![source.to_string()],
-            ..Default::default()
-        });
         let existing = store.get_agent(name)?;
+        // Without probe metadata, a known vantage keeps what an earlier import gave it.
+        let meta = match (probes.get(name), &existing) {
+            (Some(m), _) => m.clone(),
+            (None, Some(_)) => continue,
+            (None, None) => AgentMeta {
+                name: name.clone(),
+                tags: vec![source.to_string()],
+                ..Default::default()
+            },
+        };
         if existing.as_ref().is_some_and(|e| e.meta == meta) {
             continue;
         }
