@@ -147,11 +147,7 @@ fn atlas_first_answers(v: &Value) -> Option<(Key, Hops)> {
             })
         });
         if let Some(r) = first {
-            hops.push((
-                ttl,
-                r["from"].as_str()?.to_string(),
-                us(r["rtt"].as_f64()?),
-            ));
+            hops.push((ttl, r["from"].as_str()?.to_string(), us(r["rtt"].as_f64()?)));
         }
     }
     Some((key, hops))
@@ -171,9 +167,12 @@ fn atlas_files_round_trip_through_store_and_export() {
         &[&[probes], inputs.as_slice()].concat(),
     );
     let first: Value = serde_json::from_str(&first).unwrap();
-    let again: Value =
-        serde_json::from_str(&tm(&data, &["import", "--format", "atlas", "--json"], &inputs))
-            .unwrap();
+    let again: Value = serde_json::from_str(&tm(
+        &data,
+        &["import", "--format", "atlas", "--json"],
+        &inputs,
+    ))
+    .unwrap();
     // Stored once however often imported.
     assert_eq!(again["stored"], 0, "{again}");
     assert_eq!(again["duplicates"], first["stored"], "{again}");
@@ -201,11 +200,18 @@ fn atlas_files_round_trip_through_store_and_export() {
         .filter(|a| !a["loc"].is_null() && a["country"] != "")
         .count();
     // The 77 results of msm 1033154 that ran come from probes the file describes.
-    assert!(with_loc >= 77, "{with_loc} vantages with metadata: {agents}");
+    assert!(
+        with_loc >= 77,
+        "{with_loc} vantages with metadata: {agents}"
+    );
     eprintln!("{with_loc} atlas vantages with country and position from the probe file");
 
     let out = dir.path().join("atlas-export.jsonl");
-    tm(&data, &["export", "--format", "atlas", "--out"], &[out.clone()]);
+    tm(
+        &data,
+        &["export", "--format", "atlas", "--out"],
+        &[out.clone()],
+    );
     let exported: BTreeMap<Key, Hops> = lines(&std::fs::read_to_string(&out).unwrap())
         .iter()
         .map(|v| atlas_first_answers(v).unwrap())
@@ -240,7 +246,10 @@ fn atlas_files_round_trip_through_store_and_export() {
 
 /// Per scamper JSON trace: (monitor if `by_monitor`, dst, start sec, usec) → each
 /// TTL's first reply.
-fn scamper_first_answers(text: &str, by_monitor: bool) -> BTreeMap<(String, String, u64, u64), Hops> {
+fn scamper_first_answers(
+    text: &str,
+    by_monitor: bool,
+) -> BTreeMap<(String, String, u64, u64), Hops> {
     let mut out = BTreeMap::new();
     let mut monitor = String::new();
     for v in lines(text) {
@@ -305,7 +314,14 @@ fn scamper_files_round_trip_and_scamper_reads_our_warts() {
     let out = dir.path().join("scamper-export.jsonl");
     tm(
         &data,
-        &["export", "--format", "scamper-json", "--campaign", "scamper", "--out"],
+        &[
+            "export",
+            "--format",
+            "scamper-json",
+            "--campaign",
+            "scamper",
+            "--out",
+        ],
         &[out.clone()],
     );
     let exported = scamper_first_answers(&std::fs::read_to_string(&out).unwrap(), false);
@@ -333,7 +349,11 @@ fn scamper_files_round_trip_and_scamper_reads_our_warts() {
     // Everything stored (Atlas and scamper) as warts, read back by scamper's own tool:
     // hop for hop what `traces --json` says.
     let w = dir.path().join("all.warts");
-    tm(&data, &["export", "--format", "warts", "--out"], &[w.clone()]);
+    tm(
+        &data,
+        &["export", "--format", "warts", "--out"],
+        &[w.clone()],
+    );
     let read_back = scamper_first_answers(&warts2json(&w), true);
     let traces = lines(&tm(
         &data,

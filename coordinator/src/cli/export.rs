@@ -107,8 +107,11 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyho
             .map(|m| atlas::probe_value(&m))
             .collect();
         let path = probes_path(&a.out);
-        std::fs::write(&path, serde_json::to_vec(&serde_json::json!({"objects": objects}))?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&serde_json::json!({"objects": objects}))?,
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
     }
     tracing::info!(traces = n, format = %a.format, out = %a.out.display(), "exported");
     eprintln!("exported {n} traces");

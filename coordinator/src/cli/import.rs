@@ -25,7 +25,9 @@ const BATCH: usize = 4096;
 pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut raw = Vec::new();
     if path == Path::new("-") {
-        std::io::stdin().read_to_end(&mut raw).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut raw)
+            .context("reading stdin")?;
     } else {
         raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     }

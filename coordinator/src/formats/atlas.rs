@@ -150,8 +150,8 @@ pub fn record(v: &Value) -> Result<Option<v1::TraceRecord>, String> {
                 continue;
             }
             let err = r.get("err");
-            let (ty, code) = icmp_of(err, from == dst, proto, v6)
-                .map_err(|e| format!("hop {ttl}: {e}"))?;
+            let (ty, code) =
+                icmp_of(err, from == dst, proto, v6).map_err(|e| format!("hop {ttl}: {e}"))?;
             reached |= from == dst;
             unreachable |= err.is_some() && from != dst;
             hop.rtt_ms = Some(rtt);
@@ -244,8 +244,18 @@ fn mpls(ext: Option<&Value>) -> Result<Vec<v1::MplsLabel>, String> {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for o in ext.get("obj").and_then(Value::as_array).into_iter().flatten() {
-        for l in o.get("mpls").and_then(Value::as_array).into_iter().flatten() {
+    for o in ext
+        .get("obj")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for l in o
+            .get("mpls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let field = |k: &str| small(l, k).map(|x| x.unwrap_or(0));
             out.push(v1::MplsLabel {
                 label: field("label")?,
@@ -372,12 +382,8 @@ pub fn probes(data: &[u8]) -> Result<Vec<(u64, AgentMeta)>, String> {
             .and_then(Value::as_array);
         // GeoJSON order: longitude first.
         let loc = coords.and_then(|c| Some((c.get(1)?.as_f64()?, c.first()?.as_f64()?)));
-        let loc = loc.or_else(|| {
-            Some((
-                p.get("latitude")?.as_f64()?,
-                p.get("longitude")?.as_f64()?,
-            ))
-        });
+        let loc =
+            loc.or_else(|| Some((p.get("latitude")?.as_f64()?, p.get("longitude")?.as_f64()?)));
         let asn = small(p, "asn_v4")
             .ok()
             .flatten()

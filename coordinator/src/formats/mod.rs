@@ -40,9 +40,15 @@ pub enum Item {
     Trace(Box<v1::TraceRecord>),
     /// A well-formed record that is not a traceroute we can store (a cycle marker, an
     /// MDA `tracelb`, an Atlas result that never ran because its name did not resolve).
-    Skipped { at: Position, why: String },
+    Skipped {
+        at: Position,
+        why: String,
+    },
     /// A record we could not read.
-    Malformed { at: Position, why: String },
+    Malformed {
+        at: Position,
+        why: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,18 +164,15 @@ fn find_key_array(data: &[u8], open: usize, key: &str) -> Option<usize> {
         if k == key {
             return (data.get(i) == Some(&b'[')).then_some(i);
         }
-        let mut v = serde_json::Deserializer::from_slice(&data[i..])
-            .into_iter::<serde::de::IgnoredAny>();
+        let mut v =
+            serde_json::Deserializer::from_slice(&data[i..]).into_iter::<serde::de::IgnoredAny>();
         v.next()?.ok()?;
         i += v.byte_offset();
     }
 }
 
 /// The elements of the JSON array opening at `open`, each with its byte offset.
-fn array_elements(
-    data: &[u8],
-    open: usize,
-) -> Vec<(Position, Result<serde_json::Value, String>)> {
+fn array_elements(data: &[u8], open: usize) -> Vec<(Position, Result<serde_json::Value, String>)> {
     let mut out = Vec::new();
     let mut i = open + 1;
     loop {
@@ -189,7 +192,8 @@ fn array_elements(
             _ => {}
         }
         let at = Position::Byte(i as u64);
-        let mut s = serde_json::Deserializer::from_slice(&data[i..]).into_iter::<serde_json::Value>();
+        let mut s =
+            serde_json::Deserializer::from_slice(&data[i..]).into_iter::<serde_json::Value>();
         match s.next() {
             Some(Ok(v)) => {
                 out.push((at, Ok(v)));

@@ -143,7 +143,9 @@ pub fn record(v: &Value, monitor: Option<&str>) -> Result<v1::TraceRecord, Strin
     };
     for (i, r) in replies.iter().enumerate() {
         let e = |m: String| format!("hops[{i}]: {m}");
-        let ttl = uint(r, "probe_ttl").map_err(e)?.ok_or_else(|| e("no probe_ttl".into()))?;
+        let ttl = uint(r, "probe_ttl")
+            .map_err(e)?
+            .ok_or_else(|| e("no probe_ttl".into()))?;
         if ttl == 0 || ttl > 255 {
             return Err(e(format!("probe_ttl out of range: {ttl}")));
         }
@@ -152,11 +154,24 @@ pub fn record(v: &Value, monitor: Option<&str>) -> Result<v1::TraceRecord, Strin
         }
         let rtt = r
             .get("rtt")
-            .map(|x| x.as_f64().ok_or_else(|| e(format!("rtt is not a number: {x}"))))
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| e(format!("rtt is not a number: {x}")))
+            })
             .transpose()?;
         let mut labels = Vec::new();
-        for ext in r.get("icmpext").and_then(Value::as_array).into_iter().flatten() {
-            for l in ext.get("mpls_labels").and_then(Value::as_array).into_iter().flatten() {
+        for ext in r
+            .get("icmpext")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for l in ext
+                .get("mpls_labels")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let f = |k: &str| uint(l, k).map(|x| x.unwrap_or(0)).map_err(e);
                 labels.push(v1::MplsLabel {
                     label: f("mpls_label")?,

@@ -236,7 +236,11 @@ impl<W: std::io::Write> Writer<W> {
             description: Some(cstring("tracemesh export")?),
             monitor_name: None,
         };
-        out.write_all(&Object::List(list.finalize()).to_bytes().map_err(unwritable)?)?;
+        out.write_all(
+            &Object::List(list.finalize())
+                .to_bytes()
+                .map_err(unwritable)?,
+        )?;
         Ok(Writer {
             out,
             cycle: None,
@@ -252,15 +256,20 @@ impl<W: std::io::Write> Writer<W> {
                 stop_time: self.last_start,
                 flags: Flags::default(),
             };
-            self.out
-                .write_all(&Object::CycleStop(stop.finalize()).to_bytes().map_err(unwritable)?)?;
+            self.out.write_all(
+                &Object::CycleStop(stop.finalize())
+                    .to_bytes()
+                    .map_err(unwritable)?,
+            )?;
         }
         Ok(())
     }
 
     pub fn write(&mut self, t: &v1::TraceRecord) -> Result<(), FormatError> {
         let sec = t.start.floor().clamp(0.0, f64::from(u32::MAX)) as u32;
-        let usec = ((t.start - f64::from(sec)) * 1e6).round().clamp(0.0, 999_999.0) as u32;
+        let usec = ((t.start - f64::from(sec)) * 1e6)
+            .round()
+            .clamp(0.0, 999_999.0) as u32;
         if self.cycle.as_ref().is_none_or(|(_, v)| *v != t.vantage) {
             let id = self.cycle.as_ref().map_or(1, |(id, _)| id + 1);
             self.stop_cycle()?;
@@ -275,13 +284,17 @@ impl<W: std::io::Write> Writer<W> {
                 stop_time: None,
                 hostname: Some(cstring(&t.vantage)?),
             };
-            self.out
-                .write_all(&Object::CycleStart(start.finalize()).to_bytes().map_err(unwritable)?)?;
+            self.out.write_all(
+                &Object::CycleStart(start.finalize())
+                    .to_bytes()
+                    .map_err(unwritable)?,
+            )?;
             self.cycle = Some((id, t.vantage.clone()));
         }
         self.last_start = sec;
         let ip = |s: &str| -> Result<IpAddr, FormatError> {
-            s.parse().map_err(|_| unwritable(format!("{s:?} is not an IP address")))
+            s.parse()
+                .map_err(|_| unwritable(format!("{s:?} is not an IP address")))
         };
         let small = |x: u32| u8::try_from(x).unwrap_or(u8::MAX);
         let mut hops = Vec::new();
@@ -296,7 +309,9 @@ impl<W: std::io::Write> Writer<W> {
                     reply_ttl: h.reply_ttl.map(small),
                     hop_flags: None,
                     probe_id: Some(0),
-                    rtt_usec: h.rtt_ms.map(|r| (r * 1000.0).round().clamp(0.0, f64::from(u32::MAX)) as u32),
+                    rtt_usec: h
+                        .rtt_ms
+                        .map(|r| (r * 1000.0).round().clamp(0.0, f64::from(u32::MAX)) as u32),
                     icmp_type: Some(h.icmp_type.map_or(0, small)),
                     icmp_code: Some(h.icmp_code.map_or(0, small)),
                     probe_size: None,
@@ -345,13 +360,17 @@ impl<W: std::io::Write> Writer<W> {
             stop_reason: Some(stop),
             stop_data: Some(0),
             trace_flags: None,
-            attempts: Some(small(t.hops.iter().map(|h| h.probes).max().unwrap_or(1).max(1))),
+            attempts: Some(small(
+                t.hops.iter().map(|h| h.probes).max().unwrap_or(1).max(1),
+            )),
             hop_limit: None,
             trace_type: Some(trace_type),
             probe_size: None,
             src_port: None,
             dst_port: None,
-            first_ttl: Some(small(t.hops.iter().map(|h| h.ttl).min().unwrap_or(1).max(1))),
+            first_ttl: Some(small(
+                t.hops.iter().map(|h| h.ttl).min().unwrap_or(1).max(1),
+            )),
             ip_tos: None,
             timeout_sec: None,
             allowed_loops: None,
@@ -371,8 +390,11 @@ impl<W: std::io::Write> Writer<W> {
             hops,
             eof: 0,
         };
-        self.out
-            .write_all(&Object::Traceroute(trace.finalize()).to_bytes().map_err(unwritable)?)?;
+        self.out.write_all(
+            &Object::Traceroute(trace.finalize())
+                .to_bytes()
+                .map_err(unwritable)?,
+        )?;
         Ok(())
     }
 
