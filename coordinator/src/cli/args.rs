@@ -63,8 +63,8 @@ pub enum Command {
     /// coordinator must be stopped), as traces from vantages `atlas:<prb_id>` and
     /// `scamper:<monitor>`; stored once however often imported.
     Import(ImportArgs),
-    /// Export stored traces from the running coordinator as warts, scamper JSON or
-    /// Atlas JSON.
+    /// Export stored traces from the running coordinator as warts, scamper JSON, Atlas
+    /// JSON or Hive-partitioned Parquet.
     Export(ExportArgs),
 }
 
@@ -88,9 +88,10 @@ pub struct ImportArgs {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Output format.
-    #[arg(long, value_parser = ["warts", "scamper-json", "atlas"])]
+    #[arg(long, value_parser = ["warts", "scamper-json", "atlas", "parquet"])]
     pub format: String,
-    /// Output file (`-`: stdout, JSON formats only). An Atlas export also writes
+    /// Output file (`-`: stdout, JSON formats only); for parquet a directory, filled
+    /// with date=YYYY-MM-DD/part-0.parquet. An Atlas export also writes
     /// OUT.probes.json, the vantages as Atlas probe objects.
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
@@ -105,6 +106,9 @@ pub struct ExportArgs {
     /// Only traces started at or before this RFC 3339 time.
     #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
     pub until: Option<i64>,
+    /// Parquet: with a prefix table (--pfx2as/--mrt), every hop also gets its origin AS.
+    #[command(flatten)]
+    pub annotation: AnnotationArgs,
 }
 
 #[derive(Debug, Subcommand)]

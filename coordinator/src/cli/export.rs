@@ -32,6 +32,9 @@ fn prb_id(vantage: &str) -> u32 {
 }
 
 pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyhow::Result<()> {
+    if a.format == "parquet" {
+        return run_parquet(c, a).await;
+    }
     let out: Box<dyn Write> = if a.out.as_os_str() == "-" {
         if a.format == "warts" {
             bail!("warts is binary: give --out a file");
@@ -43,18 +46,7 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyho
         )
     };
     let mut out = BufWriter::with_capacity(1 << 20, out);
-    let mut stream = c
-        .query_traces(v1::QueryTracesRequest {
-            campaign_id: a.campaign.clone(),
-            vantage: a.vantage.clone(),
-            dst: None,
-            since_ns: a.since,
-            until_ns: a.until,
-            limit: 0,
-        })
-        .await
-        .map_err(|s| status("export", s))?
-        .into_inner();
+    let mut stream = query(c, &a).await?;
     let mut n = 0u64;
     let mut vantages = std::collections::BTreeSet::new();
     match a.format.as_str() {
@@ -115,6 +107,47 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyho
     }
     tracing::info!(traces = n, format = %a.format, out = %a.out.display(), "exported");
     eprintln!("exported {n} traces");
+    Ok(())
+}
+
+async fn query(
+    c: &mut ConsumerServiceClient<Channel>,
+    a: &ExportArgs,
+) -> anyhow::Result<tonic::Streaming<v1::TraceRecord>> {
+    Ok(c.query_traces(v1::QueryTracesRequest {
+        campaign_id: a.campaign.clone(),
+        vantage: a.vantage.clone(),
+        dst: None,
+        since_ns: a.since,
+        until_ns: a.until,
+        limit: 0,
+    })
+    .await
+    .map_err(|s| status("export", s))?
+    .into_inner())
+}
+
+async fn run_parquet(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyhow::Result<()> {
+    if a.out.as_os_str() == "-" {
+        bail!("parquet is written as a directory of files: give --out a directory");
+    }
+    // Tables first: a typo in a path should not wait on the network.
+    let annot = if a.annotation.is_empty() {
+        None
+    } else {
+        Some(a.annotation.load()?.annot)
+    };
+    let asn = |s: &str| -> Option<u32> { annot.as_ref()?.annotate(s.parse().ok()?).asn };
+    let mut stream = query(c, &a).await?;
+    let mut w = formats::parquet::Writer::new(&a.out, &asn)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    let mut n = 0u64;
+    while let Some(t) = stream.message().await.map_err(|s| status("export", s))? {
+        w.write(t)?;
+        n += 1;
+    }
+    let files = w.finish()?;
+    eprintln!("exported {n} traces into {} parquet files", files.len());
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::fmt;
 use tracemesh_proto::v1;
 
 pub mod atlas;
+pub mod parquet;
 pub mod scamper_json;
 pub mod warts;
 

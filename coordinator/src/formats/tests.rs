@@ -263,3 +263,28 @@ fn measurement_dump_results_are_framed_with_offsets() {
     assert_eq!(source_of("scamper:x"), "scamper");
     assert_eq!(source_of("tokyo"), "agent");
 }
+
+#[test]
+fn partition_dates_are_utc_calendar_days() {
+    assert_eq!(parquet::date_of(0.0), "1970-01-01");
+    assert_eq!(parquet::date_of(951_782_400.0), "2000-02-29");
+    assert_eq!(parquet::date_of(1_381_825_021.0), "2013-10-15");
+    assert_eq!(parquet::date_of(1_796_145_083.9), "2026-12-01");
+    assert_eq!(parquet::date_of(-1.0), "1969-12-31");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// A batch holds every trace and hop, and each hop's address where it was.
+    #[test]
+    fn parquet_batch_keeps_rows_and_hops(ts in proptest::collection::vec(trace(), 0..6)) {
+        use arrow_array::Array as _;
+        let b = parquet::batch(&ts, &|_| Some(64500)).unwrap();
+        prop_assert_eq!(b.num_rows(), ts.len());
+        let hops = b.column_by_name("hops").unwrap();
+        let hops = hops.as_any().downcast_ref::<arrow_array::ListArray>().unwrap();
+        let n: usize = ts.iter().map(|t| t.hops.len()).sum();
+        prop_assert_eq!(hops.values().len(), n);
+    }
+}
