@@ -114,7 +114,8 @@ proptest! {
         let back = only_trace(atlas::decode(&line));
         prop_assert_eq!(answers(&back), answers(&t));
         prop_assert_eq!(&back.vantage, "atlas:42");
-        prop_assert_eq!((&back.campaign_id, back.round, back.start), (&t.campaign_id, t.round, t.start));
+        prop_assert_eq!((&back.campaign_id, back.round), (&t.campaign_id, t.round));
+        prop_assert_eq!(back.start.to_bits(), t.start.to_bits());
         for (a, b) in back.hops.iter().zip(&t.hops) {
             prop_assert_eq!(a.ttl, b.ttl);
             prop_assert_eq!(a.probes, b.probes);
