@@ -229,7 +229,7 @@ fn run() -> Result<(), String> {
         export("export sled store -> Atlas JSON", &mut |tr| {
             serde_json::to_writer(
                 &mut out,
-                &atlas::to_value(&tr, 1, formats::probe_id_for(&tr.vantage)),
+                &atlas::to_value(&tr, 1, formats::prb_id(&tr.vantage)),
             )
             .map_err(|x| e(&x))?;
             out.write_all(b"\n").map_err(|x| e(&x))

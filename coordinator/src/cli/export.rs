@@ -6,30 +6,13 @@ use std::io::{BufWriter, Write};
 
 use anyhow::{Context as _, bail};
 use tonic::transport::Channel;
-use tracemesh::formats::{self, atlas, scamper_json, warts};
+use tracemesh::formats::{self, atlas};
 use tracemesh::store::AgentMeta;
 use tracemesh_proto::v1;
 use tracemesh_proto::v1::consumer_service_client::ConsumerServiceClient;
 
 use super::args::ExportArgs;
 use super::client::status;
-
-/// Atlas numbers measurements: `atlas-N` (an imported one) keeps N, a campaign `cN`
-/// becomes N, any other name a stable hash of it.
-fn msm_id(campaign: &str) -> u64 {
-    let digits = campaign
-        .strip_prefix("atlas-")
-        .or_else(|| campaign.strip_prefix('c'))
-        .and_then(|d| d.parse::<u64>().ok());
-    digits.unwrap_or_else(|| u64::from(formats::probe_id_for(campaign)))
-}
-
-fn prb_id(vantage: &str) -> u32 {
-    vantage
-        .strip_prefix("atlas:")
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| formats::probe_id_for(vantage))
-}
 
 pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyhow::Result<()> {
     if a.format == "parquet" {
@@ -49,37 +32,15 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyho
     let mut stream = query(c, &a).await?;
     let mut n = 0u64;
     let mut vantages = std::collections::BTreeSet::new();
-    match a.format.as_str() {
-        "warts" => {
-            let mut w = warts::Writer::new(&mut out)?;
-            while let Some(t) = stream.message().await.map_err(|s| status("export", s))? {
-                w.write(&t)?;
-                vantages.insert(t.vantage.clone());
-                n += 1;
-            }
-            w.finish()?;
+    let mut enc = formats::Encoder::new(&a.format, &mut out)?;
+    while let Some(t) = stream.message().await.map_err(|s| status("export", s))? {
+        enc.write(&t)?;
+        if !vantages.contains(&t.vantage) {
+            vantages.insert(t.vantage.clone());
         }
-        fmt => {
-            let mut cycle: Option<String> = None;
-            while let Some(t) = stream.message().await.map_err(|s| status("export", s))? {
-                let v = if fmt == "atlas" {
-                    atlas::to_value(&t, msm_id(&t.campaign_id), prb_id(&t.vantage))
-                } else {
-                    if cycle.as_deref() != Some(&t.vantage) {
-                        let cs = scamper_json::cycle_start(&t.vantage, t.start.max(0.0) as u64);
-                        serde_json::to_writer(&mut out, &cs)?;
-                        out.write_all(b"\n")?;
-                        cycle = Some(t.vantage.clone());
-                    }
-                    scamper_json::to_value(&t)
-                };
-                serde_json::to_writer(&mut out, &v)?;
-                out.write_all(b"\n")?;
-                vantages.insert(t.vantage.clone());
-                n += 1;
-            }
-        }
+        n += 1;
     }
+    enc.finish()?;
     out.flush()?;
     drop(out);
     if a.format == "atlas" && a.out.as_os_str() != "-" {

@@ -229,6 +229,86 @@ fn array_elements(data: &[u8], open: usize) -> Vec<(Position, Result<serde_json:
     }
 }
 
+/// The byte formats a trace stream can be written in (Parquet is a directory: see
+/// [`parquet::Writer`]).
+pub const STREAM_FORMATS: [&str; 3] = ["warts", "scamper-json", "atlas"];
+
+/// Writes traces one by one in a stream format: what `tracemesh export` writes to a
+/// file and `ExportTraces` streams.
+#[derive(Debug)]
+pub enum Encoder<W: std::io::Write> {
+    Warts(warts::Writer<W>),
+    ScamperJson { out: W, cycle: Option<String> },
+    Atlas { out: W },
+}
+
+impl<W: std::io::Write> Encoder<W> {
+    pub fn new(format: &str, out: W) -> Result<Self, FormatError> {
+        match format {
+            "warts" => Ok(Encoder::Warts(warts::Writer::new(out)?)),
+            "scamper-json" => Ok(Encoder::ScamperJson { out, cycle: None }),
+            "atlas" => Ok(Encoder::Atlas { out }),
+            other => Err(FormatError::Unwritable {
+                what: "traces",
+                detail: format!("unknown format {other:?} (expected one of {STREAM_FORMATS:?})"),
+            }),
+        }
+    }
+
+    pub fn write(&mut self, t: &v1::TraceRecord) -> Result<(), FormatError> {
+        let json_err = |e: serde_json::Error| FormatError::Io(e.into());
+        match self {
+            Encoder::Warts(w) => w.write(t),
+            Encoder::ScamperJson { out, cycle } => {
+                // A cycle-start names the monitor (our vantage) for the traces after it.
+                if cycle.as_deref() != Some(t.vantage.as_str()) {
+                    let cs = scamper_json::cycle_start(&t.vantage, t.start.max(0.0) as u64);
+                    serde_json::to_writer(&mut *out, &cs).map_err(json_err)?;
+                    out.write_all(b"\n")?;
+                    *cycle = Some(t.vantage.clone());
+                }
+                serde_json::to_writer(&mut *out, &scamper_json::to_value(t)).map_err(json_err)?;
+                out.write_all(b"\n")?;
+                Ok(())
+            }
+            Encoder::Atlas { out } => {
+                let v = atlas::to_value(t, msm_id(&t.campaign_id), prb_id(&t.vantage));
+                serde_json::to_writer(&mut *out, &v).map_err(json_err)?;
+                out.write_all(b"\n")?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<W, FormatError> {
+        match self {
+            Encoder::Warts(w) => w.finish(),
+            Encoder::ScamperJson { mut out, .. } | Encoder::Atlas { mut out } => {
+                out.flush()?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Atlas numbers measurements: `atlas-N` (an imported one) keeps N, a campaign `cN`
+/// becomes N, any other name a stable hash of it.
+pub fn msm_id(campaign: &str) -> u64 {
+    let digits = campaign
+        .strip_prefix("atlas-")
+        .or_else(|| campaign.strip_prefix('c'))
+        .and_then(|d| d.parse::<u64>().ok());
+    digits.unwrap_or_else(|| u64::from(probe_id_for(campaign)))
+}
+
+/// Atlas numbers probes: `atlas:N` keeps N, any other vantage gets [`probe_id_for`].
+pub fn prb_id(vantage: &str) -> u32 {
+    vantage
+        .strip_prefix("atlas:")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| probe_id_for(vantage))
+}
+
 /// Shortest decimal that reads back as the same f64, as JSON.
 pub(crate) fn num(x: f64) -> serde_json::Value {
     serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, serde_json::Value::Number)
