@@ -1,6 +1,7 @@
 //! Import and export throughput over ≥ 1,000,000 traces, in traces/s, through the same
 //! code paths as `tracemesh import` and `tracemesh export`: Atlas JSON lines encoded,
-//! then decoded and ingested into a real sled store in the import's batches; the store
+//! then read (`formats::read_items`, line by line) and ingested into a real sled store
+//! in the import's batches; the store
 //! read back and written as warts, scamper JSON, Atlas JSON and Parquet. Then the peer:
 //! scamper's own `sc_warts2json` converting our warts file to JSON, against our
 //! warts → scamper JSON conversion of the same file (same input, same kind of output).
@@ -134,7 +135,6 @@ fn run() -> Result<(), String> {
         1 << 20,
         std::fs::File::open(&atlas_path).map_err(|x| e(&x))?,
     );
-    let mut chunk = Vec::with_capacity(1 << 22);
     let mut batch = Vec::with_capacity(BATCH);
     let mut stored = 0u64;
     let flush = |batch: &mut Vec<v1::TraceRecord>, stored: &mut u64| -> Result<(), String> {
@@ -146,29 +146,17 @@ fn run() -> Result<(), String> {
         batch.clear();
         Ok(())
     };
-    let mut lines = r.split(b'\n');
-    loop {
-        chunk.clear();
-        let mut k = 0;
-        for l in lines.by_ref() {
-            chunk.extend(l.map_err(|x| e(&x))?);
-            chunk.push(b'\n');
-            k += 1;
-            if k == BATCH {
-                break;
-            }
+    formats::read_items("atlas", r, &mut |item| -> Result<(), String> {
+        match item {
+            Item::Trace(t) => batch.push(*t),
+            other => return Err(format!("import: {other:?}")),
         }
-        if k == 0 {
-            break;
+        if batch.len() == BATCH {
+            flush(&mut batch, &mut stored)?;
         }
-        for item in atlas::decode(&chunk) {
-            match item {
-                Item::Trace(t) => batch.push(*t),
-                other => return Err(format!("import: {other:?}")),
-            }
-        }
-        flush(&mut batch, &mut stored)?;
-    }
+        Ok(())
+    })?;
+    flush(&mut batch, &mut stored)?;
     store.flush().map_err(|x| e(&x))?;
     let import_rate = rate("import Atlas JSON -> sled store", stored, t, None);
     check("import", stored, n)?;

@@ -4,7 +4,8 @@
 //! coordinator's ingest uses, so keys, indexes and duplicate detection are the same.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -21,30 +22,31 @@ use super::json::print_json;
 const LISTED: usize = 20;
 const BATCH: usize = 4096;
 
-/// The bytes of `path` (`-`: stdin), gunzipped or bunzipped when they are compressed.
-pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    if path == Path::new("-") {
-        std::io::stdin()
-            .read_to_end(&mut raw)
-            .context("reading stdin")?;
+/// A reader over `path` (`-`: stdin), gunzipped or bunzipped when the bytes say so
+/// (by magic, not by name: mirrors rename files freely).
+pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    let raw: Box<dyn Read> = if path == Path::new("-") {
+        Box::new(std::io::stdin())
     } else {
-        raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    }
-    let mut out = Vec::new();
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: bad gzip data", path.display()))?;
-        Ok(out)
-    } else if raw.starts_with(b"BZh") {
-        bzip2::read::MultiBzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: bad bzip2 data", path.display()))?;
-        Ok(out)
+        Box::new(File::open(path).with_context(|| format!("cannot read {}", path.display()))?)
+    };
+    let mut r = BufReader::with_capacity(1 << 20, raw);
+    let magic = r
+        .fill_buf()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(r),
+        ))
+    } else if magic.starts_with(b"BZh") {
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            bzip2::read::MultiBzDecoder::new(r),
+        ))
     } else {
-        Ok(raw)
-    }
+        Box::new(r)
+    })
 }
 
 #[derive(Debug, Default)]
@@ -56,24 +58,22 @@ struct Counts {
     malformed: u64,
 }
 
-pub fn decode(format: &str, data: &[u8]) -> Vec<Item> {
-    match format {
-        "atlas" => formats::atlas::decode(data),
-        "scamper-json" => formats::scamper_json::decode(data),
-        _ => formats::warts::decode(data),
-    }
-}
-
 pub fn run(data: &Path, a: ImportArgs) -> anyhow::Result<()> {
-    // Every input is read before the store is touched: a typo in the last path should
-    // not leave half an import behind.
+    // Paths are checked before the store is touched: a typo in the last one should not
+    // leave half an import behind.
     let probes: BTreeMap<String, AgentMeta> = match &a.atlas_probes {
         None => BTreeMap::new(),
-        Some(p) => formats::atlas::probes(&read_input(p)?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-            .into_iter()
-            .map(|(_, m)| (m.name.clone(), m))
-            .collect(),
+        Some(p) => formats::atlas::probes(&{
+            let mut b = Vec::new();
+            open_input(p)?
+                .read_to_end(&mut b)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            b
+        })
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        .into_iter()
+        .map(|(_, m)| (m.name.clone(), m))
+        .collect(),
     };
     for f in &a.files {
         if f != Path::new("-") && !f.exists() {
@@ -86,18 +86,18 @@ pub fn run(data: &Path, a: ImportArgs) -> anyhow::Result<()> {
     let mut vantages: BTreeMap<String, &'static str> = BTreeMap::new();
     let mut total = Counts::default();
     for path in &a.files {
-        let bytes = read_input(path)?;
         let name = display(path);
         let mut c = Counts::default();
         let mut batch: Vec<v1::TraceRecord> = Vec::with_capacity(BATCH);
         let mut listed = 0;
-        for item in decode(&a.format, &bytes) {
+        let input = open_input(path)?;
+        formats::read_items(&a.format, input, &mut |item| -> anyhow::Result<()> {
             match item {
                 Item::Trace(mut t) => {
                     t.received_at_ns = now;
-                    vantages
-                        .entry(t.vantage.clone())
-                        .or_insert(formats::source_of(&t.vantage));
+                    if !vantages.contains_key(&t.vantage) {
+                        vantages.insert(t.vantage.clone(), formats::source_of(&t.vantage));
+                    }
                     batch.push(*t);
                     if batch.len() == BATCH {
                         ingest(&store, &mut batch, &mut c)?;
@@ -115,7 +115,11 @@ pub fn run(data: &Path, a: ImportArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-        }
+            Ok(())
+        })
+        .with_context(|| {
+            format!("{name}: reading stopped (traces before this point were stored)")
+        })?;
         ingest(&store, &mut batch, &mut c)?;
         if c.malformed > listed as u64 {
             eprintln!(

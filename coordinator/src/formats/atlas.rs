@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 use tracemesh_proto::v1;
 
-use super::{Item, Origin, json_records, num};
+use super::{Item, Origin, Position, json_records, num};
 use crate::store::AgentMeta;
 
 /// Every record of an Atlas document: JSON lines, a JSON array, or a measurement dump
@@ -21,16 +21,35 @@ pub fn decode(data: &[u8]) -> Vec<Item> {
         .into_iter()
         .map(|(at, v)| match v {
             Err(why) => Item::Malformed { at, why },
-            Ok(v) => match record(&v) {
-                Ok(Some(t)) => Item::Trace(Box::new(t)),
-                Ok(None) => Item::Skipped {
-                    at,
-                    why: skipped_why(&v),
-                },
-                Err(why) => Item::Malformed { at, why },
-            },
+            Ok(v) => item_of(at, &v),
         })
         .collect()
+}
+
+/// One line of a JSON-lines input (`lineno` 1-based); `None` for a blank line.
+pub fn decode_line(lineno: u64, line: &[u8]) -> Option<Item> {
+    if line.iter().all(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    let at = Position::Line(lineno);
+    Some(match serde_json::from_slice::<Value>(line) {
+        Err(e) => Item::Malformed {
+            at,
+            why: e.to_string(),
+        },
+        Ok(v) => item_of(at, &v),
+    })
+}
+
+fn item_of(at: Position, v: &Value) -> Item {
+    match record(v) {
+        Ok(Some(t)) => Item::Trace(Box::new(t)),
+        Ok(None) => Item::Skipped {
+            at,
+            why: skipped_why(v),
+        },
+        Err(why) => Item::Malformed { at, why },
+    }
 }
 
 fn skipped_why(v: &Value) -> String {

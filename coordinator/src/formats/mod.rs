@@ -62,6 +62,12 @@ pub enum FormatError {
     Io(#[from] std::io::Error),
 }
 
+impl From<FormatError> for String {
+    fn from(e: FormatError) -> String {
+        e.to_string()
+    }
+}
+
 /// Where a stored trace came from, from its vantage's name: `atlas:` and `scamper:`
 /// vantages are imported, every other one is one of our agents.
 pub fn source_of(vantage: &str) -> &'static str {
@@ -226,6 +232,69 @@ fn array_elements(data: &[u8], open: usize) -> Vec<(Position, Result<serde_json:
                 return out;
             }
         }
+    }
+}
+
+/// The formats `tracemesh import` reads.
+pub const IMPORT_FORMATS: [&str; 3] = ["atlas", "scamper-json", "warts"];
+
+/// Calls `f` with every record of `input` in `format`, as it is read: JSON lines one
+/// line at a time (a file of any size in bounded memory); an Atlas array or measurement
+/// dump, and a warts file, read whole first (they cannot be framed line by line).
+pub fn read_items<E: From<FormatError>>(
+    format: &str,
+    mut input: impl std::io::BufRead,
+    f: &mut dyn FnMut(Item) -> Result<(), E>,
+) -> Result<(), E> {
+    let io = |e: std::io::Error| E::from(FormatError::Io(e));
+    match format {
+        "warts" => {
+            let mut data = Vec::new();
+            input.read_to_end(&mut data).map_err(io)?;
+            for item in warts::Objects::new(&data) {
+                f(item)?;
+            }
+            Ok(())
+        }
+        "atlas" | "scamper-json" => {
+            let mut line = Vec::new();
+            input.read_until(b'\n', &mut line).map_err(io)?;
+            let head = line.trim_ascii_start();
+            let whole = format == "atlas"
+                && (head.starts_with(b"[")
+                    || match serde_json::from_slice::<serde_json::Value>(&line) {
+                        // A document over several lines.
+                        Err(_) => !head.is_empty(),
+                        Ok(v) => v.get("results").is_some_and(serde_json::Value::is_array),
+                    });
+            if whole {
+                input.read_to_end(&mut line).map_err(io)?;
+                for item in atlas::decode(&line) {
+                    f(item)?;
+                }
+                return Ok(());
+            }
+            let mut scamper = scamper_json::Decoder::default();
+            let mut lineno = 1;
+            while !line.is_empty() {
+                let item = if format == "atlas" {
+                    atlas::decode_line(lineno, &line)
+                } else {
+                    scamper.line(lineno, &line)
+                };
+                if let Some(item) = item {
+                    f(item)?;
+                }
+                line.clear();
+                input.read_until(b'\n', &mut line).map_err(io)?;
+                lineno += 1;
+            }
+            Ok(())
+        }
+        other => Err(E::from(FormatError::Unwritable {
+            what: "import",
+            detail: format!("unknown format {other:?} (expected one of {IMPORT_FORMATS:?})"),
+        })),
     }
 }
 

@@ -289,3 +289,35 @@ proptest! {
         prop_assert_eq!(hops.values().len(), n);
     }
 }
+
+#[test]
+fn read_items_streams_lines_and_frames_documents() {
+    let mut items = Vec::new();
+    let lines = b"{\"type\":\"traceroute\"}\n\nnot json\n";
+    read_items::<FormatError>("atlas", &lines[..], &mut |i| {
+        items.push(i);
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        matches!(&items[..], [Item::Malformed { at: Position::Line(1), why }, Item::Malformed { at: Position::Line(3), .. }] if why.contains("prb_id")),
+        "{items:?}"
+    );
+    // A measurement dump on one line, and one over several lines.
+    let result = r#"{"type":"traceroute","msm_id":1,"prb_id":2,"timestamp":3,"dst_addr":"192.0.2.1","result":[{"hop":1,"result":[{"from":"192.0.2.1","rtt":1.0}]}]}"#;
+    for doc in [
+        format!("{{\"results\": [{result}]}}"),
+        format!("{{\n \"results\": [\n  {result}\n ]\n}}\n"),
+        format!("[\n{result}\n]"),
+    ] {
+        items.clear();
+        read_items::<FormatError>("atlas", doc.as_bytes(), &mut |i| {
+            items.push(i);
+            Ok(())
+        })
+        .unwrap();
+        assert!(matches!(&items[..], [Item::Trace(_)]), "{doc}: {items:?}");
+    }
+    let e = read_items::<FormatError>("csv", &b""[..], &mut |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("unknown format"));
+}

@@ -22,72 +22,95 @@ use super::{FormatError, Item, Position};
 /// Every object of a warts file. A damaged object ends the file: warts has no
 /// resynchronisation marker, so nothing after it can be framed.
 pub fn decode(data: &[u8]) -> Vec<Item> {
-    let mut out = Vec::new();
-    let mut monitor: Option<String> = None;
-    let mut off = 0usize;
-    while off < data.len() {
-        let at = Position::Byte(off as u64);
-        let rest = &data[off..];
+    Objects::new(data).collect()
+}
+
+/// The objects of a warts file one by one, as [`Item`]s.
+#[derive(Debug)]
+pub struct Objects<'a> {
+    data: &'a [u8],
+    off: usize,
+    monitor: Option<String>,
+    done: bool,
+}
+
+impl<'a> Objects<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Objects {
+            data,
+            off: 0,
+            monitor: None,
+            done: false,
+        }
+    }
+
+    fn fail(&mut self, at: Position, why: String) -> Option<Item> {
+        self.done = true;
+        Some(Item::Malformed { at, why })
+    }
+}
+
+impl Iterator for Objects<'_> {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        if self.done || self.off >= self.data.len() {
+            return None;
+        }
+        let at = Position::Byte(self.off as u64);
+        let rest = &self.data[self.off..];
         // A header is magic (2), type (2), length (4); the crate takes the length as
         // the object's first field.
         if rest.len() < 8 {
-            out.push(Item::Malformed {
+            return self.fail(
                 at,
-                why: format!("truncated object header ({} bytes left)", rest.len()),
-            });
-            break;
+                format!("truncated object header ({} bytes left)", rest.len()),
+            );
+        }
+        if rest[..2] != [0x12, 0x05] {
+            return self.fail(at, "not a warts object (bad magic)".into());
         }
         let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
         let Some(obj) = rest.get(..8 + len) else {
-            out.push(Item::Malformed {
+            return self.fail(
                 at,
-                why: format!("object of {len} bytes runs past the end of the file"),
-            });
-            break;
+                format!("object of {len} bytes runs past the end of the file"),
+            );
         };
-        off += 8 + len;
+        self.off += 8 + len;
         let ty = u16::from_be_bytes([obj[2], obj[3]]);
-        if obj[..2] != [0x12, 0x05] {
-            out.push(Item::Malformed {
-                at,
-                why: "not a warts object (bad magic)".into(),
-            });
-            break;
-        }
         // Only the types this module uses are handed to the crate.
         if !matches!(ty, 0x0001 | 0x0002 | 0x0003 | 0x0004 | 0x0006) {
-            out.push(Item::Skipped {
+            return Some(Item::Skipped {
                 at,
                 why: format!("warts object type {ty:#06x}"),
             });
-            continue;
         }
-        match Object::from_bytes((obj, 0)) {
-            Err(e) => out.push(Item::Malformed {
+        Some(match Object::from_bytes((obj, 0)) {
+            Err(e) => Item::Malformed {
                 at,
                 why: format!("warts: {e}"),
-            }),
+            },
             Ok((_, Object::CycleStart(c) | Object::CycleDefinition(c))) => {
-                monitor = c
+                self.monitor = c
                     .hostname
                     .and_then(|h| h.into_string().ok())
                     .filter(|h| !h.is_empty());
-                out.push(Item::Skipped {
+                Item::Skipped {
                     at,
                     why: "cycle start".into(),
-                });
+                }
             }
-            Ok((_, Object::Traceroute(t))) => match record(&t, monitor.as_deref()) {
-                Ok(r) => out.push(Item::Trace(Box::new(r))),
-                Err(why) => out.push(Item::Malformed { at, why }),
+            Ok((_, Object::Traceroute(t))) => match record(&t, self.monitor.as_deref()) {
+                Ok(r) => Item::Trace(Box::new(r)),
+                Err(why) => Item::Malformed { at, why },
             },
-            Ok(_) => out.push(Item::Skipped {
+            Ok(_) => Item::Skipped {
                 at,
                 why: format!("warts object type {ty:#06x}"),
-            }),
-        }
+            },
+        })
     }
-    out
 }
 
 fn ip_of(a: &Address) -> Option<IpAddr> {
