@@ -38,7 +38,7 @@ fn trace(i: u64) -> v1::TraceRecord {
     );
     let hops = (1..=12u32)
         .map(|ttl| {
-            let silent = (i + u64::from(ttl)) % 6 == 0;
+            let silent = (i + u64::from(ttl)).is_multiple_of(6);
             let router = (vantage * 7 + u64::from(ttl) * 131 + dst_n % 17) % 4000;
             v1::Hop {
                 ttl,

@@ -210,7 +210,7 @@ fn atlas_files_round_trip_through_store_and_export() {
     tm(
         &data,
         &["export", "--format", "atlas", "--out"],
-        &[out.clone()],
+        std::slice::from_ref(&out),
     );
     let exported: BTreeMap<Key, Hops> = lines(&std::fs::read_to_string(&out).unwrap())
         .iter()
@@ -322,7 +322,7 @@ fn scamper_files_round_trip_and_scamper_reads_our_warts() {
             "scamper",
             "--out",
         ],
-        &[out.clone()],
+        std::slice::from_ref(&out),
     );
     let exported = scamper_first_answers(&std::fs::read_to_string(&out).unwrap(), false);
     let mut originals = 0;
@@ -352,7 +352,7 @@ fn scamper_files_round_trip_and_scamper_reads_our_warts() {
     tm(
         &data,
         &["export", "--format", "warts", "--out"],
-        &[w.clone()],
+        std::slice::from_ref(&w),
     );
     let read_back = scamper_first_answers(&warts2json(&w), true);
     let traces = lines(&tm(
