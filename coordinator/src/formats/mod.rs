@@ -88,24 +88,7 @@ pub struct Origin {
     pub campaign: String,
     pub round: u32,
     pub vantage: String,
-    /// As text: serde_json's number parser may be one unit in the last place off, and
-    /// a round's start must come back bit for bit (detection reports it).
-    #[serde(with = "exact_f64")]
     pub start: f64,
-}
-
-mod exact_f64 {
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        // `Display` for f64 is the shortest text that parses back to the same value.
-        s.collect_str(x)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl Origin {
