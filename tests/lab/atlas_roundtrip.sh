@@ -2,13 +2,17 @@
 # Detection over imported Atlas traces, end to end: a lab run (root, network namespaces),
 # its traces exported as Atlas JSON, a fresh store, the export re-imported with its probe
 # file, and `tracemesh diversions` run again with the lab's tables: the same records.
-# usage: tests/lab/atlas_roundtrip.sh SCENARIO.toml [OUT_DIR]   (BIN: the binaries' dir)
+# usage: tests/lab/atlas_roundtrip.sh SCENARIO.toml [OUT_DIR [--reuse]]  (BIN: the binaries)
+#   --reuse: OUT_DIR already holds that scenario's lab run (CI's), do not run it again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
 SCEN=$1
 OUT=${2:-$(mktemp -d)/lab}
-"$BIN/tracemesh-lab" run "$SCEN" --out "$OUT" >"$OUT.lab.json"
+if [ "${3:-}" != "--reuse" ]; then
+  "$BIN/tracemesh-lab" run "$SCEN" --out "$OUT" >"$OUT.lab.json"
+fi
+[ -d "$OUT/coordinator" ] || { echo "no lab run in $OUT" >&2; exit 1; }
 ADV=$(python3 -c 'import sys,tomllib; print(" ".join(f"--adversary {a}" for a in tomllib.load(open(sys.argv[1],"rb"))["adversary_asns"]))' "$SCEN")
 TABLES=(--pfx2as "$OUT/inputs/pfx2as.txt" --asnames "$OUT/inputs/asnames.json")
 PIDS=()
