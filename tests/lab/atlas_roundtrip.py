@@ -3,10 +3,12 @@ found with those found after its traces went out as Atlas JSON (`tracemesh expor
 --format atlas`) and came back into an empty store (`tracemesh import --format atlas`),
 where every vantage is `atlas:<prb_id>`. Vantage names are mapped back through the
 export's probe file (`description` holds the name); everything else must be equal,
-except what alias resolution's echo RTTs feed (the detector's best RTT per vantage and
-router, `Detector::observe_echo`): Atlas JSON carries traces, not the lab coordinator's
-alias results, so the normal path's per-hop best RTTs and the ingress position's
-constraints, radius and position may differ. Those differences are listed, not failed.
+except what the lab coordinator's alias results feed: Atlas JSON carries traces, not
+alias results, so echo RTTs (the detector's best RTT per vantage and router,
+`Detector::observe_echo`: the normal path's per-hop best RTTs, the ingress position's
+constraints, radius and position) and alias sets (`ingress.router`, and an
+`ingress.owner_rule` of `alias-group` before) may differ. Those differences are listed,
+not failed; everything else (who, where, when, which routers, AS paths) must be equal.
 
 usage: atlas_roundtrip.py ORIGINAL_DIVERSIONS_JSON REIMPORTED_DIVERSIONS_JSON PROBES_JSON
 """
@@ -37,8 +39,9 @@ def main():
         d = json.loads(json.dumps(d))
         fed = {}
         ing = d.get("ingress", {})
-        for k in ("loc", "radius_km", "constraints"):
+        for k in ("loc", "radius_km", "constraints", "router"):
             fed[f"ingress.{k}"] = ing.pop(k, None)
+        fed["ingress.owner_rule"] = ing.get("owner_rule")
         for h in d.get("evidence", {}).get("normal_path", []):
             fed[f"normal_path[ttl {h['ttl']}].rtt_ms"] = h.pop("rtt_ms", None)
         return d, fed
@@ -46,6 +49,14 @@ def main():
     bad = 0
     for x, y in zip(o, b):
         (xs, xf), (ys, yf) = strip(x), strip(y)
+        # Only alias knowledge the original had may be missing: an owner rule other
+        # than alias-group before must be the same after.
+        if xf["ingress.owner_rule"] == "alias-group":
+            xs["ingress"].pop("owner_rule", None)
+            ys["ingress"].pop("owner_rule", None)
+        else:
+            xf.pop("ingress.owner_rule")
+            yf.pop("ingress.owner_rule")
         for k in sorted(set(xs) | set(ys)):
             if xs.get(k) != ys.get(k):
                 bad += 1
@@ -53,7 +64,7 @@ def main():
         for k in sorted(set(xf) | set(yf)):
             if xf.get(k) != yf.get(k):
                 echo_fed += 1
-                print(f"{x['vantage']} -> {x['target']}: {k} {xf.get(k)} -> {yf.get(k)} (fed by alias echo RTTs, not in Atlas JSON)")
+                print(f"{x['vantage']} -> {x['target']}: {k} {xf.get(k)} -> {yf.get(k)} (fed by alias results, not in Atlas JSON)")
 
     def inc(doc):
         return [{k: v for k, v in i.items() if k != "ingress_loc"} for i in doc.get("incidents", [])]
@@ -65,7 +76,7 @@ def main():
         sys.exit(f"{bad} differences in {len(o)} records")
     print(f"{len(o)} diversion records and {len(orig.get('incidents', []))} incidents: "
           "equal after export as Atlas JSON, a fresh store and re-import "
-          f"({echo_fed} values fed by alias echo RTTs differ, listed above)")
+          f"({echo_fed} values fed by alias results differ, listed above)")
 
 
 if __name__ == "__main__":
