@@ -7,7 +7,8 @@ except what the lab coordinator's alias results feed: Atlas JSON carries traces,
 alias results, so echo RTTs (the detector's best RTT per vantage and router,
 `Detector::observe_echo`: the normal path's per-hop best RTTs, the ingress position's
 constraints, radius and position) and alias sets (`ingress.router`, and an
-`ingress.owner_rule` of `alias-group` before) may differ. Those differences are listed,
+`ingress.owner_rule` of `alias-group` before, with the `max_rtt_jump_ms` measured from
+the hop that rule picked) may differ. Those differences are listed,
 not failed; everything else (who, where, when, which routers, AS paths) must be equal.
 
 usage: atlas_roundtrip.py ORIGINAL_DIVERSIONS_JSON REIMPORTED_DIVERSIONS_JSON PROBES_JSON
@@ -54,6 +55,10 @@ def main():
         if xf["ingress.owner_rule"] == "alias-group":
             xs["ingress"].pop("owner_rule", None)
             ys["ingress"].pop("owner_rule", None)
+            # The RTT jump is measured from the ingress hop on, and which hop that is
+            # follows the owner rule.
+            for d, f in ((xs, xf), (ys, yf)):
+                f["evidence.max_rtt_jump_ms"] = d["evidence"].pop("max_rtt_jump_ms", None)
         else:
             xf.pop("ingress.owner_rule")
             yf.pop("ingress.owner_rule")
