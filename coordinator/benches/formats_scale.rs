@@ -4,7 +4,9 @@
 //! in the import's batches; the store
 //! read back and written as warts, scamper JSON, Atlas JSON and Parquet. Then the peer:
 //! scamper's own `sc_warts2json` converting our warts file to JSON, against our
-//! warts → scamper JSON conversion of the same file (same input, same kind of output).
+//! warts → scamper JSON conversion of the same file (same input, same kind of output;
+//! theirs is written to a pipe and counted, ours to a byte counter). JSON exports are
+//! counted, not written to disk; warts and Parquet are written to `TM_BENCH_DIR`.
 //!
 //! Traces are synthetic and shaped like a mesh's: 200 vantages, 12 TTLs, routers shared
 //! between paths, one silent TTL in six, MPLS labels on some hops. Every stage checks
@@ -79,6 +81,20 @@ fn trace(i: u64) -> v1::TraceRecord {
     }
 }
 
+/// Where JSON exports go: counted, not kept (they would take gigabytes at 1M traces).
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len() as u64;
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn rate(what: &str, n: u64, t: Instant, bytes: Option<u64>) -> f64 {
     let s = t.elapsed().as_secs_f64();
     let r = n as f64 / s;
@@ -105,8 +121,23 @@ fn run() -> Result<(), String> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let e = |e: &dyn std::fmt::Display| e.to_string();
+    // TM_BENCH_DIR: where the input, the store and the warts file go (about 5 GB at
+    // 1M traces; a tmpfs such as /dev/shm keeps a small disk out of it).
+    let dir = match std::env::var_os("TM_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| e.to_string())?;
+    // The whole chain: a store error's cause is in its source.
+    let e = |e: &dyn std::error::Error| {
+        let mut s = e.to_string();
+        let mut src = e.source();
+        while let Some(c) = src {
+            s.push_str(&format!(": {c}"));
+            src = c.source();
+        }
+        s
+    };
     println!("formats_scale: {n} traces of 12 TTLs, 200 vantages");
 
     // Export side without the store: encoding alone.
@@ -199,10 +230,7 @@ fn run() -> Result<(), String> {
         ww.finish().map_err(|x| e(&x))?;
     }
     {
-        let mut out = BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(dir.path().join("out.scamper.jsonl")).map_err(|x| e(&x))?,
-        );
+        let mut out = BufWriter::with_capacity(1 << 20, Counter(0));
         export("export sled store -> scamper JSON", &mut |tr| {
             serde_json::to_writer(&mut out, &scamper_json::to_value(&tr)).map_err(|x| e(&x))?;
             out.write_all(b"\n").map_err(|x| e(&x))
@@ -210,10 +238,7 @@ fn run() -> Result<(), String> {
         out.flush().map_err(|x| e(&x))?;
     }
     {
-        let mut out = BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(dir.path().join("out.atlas.jsonl")).map_err(|x| e(&x))?,
-        );
+        let mut out = BufWriter::with_capacity(1 << 20, Counter(0));
         export("export sled store -> Atlas JSON", &mut |tr| {
             serde_json::to_writer(
                 &mut out,
@@ -237,10 +262,7 @@ fn run() -> Result<(), String> {
     // The peer: warts -> scamper JSON, by scamper and by us, same file.
     let t = Instant::now();
     let data = std::fs::read(&warts_path).map_err(|x| e(&x))?;
-    let mut out = BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(dir.path().join("ours.json")).map_err(|x| e(&x))?,
-    );
+    let mut out = BufWriter::with_capacity(1 << 20, Counter(0));
     let mut k = 0u64;
     for item in warts::decode(&data) {
         if let Item::Trace(tr) = item {

@@ -29,7 +29,8 @@ fn hop(ttl: u32) -> impl Strategy<Value = v1::Hop> {
             v1::Hop {
                 ttl,
                 // Any double, as lab RTTs are (differences of clock readings).
-                rtt_ms: answered.then_some(f64::from(rtt_us) / 1000.0 + f64::from(rtt_us % 7) * 1e-9 / 3.0),
+                rtt_ms: answered
+                    .then_some(f64::from(rtt_us) / 1000.0 + f64::from(rtt_us % 7) * 1e-9 / 3.0),
                 icmp_type: answered.then_some(11),
                 icmp_code: answered.then_some(0),
                 reply_ttl: reply_ttl.filter(|_| answered),
