@@ -150,7 +150,7 @@ fn run() -> Result<(), String> {
     for i in 0..n {
         let mut tr = trace(i);
         tr.vantage = format!("atlas:{}", i % 200 + 1);
-        serde_json::to_writer(&mut w, &atlas::to_value(&tr, 1, (i % 200 + 1) as u32))
+        serde_json::to_writer(&mut w, &atlas::result(&tr, 1, (i % 200 + 1) as u32))
             .map_err(|x| e(&x))?;
         w.write_all(b"\n").map_err(|x| e(&x))?;
     }
@@ -242,7 +242,7 @@ fn run() -> Result<(), String> {
         export("export sled store -> Atlas JSON", &mut |tr| {
             serde_json::to_writer(
                 &mut out,
-                &atlas::to_value(&tr, 1, formats::prb_id(&tr.vantage)),
+                &atlas::result(&tr, 1, formats::prb_id(&tr.vantage)),
             )
             .map_err(|x| e(&x))?;
             out.write_all(b"\n").map_err(|x| e(&x))

@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 use tracemesh_proto::v1;
 
-use super::{Item, Origin, Position, json_records, num};
+use super::{Item, Origin, Position, json_records};
 use crate::store::AgentMeta;
 
 /// Every record of an Atlas document: JSON lines, a JSON array, or a measurement dump
@@ -291,64 +291,151 @@ fn mpls(ext: Option<&Value>) -> Result<Vec<v1::MplsLabel>, String> {
 /// vantages have names, Atlas numbers); the record also carries `"tracemesh"`
 /// ([`Origin`]) so a re-import keeps its campaign, round and exact start.
 pub fn to_value(t: &v1::TraceRecord, msm_id: u64, prb_id: u32) -> Value {
+    serde_json::to_value(result(t, msm_id, prb_id)).unwrap_or(Value::Null)
+}
+
+/// [`to_value`] as a typed value, serialised without building a JSON tree (what the
+/// export writes).
+pub fn result(t: &v1::TraceRecord, msm_id: u64, prb_id: u32) -> AtlasResult<'_> {
     let v6 = t.dst.contains(':');
     let proto = match v1::ProbeProtocol::try_from(t.proto) {
         Ok(v1::ProbeProtocol::Udp) => "UDP",
         Ok(v1::ProbeProtocol::Tcp) => "TCP",
         _ => "ICMP",
     };
-    let hops: Vec<Value> = t
+    let hops = t
         .hops
         .iter()
         .map(|h| {
             let mut replies = Vec::new();
             if let (Some(a), Some(rtt)) = (&h.addr, h.rtt_ms) {
-                let mut r = json!({"from": a, "rtt": num(rtt)});
-                if let Some(ttl) = h.reply_ttl {
-                    r["ttl"] = json!(ttl);
-                }
-                if let Some(q) = h.quoted_ttl {
-                    r["ittl"] = json!(q);
-                }
-                if let Some(e) = err_of(h, v6) {
-                    r["err"] = e;
-                }
-                if !h.mpls.is_empty() {
-                    r["icmpext"] = json!({"version": 2, "rfc4884": 0, "obj": [{
-                        "class": 1, "type": 1,
-                        "mpls": h.mpls.iter().map(|m| json!({
-                            "label": m.label, "exp": m.tc, "s": u32::from(m.s), "ttl": m.ttl
-                        })).collect::<Vec<_>>(),
-                    }]});
-                }
-                replies.push(r);
+                replies.push(Reply::Answer {
+                    from: a,
+                    rtt,
+                    ttl: h.reply_ttl,
+                    ittl: h.quoted_ttl,
+                    err: err_of(h, v6),
+                    icmpext: (!h.mpls.is_empty()).then(|| IcmpExt {
+                        version: 2,
+                        rfc4884: 0,
+                        obj: [ExtObj {
+                            class: 1,
+                            ty: 1,
+                            mpls: h
+                                .mpls
+                                .iter()
+                                .map(|m| Mpls {
+                                    label: m.label,
+                                    exp: m.tc,
+                                    s: u32::from(m.s),
+                                    ttl: m.ttl,
+                                })
+                                .collect(),
+                        }],
+                    }),
+                });
             }
             let silent = h.probes.saturating_sub(replies.len() as u32);
             for _ in 0..silent.max(u32::from(replies.is_empty())) {
-                replies.push(json!({"x": "*"}));
+                replies.push(Reply::Star { x: "*" });
             }
-            json!({"hop": h.ttl, "result": replies})
+            HopResult {
+                hop: h.ttl,
+                result: replies,
+            }
         })
         .collect();
     let ts = t.start.floor().max(0.0) as u64;
     let end = t.hops.iter().filter_map(|h| h.rtt_ms).fold(0.0, f64::max);
-    json!({
-        "type": "traceroute",
-        "msm_id": msm_id,
-        "prb_id": prb_id,
-        "af": if v6 { 6 } else { 4 },
-        "proto": proto,
-        "dst_addr": t.dst,
-        "dst_name": t.dst,
-        "src_addr": t.src.clone().unwrap_or_default(),
-        "from": t.src.clone().unwrap_or_default(),
-        "timestamp": ts,
-        "endtime": (t.start + end / 1000.0).ceil().max(ts as f64) as u64,
-        "paris_id": 0,
-        "msm_name": "Traceroute",
-        "result": hops,
-        "tracemesh": Origin::of(t),
-    })
+    let src = t.src.as_deref().unwrap_or("");
+    AtlasResult {
+        ty: "traceroute",
+        msm_id,
+        prb_id,
+        af: if v6 { 6 } else { 4 },
+        proto,
+        dst_addr: &t.dst,
+        dst_name: &t.dst,
+        src_addr: src,
+        from: src,
+        timestamp: ts,
+        endtime: (t.start + end / 1000.0).ceil().max(ts as f64) as u64,
+        paris_id: 0,
+        msm_name: "Traceroute",
+        result: hops,
+        tracemesh: Origin::of(t),
+    }
+}
+
+/// An Atlas traceroute result as our export writes it (fields as Atlas names them).
+#[derive(Debug, serde::Serialize)]
+pub struct AtlasResult<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    msm_id: u64,
+    prb_id: u32,
+    af: u8,
+    proto: &'static str,
+    dst_addr: &'a str,
+    dst_name: &'a str,
+    src_addr: &'a str,
+    from: &'a str,
+    timestamp: u64,
+    endtime: u64,
+    paris_id: u8,
+    msm_name: &'static str,
+    result: Vec<HopResult<'a>>,
+    tracemesh: Origin,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct HopResult<'a> {
+    hop: u32,
+    result: Vec<Reply<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Reply<'a> {
+    Answer {
+        from: &'a str,
+        // serde_json writes a non-finite RTT as null, as `num` does.
+        rtt: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ittl: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        err: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        icmpext: Option<IcmpExt>,
+    },
+    Star {
+        x: &'static str,
+    },
+}
+
+#[derive(Debug, serde::Serialize)]
+struct IcmpExt {
+    version: u8,
+    rfc4884: u8,
+    obj: [ExtObj; 1],
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ExtObj {
+    class: u8,
+    #[serde(rename = "type")]
+    ty: u8,
+    mpls: Vec<Mpls>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Mpls {
+    label: u32,
+    exp: u32,
+    s: u32,
+    ttl: u32,
 }
 
 fn err_of(h: &v1::Hop, v6: bool) -> Option<Value> {

@@ -324,7 +324,7 @@ impl<W: std::io::Write> Encoder<W> {
                 Ok(())
             }
             Encoder::Atlas { out } => {
-                let v = atlas::to_value(t, msm_id(&t.campaign_id), prb_id(&t.vantage));
+                let v = atlas::result(t, msm_id(&t.campaign_id), prb_id(&t.vantage));
                 serde_json::to_writer(&mut *out, &v).map_err(json_err)?;
                 out.write_all(b"\n")?;
                 Ok(())
