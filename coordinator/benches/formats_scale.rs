@@ -232,7 +232,7 @@ fn run() -> Result<(), String> {
     {
         let mut out = BufWriter::with_capacity(1 << 20, Counter(0));
         export("export sled store -> scamper JSON", &mut |tr| {
-            serde_json::to_writer(&mut out, &scamper_json::to_value(&tr)).map_err(|x| e(&x))?;
+            serde_json::to_writer(&mut out, &scamper_json::trace(&tr)).map_err(|x| e(&x))?;
             out.write_all(b"\n").map_err(|x| e(&x))
         })?;
         out.flush().map_err(|x| e(&x))?;
@@ -266,7 +266,7 @@ fn run() -> Result<(), String> {
     let mut k = 0u64;
     for item in warts::decode(&data) {
         if let Item::Trace(tr) = item {
-            serde_json::to_writer(&mut out, &scamper_json::to_value(&tr)).map_err(|x| e(&x))?;
+            serde_json::to_writer(&mut out, &scamper_json::trace(&tr)).map_err(|x| e(&x))?;
             out.write_all(b"\n").map_err(|x| e(&x))?;
             k += 1;
         }

@@ -319,7 +319,7 @@ impl<W: std::io::Write> Encoder<W> {
                     out.write_all(b"\n")?;
                     *cycle = Some(t.vantage.clone());
                 }
-                serde_json::to_writer(&mut *out, &scamper_json::to_value(t)).map_err(json_err)?;
+                serde_json::to_writer(&mut *out, &scamper_json::trace(t)).map_err(json_err)?;
                 out.write_all(b"\n")?;
                 Ok(())
             }
@@ -359,11 +359,6 @@ pub fn prb_id(vantage: &str) -> u32 {
         .strip_prefix("atlas:")
         .and_then(|d| d.parse().ok())
         .unwrap_or_else(|| probe_id_for(vantage))
-}
-
-/// Shortest decimal that reads back as the same f64, as JSON.
-pub(crate) fn num(x: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 #[cfg(test)]

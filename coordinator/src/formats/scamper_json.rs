@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 use tracemesh_proto::v1;
 
-use super::{Item, Origin, Position, num};
+use super::{Item, Origin, Position};
 
 /// The monitor a scamper file came from, carried from `cycle-start` to its traces.
 #[derive(Debug, Clone, Default)]
@@ -286,52 +286,130 @@ pub fn cycle_start(monitor: &str, start_time: u64) -> Value {
 
 /// A trace as scamper's JSON `trace` object, plus our `"tracemesh"` origin.
 pub fn to_value(t: &v1::TraceRecord) -> Value {
+    serde_json::to_value(trace(t)).unwrap_or(Value::Null)
+}
+
+/// [`to_value`] as a typed value, serialised without building a JSON tree (what the
+/// export writes).
+pub fn trace(t: &v1::TraceRecord) -> ScamperTrace<'_> {
     let sec = t.start.floor().max(0.0);
     let usec = ((t.start - sec) * 1e6).round().min(999_999.0) as u64;
-    let hops: Vec<Value> = t
+    let hops = t
         .hops
         .iter()
         .filter_map(|h| {
-            let a = h.addr.as_ref()?;
-            let mut o = json!({"addr": a, "probe_ttl": h.ttl, "probe_id": 1});
-            if let Some(r) = h.rtt_ms {
-                o["rtt"] = num(r);
-            }
-            if let Some(x) = h.reply_ttl {
-                o["reply_ttl"] = json!(x);
-            }
-            if let Some(x) = h.icmp_type {
-                o["icmp_type"] = json!(x);
-            }
-            if let Some(x) = h.icmp_code {
-                o["icmp_code"] = json!(x);
-            }
-            if let Some(x) = h.quoted_ttl {
-                o["icmp_q_ttl"] = json!(x);
-            }
-            if let Some(f) = &h.tcp_flags {
-                o["tcp_flags"] = json!(tcp_bits(f));
-            }
-            if !h.mpls.is_empty() {
-                o["icmpext"] = json!([{"ie_cn": 1, "ie_ct": 1, "ie_dl": 4 * h.mpls.len(),
-                    "mpls_labels": h.mpls.iter().map(|m| json!({
-                        "mpls_ttl": m.ttl, "mpls_s": u32::from(m.s),
-                        "mpls_exp": m.tc, "mpls_label": m.label})).collect::<Vec<_>>()}]);
-            }
-            Some(o)
+            Some(ScamperHop {
+                addr: h.addr.as_deref()?,
+                probe_ttl: h.ttl,
+                probe_id: 1,
+                rtt: h.rtt_ms,
+                reply_ttl: h.reply_ttl,
+                icmp_type: h.icmp_type,
+                icmp_code: h.icmp_code,
+                icmp_q_ttl: h.quoted_ttl,
+                tcp_flags: h.tcp_flags.as_deref().map(tcp_bits),
+                icmpext: (!h.mpls.is_empty()).then(|| {
+                    [IcmpExt {
+                        ie_cn: 1,
+                        ie_ct: 1,
+                        ie_dl: 4 * h.mpls.len(),
+                        mpls_labels: h
+                            .mpls
+                            .iter()
+                            .map(|m| Mpls {
+                                mpls_ttl: m.ttl,
+                                mpls_s: u32::from(m.s),
+                                mpls_exp: m.tc,
+                                mpls_label: m.label,
+                            })
+                            .collect(),
+                    }]
+                }),
+            })
         })
         .collect();
-    json!({
-        "type": "trace", "version": "0.1", "userid": 0,
-        "method": method_of(t.proto),
-        "src": t.src, "dst": t.dst,
-        "stop_reason": stop_name(t.stop_reason), "stop_data": 0,
-        "start": {"sec": sec as u64, "usec": usec},
-        "hop_count": t.hops.iter().map(|h| h.ttl).max().unwrap_or(0),
-        "attempts": t.hops.iter().map(|h| h.probes).max().unwrap_or(1).max(1),
-        "firsthop": t.hops.iter().map(|h| h.ttl).min().unwrap_or(1).max(1),
-        "probe_count": t.probes_sent,
-        "hops": hops,
-        "tracemesh": Origin::of(t),
-    })
+    ScamperTrace {
+        ty: "trace",
+        version: "0.1",
+        userid: 0,
+        method: method_of(t.proto),
+        src: t.src.as_deref(),
+        dst: &t.dst,
+        stop_reason: stop_name(t.stop_reason),
+        stop_data: 0,
+        start: Start {
+            sec: sec as u64,
+            usec,
+        },
+        hop_count: t.hops.iter().map(|h| h.ttl).max().unwrap_or(0),
+        attempts: t.hops.iter().map(|h| h.probes).max().unwrap_or(1).max(1),
+        firsthop: t.hops.iter().map(|h| h.ttl).min().unwrap_or(1).max(1),
+        probe_count: t.probes_sent,
+        hops,
+        tracemesh: Origin::of(t),
+    }
+}
+
+/// A scamper `trace` object as our export writes it (fields as scamper names them).
+#[derive(Debug, serde::Serialize)]
+pub struct ScamperTrace<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    version: &'static str,
+    userid: u32,
+    method: &'static str,
+    src: Option<&'a str>,
+    dst: &'a str,
+    stop_reason: &'static str,
+    stop_data: u32,
+    start: Start,
+    hop_count: u32,
+    attempts: u32,
+    firsthop: u32,
+    probe_count: u32,
+    hops: Vec<ScamperHop<'a>>,
+    tracemesh: Origin,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Start {
+    sec: u64,
+    usec: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ScamperHop<'a> {
+    addr: &'a str,
+    probe_ttl: u32,
+    probe_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_ttl: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_type: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_q_ttl: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp_flags: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmpext: Option<[IcmpExt; 1]>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct IcmpExt {
+    ie_cn: u8,
+    ie_ct: u8,
+    ie_dl: usize,
+    mpls_labels: Vec<Mpls>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Mpls {
+    mpls_ttl: u32,
+    mpls_s: u32,
+    mpls_exp: u32,
+    mpls_label: u32,
 }
