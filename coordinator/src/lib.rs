@@ -11,12 +11,14 @@
 //! - [`report`]: the self-contained HTML report (map, timelines, hop tables).
 //! - [`live`]: live detection inside `tracemesh serve --adversary`.
 //! - [`deploy`]: inventory → cloud-init user-data.
+//! - [`formats`]: RIPE Atlas, scamper JSON and warts codecs (import and export).
 pub mod alias;
 pub mod annotate;
 pub mod ca;
 pub mod campaign;
 pub mod deploy;
 pub mod detect;
+pub mod formats;
 pub mod geo;
 pub mod live;
 pub mod live_view;

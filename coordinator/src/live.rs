@@ -68,7 +68,10 @@ pub fn to_proto(d: &DiversionRecord, mesh: &[crate::mesh::MeshPoint]) -> v1::Div
         last_seen: d.last_seen,
         rounds: d.rounds,
         campaign_id: String::new(),
-        direction: ev.as_ref().map(|e| e.direction.to_string()).unwrap_or_default(),
+        direction: ev
+            .as_ref()
+            .map(|e| e.direction.to_string())
+            .unwrap_or_default(),
         owd_step_ms: ev.as_ref().and_then(|e| e.owd_step_ms),
         reverse_owd_step_ms: ev.as_ref().and_then(|e| e.reverse_owd_step_ms),
     }
@@ -76,7 +79,10 @@ pub fn to_proto(d: &DiversionRecord, mesh: &[crate::mesh::MeshPoint]) -> v1::Div
 
 /// Every stored mesh sample, when a record's target is an agent's mesh address (only
 /// then can one say which direction of a pair it is); none otherwise.
-async fn mesh_points_for(c: &Arc<Coordinator>, report: &[DiversionRecord]) -> Vec<crate::mesh::MeshPoint> {
+async fn mesh_points_for(
+    c: &Arc<Coordinator>,
+    report: &[DiversionRecord],
+) -> Vec<crate::mesh::MeshPoint> {
     if report.is_empty() {
         return Vec::new();
     }
@@ -138,7 +144,10 @@ fn changed<'a>(
 
 /// The changed records as `SubscribeDiversions` carries them, agent pairs with their
 /// direction.
-async fn with_direction(c: &Arc<Coordinator>, changed: Vec<&DiversionRecord>) -> Vec<v1::Diversion> {
+async fn with_direction(
+    c: &Arc<Coordinator>,
+    changed: Vec<&DiversionRecord>,
+) -> Vec<v1::Diversion> {
     let owned: Vec<DiversionRecord> = changed.into_iter().cloned().collect();
     let mesh = mesh_points_for(c, &owned).await;
     owned.iter().map(|d| to_proto(d, &mesh)).collect()
@@ -186,7 +195,12 @@ async fn replay(
             if n % 4096 == 0 && last_note.elapsed() >= std::time::Duration::from_secs(5) {
                 last_note = std::time::Instant::now();
                 let secs = started.elapsed().as_secs_f64();
-                tracing::info!(traces = n, secs, rate = (n as f64 / secs.max(1e-9)).round(), "replaying stored traces");
+                tracing::info!(
+                    traces = n,
+                    secs,
+                    rate = (n as f64 / secs.max(1e-9)).round(),
+                    "replaying stored traces"
+                );
             }
             true
         })?;

@@ -66,6 +66,7 @@ async fn published_diversions_reach_filtered_subscribers() {
         last_seen: 1_795_400_090.2,
         rounds: 9,
         campaign_id: "c1".into(),
+        ..Default::default()
     };
     coord.publish_diversion(d("paris"));
     coord.publish_diversion(d("ottawa"));

@@ -64,6 +64,56 @@ pub enum Command {
     /// Deploy agents on cloud VMs.
     #[command(subcommand)]
     Deploy(DeployCmd),
+    /// Import RIPE Atlas or scamper traceroutes into the store of --data (the
+    /// coordinator must be stopped), as traces from vantages `atlas:<prb_id>` and
+    /// `scamper:<monitor>`; stored once however often imported.
+    Import(ImportArgs),
+    /// Export stored traces from the running coordinator as warts, scamper JSON, Atlas
+    /// JSON or Hive-partitioned Parquet.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Input format.
+    #[arg(long, value_parser = ["atlas", "scamper-json", "warts"])]
+    pub format: String,
+    /// Atlas probe objects (the probe archive JSON, an API `results` list, or an
+    /// export's OUT.probes.json): country, AS and position of the `atlas:` vantages.
+    #[arg(long, value_name = "FILE")]
+    pub atlas_probes: Option<PathBuf>,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Input files (plain, .gz or .bz2; `-` for stdin).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Output format.
+    #[arg(long, value_parser = ["warts", "scamper-json", "atlas", "parquet"])]
+    pub format: String,
+    /// Output file (`-`: stdout, JSON formats only); for parquet a directory, filled
+    /// with date=YYYY-MM-DD/part-0.parquet. An Atlas export also writes
+    /// OUT.probes.json, the vantages as Atlas probe objects.
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Only traces from this vantage.
+    #[arg(long)]
+    pub vantage: Option<String>,
+    /// Only traces started at or after this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
+    pub since: Option<i64>,
+    /// Only traces started at or before this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339_ns, value_name = "RFC3339")]
+    pub until: Option<i64>,
+    /// Parquet: with a prefix table (--pfx2as/--mrt), every hop also gets its origin AS.
+    #[command(flatten)]
+    pub annotation: AnnotationArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -37,6 +37,7 @@ pub fn trace(t: &v1::TraceRecord) -> Value {
         "campaign": t.campaign_id,
         "round": t.round,
         "vantage": t.vantage,
+        "source": tracemesh::formats::source_of(&t.vantage),
         "dst": t.dst,
         "src": t.src,
         "proto": proto.name(),

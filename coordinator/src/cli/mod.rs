@@ -12,6 +12,8 @@ pub mod campaign;
 pub mod client;
 pub mod deploy;
 pub mod diversions;
+pub mod export;
+pub mod import;
 pub mod json;
 pub mod mesh;
 pub mod parse;
@@ -63,6 +65,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = diversions::annotation(&a.detect())?;
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             report::run(&mut c, a, &loaded).await
+        }
+        Command::Import(a) => import::run(&cli.data, a),
+        Command::Export(a) => {
+            let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
+            export::run(&mut c, a).await
         }
         Command::Deploy(DeployCmd::Render(a)) => {
             deploy::render(&cli.data, cli.coordinator, cli.identity, a).await

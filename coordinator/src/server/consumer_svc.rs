@@ -18,9 +18,53 @@ use super::auth::authorize;
 use super::state::{Coordinator, now_ns};
 use crate::ca::{Role, valid_name};
 use crate::campaign;
+use crate::formats;
 use crate::store::{AgentMeta, StoreError, TokenRecord, TraceQuery};
 
 const DEFAULT_TOKEN_TTL_S: u32 = 24 * 3600;
+/// Bytes per `ExportChunk`.
+const CHUNK: usize = 256 * 1024;
+
+/// An encoder's output, sent as `ExportChunk`s of about [`CHUNK`] bytes; `flush` sends
+/// the rest. A send the client no longer receives is a broken pipe.
+struct ChunkSink {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<v1::ExportChunk, Status>>,
+}
+
+impl std::fmt::Debug for ChunkSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkSink")
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(v1::ExportChunk { data }))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSvc {
@@ -286,6 +330,68 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             if let Err(e) = res {
                 tracing::error!(error = %super::client::error_chain(&e), "trace query failed");
                 let _ = tx.blocking_send(Err(Status::internal(super::client::error_chain(&e))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExportTracesStream = BoxStream<v1::ExportChunk>;
+
+    async fn export_traces(
+        &self,
+        req: Request<v1::ExportTracesRequest>,
+    ) -> Result<Response<Self::ExportTracesStream>, Status> {
+        authorize(&req, Role::Admin)?;
+        let r = req.into_inner();
+        if !formats::STREAM_FORMATS.contains(&r.format.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "unknown export format {:?}: expected one of {:?}",
+                r.format,
+                formats::STREAM_FORMATS
+            )));
+        }
+        let q = r.query.unwrap_or_default();
+        let q = TraceQuery {
+            campaign_id: q.campaign_id,
+            vantage: q.vantage,
+            dst: q.dst,
+            since_ns: q.since_ns,
+            until_ns: q.until_ns,
+            limit: q.limit as usize,
+        };
+        // Encoded as the store is walked, in chunks, paced by the client like QueryTraces.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::ExportChunk, Status>>(8);
+        let store = self.c.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let sink = ChunkSink {
+                buf: Vec::with_capacity(CHUNK),
+                tx: tx.clone(),
+            };
+            let mut enc = match formats::Encoder::new(&r.format, sink) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                    return;
+                }
+            };
+            let mut failed = None;
+            let res = store.for_each_trace(&q, &mut |t| match enc.write(&t) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            });
+            let err = match (res, failed) {
+                (Err(e), _) => Some(super::client::error_chain(&e)),
+                // The client went away (the sink could not send): nobody to tell.
+                (Ok(()), Some(formats::FormatError::Io(_))) => return,
+                (Ok(()), Some(e)) => Some(e.to_string()),
+                (Ok(()), None) => enc.finish().err().map(|e| e.to_string()),
+            };
+            if let Some(e) = err {
+                tracing::error!(error = %e, "trace export failed");
+                let _ = tx.blocking_send(Err(Status::internal(e)));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
