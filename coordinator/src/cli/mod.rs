@@ -12,6 +12,7 @@ pub mod campaign;
 pub mod client;
 pub mod deploy;
 pub mod diversions;
+pub mod identity;
 pub mod json;
 pub mod parse;
 pub mod serve;
@@ -54,5 +55,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(DeployCmd::Render(a)) => {
             deploy::render(&cli.data, cli.coordinator, cli.identity, a).await
         }
+        Command::Identity(cmd) => {
+            identity::identity(&cli.data, cli.coordinator, cli.identity, cmd).await
+        }
+        Command::Agent(cmd) => identity::agent(&cli.data, cli.coordinator, cli.identity, cmd).await,
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -18,8 +18,6 @@ use crate::store::{AgentRecord, IngestOutcome, StoreError, TokenRejection};
 
 /// How often agents should send a heartbeat (told in Welcome).
 const HEARTBEAT_INTERVAL_S: u32 = 15;
-/// Largest batch accepted in one message; bigger batches are the agent's bug.
-const MAX_BATCH: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct AgentSvc {
@@ -41,13 +39,7 @@ pub fn secret_hash(secret: &str) -> String {
     cert_fingerprint(secret.as_bytes())
 }
 
-fn pem_first_der(pem: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
-    let end = pem[start..].find("-----END CERTIFICATE-----")? + start;
-    let body: String = pem[start..end].split_whitespace().collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
+use crate::ca::pem_first_der;
 
 fn down(msg: Down) -> Result<v1::CoordinatorMessage, Status> {
     Ok(v1::CoordinatorMessage { msg: Some(msg) })
@@ -152,10 +144,12 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             )));
         }
         let (tx, rx) = mpsc::channel(256);
-        let session = self.c.connect(&name, tx.clone(), now_ns());
+        let now = now_ns();
+        let session = self.c.connect(&name, tx.clone(), now);
         tracing::info!(%name, session, "agent connected");
         let c = self.c.clone();
         let inbound = req.into_inner();
+        let revoked = self.c.revocations.until_revoked(presented.clone());
         tokio::spawn(async move {
             let mut s = Session {
                 c: c.clone(),
@@ -167,6 +161,10 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             let end = tokio::select! {
                 r = s.run(inbound) => r,
                 _ = c.shutdown_signal() => Ok(()),
+                _ = revoked => {
+                    tracing::warn!(%name, session, "certificate revoked: session closed");
+                    Ok(())
+                }
             };
             if let Err(e) = end {
                 tracing::info!(%name, session, error = %e, "session ended with error");
@@ -189,9 +187,8 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             }
             tracing::info!(%name, session, "agent disconnected");
         });
-        let shutdown = self.c.shutdown_signal();
-        let out = ReceiverStream::new(rx).take_until(shutdown);
-        Ok(Response::new(Box::pin(out)))
+        let out = super::revoke::end_if_revoked(ReceiverStream::new(rx), &self.c, presented);
+        Ok(Response::new(out))
     }
 }
 
@@ -209,6 +206,35 @@ impl Session {
             .send(down(msg))
             .await
             .map_err(|_| Status::cancelled("agent stream closed"))
+    }
+
+    /// Holds an upload of `n` results back until the agent's rate allows it; an agent
+    /// that would have to wait longer than the limit's pacing is told and let go (it
+    /// reconnects with backoff and re-sends from its spool, nothing is lost).
+    async fn pace(&mut self, n: usize, what: &str) -> Result<(), Status> {
+        let limits = &self.c.limits;
+        if n > limits.max_batch {
+            return Err(Status::invalid_argument(format!(
+                "{what} batch of {n} results exceeds {}",
+                limits.max_batch
+            )));
+        }
+        let wait = match self.c.uploads.admit(limits, &self.name, n, now_ns()) {
+            Ok(wait) => wait,
+            Err(wait) => {
+                tracing::warn!(vantage = %self.name, n, wait_s = wait.as_secs_f64(), "upload quota exceeded");
+                return Err(Status::resource_exhausted(format!(
+                    "upload quota exceeded: {} results/s sustained, {} burst; retry in {:.1} s",
+                    limits.agent_traces_per_s,
+                    limits.agent_burst,
+                    wait.as_secs_f64()
+                )));
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     async fn run(&mut self, mut inbound: Streaming<v1::AgentMessage>) -> Result<(), Status> {
@@ -300,12 +326,7 @@ impl Session {
         results: Vec<v1::AliasResult>,
         now: i64,
     ) -> Result<(), Status> {
-        if results.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "alias batch of {} results exceeds {MAX_BATCH}",
-                results.len()
-            )));
-        }
+        self.pace(results.len(), "alias").await?;
         let name = self.name.clone();
         let store = self.c.store.clone();
         let (acked, fresh) = tokio::task::spawn_blocking(move || {
@@ -339,12 +360,7 @@ impl Session {
     }
 
     async fn ingest(&mut self, results: Vec<v1::TraceRecord>, now: i64) -> Result<(), Status> {
-        if results.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "trace batch of {} results exceeds {MAX_BATCH}",
-                results.len()
-            )));
-        }
+        self.pace(results.len(), "trace").await?;
         let results = results
             .into_iter()
             .map(|mut r| {
