@@ -168,6 +168,9 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             };
             if let Err(e) = end {
                 tracing::info!(%name, session, error = %e, "session ended with error");
+                // The agent hears why (quota, batch size, a bad message) rather than a
+                // stream that just ends.
+                let _ = s.tx.try_send(Err(e));
             }
             if let Some(live) = c.disconnect(&name, session) {
                 let store = c.store.clone();
