@@ -130,7 +130,6 @@ impl Drop for Coordinator {
 }
 
 struct AgentId {
-    name: String,
     addr: String,
     ca_pem: String,
     cert_pem: String,
@@ -160,7 +159,6 @@ async fn enrol(token: &str) -> AgentId {
         .unwrap()
         .into_inner();
     AgentId {
-        name: resp.agent_name,
         addr: resp.coordinator,
         ca_pem: resp.ca_pem,
         cert_pem: resp.cert_chain_pem,
