@@ -38,7 +38,10 @@ impl Coordinator {
             .arg(data)
             .args(extra)
             .env_remove("TRACEMESH_DATA")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -819,6 +822,8 @@ async fn upload_quota_and_batch_limit_give_clear_statuses() {
             "200",
             "--max-batch",
             "1000",
+            "--max-message-mib",
+            "1",
         ],
     );
     let id = enrol(&coord.token("flood-1")).await;
@@ -826,6 +831,18 @@ async fn upload_quota_and_batch_limit_give_clear_statuses() {
     let e = s.upload(batch("c-q", 0, 1001)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("exceeds 1000"), "{e:?}");
+
+    // A message over --max-message-mib is refused by the transport, before any decoding.
+    let mut s = Session::try_open(&id, &coord.addr).await.unwrap();
+    let mut big = record("c-q", 0, "10.0.0.1");
+    big.hops[0].tcp_flags = Some("x".repeat(2 << 20));
+    eprintln!("big message: {} bytes", prost::Message::encoded_len(&big));
+    let e = s.upload(vec![big]).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
+    eprintln!("oversized message: {:?}: {}", e.code(), e.message());
 
     let mut s = Session::try_open(&id, &coord.addr).await.unwrap();
     // The burst goes at once; the next 100 are held back about a second.

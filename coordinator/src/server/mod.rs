@@ -238,6 +238,7 @@ where
     on_start(coordinator.clone());
     tracing::info!(%local, %advertise, data = %dd.0.display(), "coordinator listening");
     println!("tracemesh coordinator listening on {local}");
+    tracing::debug!(?limits, "quotas and limits");
 
     let serve = Server::builder()
         .tls_config(tls)?
