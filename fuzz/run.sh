@@ -27,6 +27,7 @@ cargo afl build --locked -p tracemesh-fuzz --features afl --bins --target-dir "$
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$T/debug/fuzz_seeds" "$WORK/in"
+mkdir -p "$WORK/out"
 mkdir -p out/fuzz
 failed=0
 for t in "${TARGETS[@]}"; do
