@@ -24,7 +24,8 @@ export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
 T=${CARGO_TARGET_DIR:-target}/afl
 cargo afl build --locked -p tracemesh-fuzz --features afl --bins --target-dir "$T"
 
-WORK=$(mktemp -d)
+mkdir -p out
+WORK=$(mktemp -d "$PWD/out/fuzz-work.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 "$T/debug/fuzz_seeds" "$WORK/in"
 mkdir -p "$WORK/out"

@@ -24,7 +24,9 @@ DUR=${1:-300}
 BIN=${TRACEMESH_BIN:-target/release}
 EVERY=5
 TARGETS=(127.0.0.1 127.0.0.2 127.0.0.3)
-WORK=$(mktemp -d)
+# Under out/ (ignored by git), not /tmp: a long run's files must not be swept away.
+mkdir -p out
+WORK=$(mktemp -d "$PWD/out/soak.XXXXXX")
 PIDS=()
 COORD=""
 VICTIM=""
