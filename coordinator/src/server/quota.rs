@@ -97,6 +97,16 @@ pub struct UploadQuotas {
 }
 
 impl UploadQuotas {
+    /// How long `n` results from `agent` would wait now, charging nothing.
+    pub fn would_wait(&self, limits: &Limits, agent: &str, n: usize, now_ns: i64) -> Duration {
+        let map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = map
+            .get(agent)
+            .cloned()
+            .unwrap_or_else(|| Bucket::new(limits.agent_traces_per_s, limits.agent_burst, now_ns));
+        b.take(n, now_ns)
+    }
+
     /// Admits `n` results from `agent` now: `Ok(wait)` to hold them back for `wait`
     /// first, or `Err(wait)` (nothing charged) if that would exceed `limits.max_pacing`.
     pub fn admit(
@@ -207,7 +217,10 @@ mod tests {
         assert!(q.admit(&l, "a", 50, 0).is_err());
         assert_eq!(q.admit(&l, "a", 5, 0), Ok(Duration::from_secs(1)));
         // Another agent has its own bucket.
+        assert_eq!(q.would_wait(&l, "b", 20, 0), Duration::from_secs(1));
         assert_eq!(q.admit(&l, "b", 10, 0), Ok(Duration::ZERO));
+        // Looking does not charge.
+        assert_eq!(q.would_wait(&l, "b", 10, 0), Duration::from_secs(1));
     }
 
     proptest! {
