@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/tracemesh/v1/campaign.proto",
     "proto/tracemesh/v1/agent.proto",
     "proto/tracemesh/v1/consumer.proto",
+    "proto/tracemesh/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

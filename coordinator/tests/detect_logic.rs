@@ -160,6 +160,15 @@ fn diversion_after_clean_history_is_one_episode_with_handoff_and_ingress() {
     assert!(!d.active);
     assert!(rep.diversions[1].active);
     assert_eq!(rep.incidents.len(), 2, "separate in time");
+    // One vantage alone: said in the record, its JSON and the view.
+    assert!(rep.incidents.iter().all(|i| !i.corroborated));
+    let json = serde_json::to_value(&rep).unwrap();
+    assert_eq!(json["incidents"][0]["corroborated"], false);
+    let text = tracemesh::detect::render_text(&rep, &annotator(), ts.len());
+    assert!(
+        text.contains("not corroborated: seen by one vantage only (ottawa)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -301,6 +310,7 @@ fn adversary_by_country_and_position_from_two_vantages() {
     assert_eq!(d.ingress.city.as_deref(), Some("Toronto"));
     assert_eq!(rep.incidents.len(), 1);
     assert_eq!(rep.incidents[0].vantages.len(), 2);
+    assert!(rep.incidents[0].corroborated, "two vantages saw it");
 }
 
 #[test]
@@ -493,6 +503,8 @@ fn human_view_draws_both_paths_with_handoff_ingress_and_evidence() {
 
     let text = tracemesh::detect::render_text(&rep, &annotator(), ts.len());
     assert_eq!(rep.incidents.len(), 1, "{text}");
+    assert!(rep.incidents[0].corroborated);
+    assert!(!text.contains("not corroborated"), "{text}");
     let lines: Vec<&str> = text.lines().collect();
     let find = |needle: &str| {
         lines

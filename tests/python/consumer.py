@@ -2,8 +2,12 @@
 """A tracemesh consumer written with another stack's stock gRPC library (grpcio), with
 stubs generated from proto/ at run time. Lists agents and streams a campaign's traces.
 
-usage: consumer.py DATA_DIR CAMPAIGN_ID [--expect-traces N] [--expect-agents N]
-DATA_DIR is the coordinator's data directory (its coordinator.addr and admin.pem).
+usage: consumer.py DATA_DIR CAMPAIGN_ID [--identity FILE] [--expect-traces N]
+                   [--expect-agents N] [--expect-read-only]
+DATA_DIR is the coordinator's data directory (its coordinator.addr and ca/ca.pem);
+--identity is the client bundle (default DATA_DIR/admin.pem; a reader made with
+`tracemesh identity create --role reader` is all a consumer needs). With
+--expect-read-only, every write it tries must be refused with PERMISSION_DENIED.
 """
 import argparse
 import os
@@ -45,14 +49,17 @@ def main():
     ap.add_argument("campaign")
     ap.add_argument("--expect-traces", type=int, default=0)
     ap.add_argument("--expect-agents", type=int, default=0)
+    ap.add_argument("--identity")
+    ap.add_argument("--expect-read-only", action="store_true")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_stubs(tmp)
-        from tracemesh.v1 import consumer_pb2, consumer_pb2_grpc
+        from tracemesh.v1 import campaign_pb2, consumer_pb2, consumer_pb2_grpc
 
         addr = open(os.path.join(args.data_dir, "coordinator.addr")).read().strip()
-        blocks = split_pem(open(os.path.join(args.data_dir, "admin.pem")).read())
+        identity = args.identity or os.path.join(args.data_dir, "admin.pem")
+        blocks = split_pem(open(identity).read())
         key = "".join(b for b in blocks if "PRIVATE KEY" in b).encode()
         certs = [b for b in blocks if "CERTIFICATE" in b]
         ca = open(os.path.join(args.data_dir, "ca", "ca.pem")).read().encode()
@@ -74,6 +81,25 @@ def main():
                 hops = [h.addr if h.HasField("addr") else "*" for h in rec.hops]
                 print(f"trace {rec.result_id} vantage={rec.vantage} hops={hops}")
         print(f"{len(agents)} agents, {n} traces streamed")
+        if args.expect_read_only:
+            writes = {
+                "CreateToken": lambda: stub.CreateToken(consumer_pb2.CreateTokenRequest(
+                    metadata=consumer_pb2.AgentMetadata(name="py-sneaky")), timeout=10),
+                "CreateCampaign": lambda: stub.CreateCampaign(consumer_pb2.CreateCampaignRequest(
+                    spec=campaign_pb2.CampaignSpec(targets=["192.0.2.1"], agents=["all"])),
+                    timeout=10),
+                "CancelCampaign": lambda: stub.CancelCampaign(
+                    consumer_pb2.CancelCampaignRequest(id=args.campaign), timeout=10),
+            }
+            for name, call in writes.items():
+                try:
+                    call()
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.PERMISSION_DENIED:
+                        sys.exit(f"error: {name} failed with {e.code()}, not PERMISSION_DENIED")
+                    print(f"{name}: PERMISSION_DENIED ({e.details()})")
+                else:
+                    sys.exit(f"error: {name} succeeded with a read-only identity")
         if len(agents) < args.expect_agents or n < args.expect_traces:
             sys.exit(f"error: expected at least {args.expect_agents} agents and "
                      f"{args.expect_traces} traces")

@@ -27,4 +27,7 @@ for _ in $(seq 100); do
   [ "$n" -ge 4 ] && break
   sleep 0.2
 done
-"$WORK/venv/bin/python" tests/python/consumer.py "$WORK/coord" "$ID" --expect-agents 1 --expect-traces 4
+# The consumer holds a reader identity: it may query and subscribe, nothing else.
+READER=$("$BIN/tracemesh" --data "$WORK/coord" identity create --role reader --name py-consumer --out "$WORK/ids")
+"$WORK/venv/bin/python" tests/python/consumer.py "$WORK/coord" "$ID" --identity "$READER" \
+  --expect-agents 1 --expect-traces 4 --expect-read-only

@@ -180,6 +180,22 @@ impl Ca {
         Ok(cert.pem())
     }
 
+    /// Signs a consumer identity's CSR (`tracemesh identity create`: the key is made where
+    /// the CLI runs). As for agents, only the CSR's public key is used.
+    pub fn sign_client_csr(
+        &self,
+        role: Role,
+        name: &str,
+        csr_pem: &str,
+    ) -> Result<String, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
+        let params = Self::client_params(role, name)?;
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(rc("client certificate"))?;
+        Ok(cert.pem())
+    }
+
     /// A fresh key and client certificate with the given role.
     pub fn issue_client(&self, role: Role, name: &str) -> Result<IssuedIdentity, CaError> {
         let key = KeyPair::generate().map_err(rc("client key"))?;
@@ -261,6 +277,15 @@ pub fn split_identity_bundle(pem: &str) -> Option<(String, String, String)> {
 /// Write a bundle with owner-only permissions.
 pub fn write_identity_bundle(path: &Path, bundle: &str) -> Result<(), CaError> {
     write_private(path, bundle)
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn pem_first_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
+    let end = pem[start..].find("-----END CERTIFICATE-----")? + start;
+    let body: String = pem[start..end].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
 /// SHA-256 of a certificate's DER, hex: how the registry remembers which cert an agent has.

@@ -1,5 +1,9 @@
 //! Roles carried in client certificates as SAN URIs: `tracemesh:role:agent/NAME`,
-//! `tracemesh:role:admin/NAME`.
+//! `tracemesh:role:admin/NAME`, `tracemesh:role:operator/NAME`, `tracemesh:role:reader/NAME`.
+//!
+//! Consumer roles are nested: an admin may do everything an operator may (campaigns,
+//! tokens), and an operator everything a reader may (query and subscribe). Agents are
+//! apart: an agent certificate opens a session and nothing else.
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer as _;
@@ -10,6 +14,8 @@ const URI_PREFIX: &str = "tracemesh:role:";
 pub enum Role {
     Agent,
     Admin,
+    Operator,
+    Reader,
 }
 
 impl Role {
@@ -17,6 +23,36 @@ impl Role {
         match self {
             Role::Agent => "agent",
             Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "agent" => Some(Role::Agent),
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "reader" => Some(Role::Reader),
+            _ => None,
+        }
+    }
+
+    /// Rank among consumer roles; agents have none.
+    fn rank(self) -> Option<u8> {
+        match self {
+            Role::Agent => None,
+            Role::Reader => Some(1),
+            Role::Operator => Some(2),
+            Role::Admin => Some(3),
+        }
+    }
+
+    /// Whether a holder of `self` may make a call that needs `required`.
+    pub fn grants(self, required: Role) -> bool {
+        match (self.rank(), required.rank()) {
+            (Some(have), Some(need)) => have >= need,
+            _ => self == required,
         }
     }
 }
@@ -39,11 +75,7 @@ pub fn role_uri(role: Role, name: &str) -> String {
 pub fn parse_role_uri(uri: &str) -> Option<(Role, String)> {
     let rest = uri.strip_prefix(URI_PREFIX)?;
     let (role, name) = rest.split_once('/')?;
-    let role = match role {
-        "agent" => Role::Agent,
-        "admin" => Role::Admin,
-        _ => return None,
-    };
+    let role = Role::parse(role)?;
     if !super::valid_name(name) {
         return None;
     }
@@ -69,4 +101,26 @@ pub fn role_of_cert_der(der: &[u8]) -> Result<(Role, String), RoleError> {
         }
     }
     found.ok_or(RoleError::NoRole)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_roles_nest_and_agents_stand_apart() {
+        use Role::*;
+        let all = [Agent, Admin, Operator, Reader];
+        for r in all {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+            assert_eq!(parse_role_uri(&role_uri(r, "x")), Some((r, "x".into())));
+        }
+        assert!(Admin.grants(Operator) && Admin.grants(Reader) && Operator.grants(Reader));
+        assert!(!Reader.grants(Operator) && !Reader.grants(Admin) && !Operator.grants(Admin));
+        assert!(Agent.grants(Agent));
+        for r in [Admin, Operator, Reader] {
+            assert!(!Agent.grants(r) && !r.grants(Agent));
+        }
+        assert_eq!(parse_role_uri("tracemesh:role:root/x"), None);
+    }
 }

@@ -26,7 +26,8 @@ pub struct Cli {
     /// Remote coordinator HOST:PORT (with --identity) instead of the one in --data.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub coordinator: Option<String>,
-    /// Admin identity bundle (client cert, CA cert, key; PEM) for --coordinator.
+    /// Identity bundle (client cert, CA cert, key; PEM) for --coordinator: the admin's,
+    /// or one from `tracemesh identity create`.
     #[arg(long, global = true, value_name = "FILE")]
     pub identity: Option<PathBuf>,
     #[command(subcommand)]
@@ -71,6 +72,12 @@ pub enum Command {
     /// Export stored traces from the running coordinator as warts, scamper JSON, Atlas
     /// JSON or Hive-partitioned Parquet.
     Export(ExportArgs),
+    /// Client identities with roles (admin, operator, reader): create, list, revoke.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// One agent: revoke.
+    #[command(subcommand)]
+    Agent(AgentCmd),
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +121,71 @@ pub struct ExportArgs {
     /// Parquet: with a prefix table (--pfx2as/--mrt), every hop also gets its origin AS.
     #[command(flatten)]
     pub annotation: AnnotationArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCmd {
+    /// Make a key here (never sent anywhere) and have the coordinator certify it with a
+    /// role; writes OUT/NAME.pem (certificate, CA, key; mode 0600) for --identity.
+    Create {
+        #[arg(long, value_parser = ["admin", "operator", "reader"])]
+        role: String,
+        /// Identity name ([A-Za-z0-9._-], at most 64).
+        #[arg(long)]
+        name: String,
+        /// Directory for NAME.pem (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// List issued identities and whether they are revoked.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse an identity's certificate from now on (also after restarts) and end its
+    /// open streams.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Refuse an agent's certificate from now on (also after restarts) and end its
+    /// session at once; its stored results stay. A new token re-enrols the name.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Quotas and limits of `serve` (each party that goes over gets a clear status).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Sustained trace uploads per agent, per second (0 = unlimited).
+    #[arg(long, default_value_t = 2000.0, value_name = "N")]
+    pub agent_rate: f64,
+    /// Uploads an agent may make at once above --agent-rate.
+    #[arg(long, default_value_t = 20000.0, value_name = "N")]
+    pub agent_burst: f64,
+    /// Largest batch of results in one upload message.
+    #[arg(long, default_value_t = 10000, value_name = "N")]
+    pub max_batch: usize,
+    /// Largest gRPC message a client may send, MiB.
+    #[arg(long, default_value_t = 32, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_message_mib: u32,
+    /// Concurrent HTTP/2 streams per client connection.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+    /// Live campaigns per operator identity (0 = no cap; admins are not capped).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub operator_campaigns: usize,
+    /// Targets over an operator's live campaigns (0 = no cap).
+    #[arg(long, default_value_t = 100000, value_name = "N")]
+    pub operator_targets: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +310,8 @@ pub struct ServeArgs {
     /// Bearer`); required when --http is not a loopback address.
     #[arg(long, value_name = "FILE", requires = "http")]
     pub http_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Debug, Subcommand)]

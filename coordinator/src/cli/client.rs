@@ -15,6 +15,16 @@ pub async fn connect(
     coordinator: Option<String>,
     identity: Option<PathBuf>,
 ) -> anyhow::Result<ConsumerServiceClient<Channel>> {
+    let channel = connect_channel(data, coordinator, identity).await?;
+    Ok(ConsumerServiceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// The TLS channel [`connect`] makes, for other services (AdminService).
+pub async fn connect_channel(
+    data: &Path,
+    coordinator: Option<String>,
+    identity: Option<PathBuf>,
+) -> anyhow::Result<Channel> {
     let (addr, identity_path) = match (coordinator, identity) {
         (Some(c), Some(i)) => (c, i),
         (Some(_), None) | (None, Some(_)) => {
@@ -35,7 +45,9 @@ pub async fn connect(
     };
     let bundle = std::fs::read_to_string(&identity_path)
         .with_context(|| format!("cannot read identity {}", identity_path.display()))?;
-    Ok(server::client::connect_admin(&addr, &bundle).await?)
+    let (cert, ca, key) = tracemesh::ca::split_identity_bundle(&bundle)
+        .ok_or(server::client::ClientError::BadIdentity)?;
+    Ok(server::client::connect(&addr, &ca, Some((&cert, &key))).await?)
 }
 
 /// gRPC status → one line the operator can act on.

@@ -13,6 +13,7 @@ pub mod client;
 pub mod deploy;
 pub mod diversions;
 pub mod export;
+pub mod identity;
 pub mod import;
 pub mod json;
 pub mod mesh;
@@ -74,5 +75,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(DeployCmd::Render(a)) => {
             deploy::render(&cli.data, cli.coordinator, cli.identity, a).await
         }
+        Command::Identity(cmd) => {
+            identity::identity(&cli.data, cli.coordinator, cli.identity, cmd).await
+        }
+        Command::Agent(cmd) => identity::agent(&cli.data, cli.coordinator, cli.identity, cmd).await,
     }
 }

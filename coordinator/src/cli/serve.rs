@@ -91,12 +91,23 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let db_dir = server::DataDir(data.clone()).db_dir();
-    server::serve_with(
+    let limits = server::Limits {
+        agent_traces_per_s: a.limits.agent_rate,
+        agent_burst: a.limits.agent_burst,
+        max_batch: a.limits.max_batch,
+        max_message_bytes: (a.limits.max_message_mib as usize) << 20,
+        max_streams: a.limits.max_streams,
+        operator_campaigns: a.limits.operator_campaigns,
+        operator_targets: a.limits.operator_targets,
+        ..server::Limits::default()
+    };
+    server::serve_with_limits(
         ServeConfig {
             data,
             listen: a.listen,
             advertise: a.advertise,
         },
+        limits,
         shutdown,
         move |c| {
             if let Some(l) = metrics {

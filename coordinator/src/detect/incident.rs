@@ -36,6 +36,7 @@ pub(super) fn group_incidents(records: &mut [DiversionRecord]) -> Vec<Incident> 
                 first_seen: r.first_seen,
                 last_seen: r.last_seen,
                 records: 0,
+                corroborated: false,
             });
         }
         if let Some(inc) = incidents.last_mut() {
@@ -48,6 +49,7 @@ pub(super) fn group_incidents(records: &mut [DiversionRecord]) -> Vec<Incident> 
             }
             if !inc.vantages.contains(&r.vantage) {
                 inc.vantages.push(r.vantage.clone());
+                inc.corroborated = inc.vantages.len() > 1;
             }
             if !inc.targets.contains(&r.target) {
                 inc.targets.push(r.target);

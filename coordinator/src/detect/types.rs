@@ -236,6 +236,9 @@ pub struct Incident {
     pub first_seen: f64,
     pub last_seen: f64,
     pub records: usize,
+    /// Seen by more than one vantage. One agent alone (possibly lying, or one broken
+    /// vantage) can make an uncorroborated incident appear; never a corroborated one.
+    pub corroborated: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -172,6 +172,13 @@ fn incident_header(
         as_label(annot, inc.adversary_asn),
         inc.ingress
     );
+    if !inc.corroborated {
+        let _ = writeln!(
+            out,
+            "  not corroborated: seen by one vantage only ({})",
+            inc.vantages.join(", ")
+        );
+    }
     if let Some(r) = first {
         let place = match (&r.ingress.city, &r.ingress.city_country) {
             (Some(c), Some(cc)) => format!("near {c}, {cc}"),

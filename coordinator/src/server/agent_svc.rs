@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -18,8 +18,6 @@ use crate::store::{AgentRecord, IngestOutcome, StoreError, TokenRejection};
 
 /// How often agents should send a heartbeat (told in Welcome).
 const HEARTBEAT_INTERVAL_S: u32 = 15;
-/// Largest batch accepted in one message; bigger batches are the agent's bug.
-const MAX_BATCH: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct AgentSvc {
@@ -41,13 +39,7 @@ pub fn secret_hash(secret: &str) -> String {
     cert_fingerprint(secret.as_bytes())
 }
 
-fn pem_first_der(pem: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
-    let end = pem[start..].find("-----END CERTIFICATE-----")? + start;
-    let body: String = pem[start..end].split_whitespace().collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
+use crate::ca::pem_first_der;
 
 fn down(msg: Down) -> Result<v1::CoordinatorMessage, Status> {
     Ok(v1::CoordinatorMessage { msg: Some(msg) })
@@ -154,10 +146,12 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             )));
         }
         let (tx, rx) = mpsc::channel(256);
-        let session = self.c.connect(&name, tx.clone(), now_ns());
+        let now = now_ns();
+        let session = self.c.connect(&name, tx.clone(), now);
         tracing::info!(%name, session, "agent connected");
         let c = self.c.clone();
         let inbound = req.into_inner();
+        let revoked = self.c.revocations.until_revoked(presented.clone());
         tokio::spawn(async move {
             let mut s = Session {
                 c: c.clone(),
@@ -170,9 +164,16 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             let end = tokio::select! {
                 r = s.run(inbound) => r,
                 _ = c.shutdown_signal() => Ok(()),
+                _ = revoked => {
+                    tracing::warn!(%name, session, "certificate revoked: session closed");
+                    Ok(())
+                }
             };
             if let Err(e) = end {
                 tracing::info!(%name, session, error = %e, "session ended with error");
+                // The agent hears why (quota, batch size, a bad message) rather than a
+                // stream that just ends.
+                let _ = s.tx.try_send(Err(e));
             }
             if let Some(live) = c.disconnect(&name, session) {
                 let store = c.store.clone();
@@ -192,9 +193,8 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             }
             tracing::info!(%name, session, "agent disconnected");
         });
-        let shutdown = self.c.shutdown_signal();
-        let out = ReceiverStream::new(rx).take_until(shutdown);
-        Ok(Response::new(Box::pin(out)))
+        let out = super::revoke::end_if_revoked(ReceiverStream::new(rx), &self.c, presented);
+        Ok(Response::new(out))
     }
 }
 
@@ -215,6 +215,35 @@ impl Session {
             .send(down(msg))
             .await
             .map_err(|_| Status::cancelled("agent stream closed"))
+    }
+
+    /// Holds an upload of `n` results back until the agent's rate allows it; an agent
+    /// that would have to wait longer than the limit's pacing is told and let go (it
+    /// reconnects with backoff and re-sends from its spool, nothing is lost).
+    async fn pace(&mut self, n: usize, what: &str) -> Result<(), Status> {
+        let limits = &self.c.limits;
+        if n > limits.max_batch {
+            return Err(Status::invalid_argument(format!(
+                "{what} batch of {n} results exceeds {}",
+                limits.max_batch
+            )));
+        }
+        let wait = match self.c.uploads.admit(limits, &self.name, n, now_ns()) {
+            Ok(wait) => wait,
+            Err(wait) => {
+                tracing::warn!(vantage = %self.name, n, wait_s = wait.as_secs_f64(), "upload quota exceeded");
+                return Err(Status::resource_exhausted(format!(
+                    "upload quota exceeded: {} results/s sustained, {} burst; retry in {:.1} s",
+                    limits.agent_traces_per_s,
+                    limits.agent_burst,
+                    wait.as_secs_f64()
+                )));
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     async fn run(&mut self, mut inbound: Streaming<v1::AgentMessage>) -> Result<(), Status> {
@@ -320,12 +349,7 @@ impl Session {
         results: Vec<v1::AliasResult>,
         now: i64,
     ) -> Result<(), Status> {
-        if results.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "alias batch of {} results exceeds {MAX_BATCH}",
-                results.len()
-            )));
-        }
+        self.pace(results.len(), "alias").await?;
         let name = self.name.clone();
         let store = self.c.store.clone();
         let (acked, fresh) = tokio::task::spawn_blocking(move || {
@@ -361,12 +385,8 @@ impl Session {
     /// Stores mesh samples (keyed by campaign, round, sender and this agent, the
     /// receiver that measured them) and acknowledges them once flushed.
     async fn ingest_mesh(&mut self, samples: Vec<v1::MeshSample>, now: i64) -> Result<(), Status> {
-        if samples.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "mesh batch of {} samples exceeds {MAX_BATCH}",
-                samples.len()
-            )));
-        }
+        // Charged to the agent's upload quota like traces and alias results.
+        self.pace(samples.len(), "mesh").await?;
         let name = self.name.clone();
         let store = self.c.store.clone();
         let (acked, fresh) = tokio::task::spawn_blocking(move || {
@@ -401,13 +421,37 @@ impl Session {
     }
 
     async fn ingest(&mut self, results: Vec<v1::TraceRecord>, now: i64) -> Result<(), Status> {
-        if results.len() > MAX_BATCH {
+        let limits = &self.c.limits;
+        if results.len() > limits.max_batch {
             return Err(Status::invalid_argument(format!(
-                "trace batch of {} results exceeds {MAX_BATCH}",
-                results.len()
+                "trace batch of {} results exceeds {}",
+                results.len(),
+                limits.max_batch
             )));
         }
-        let results = results
+        let wait = self
+            .c
+            .uploads
+            .would_wait(limits, &self.name, results.len(), now_ns());
+        if wait > limits.max_pacing {
+            tracing::warn!(vantage = %self.name, n = results.len(), wait_s = wait.as_secs_f64(), "upload quota exceeded");
+            return Err(Status::resource_exhausted(format!(
+                "upload quota exceeded: {} results/s sustained, {} burst; retry in {:.1} s",
+                limits.agent_traces_per_s,
+                limits.agent_burst,
+                wait.as_secs_f64()
+            )));
+        }
+        // A big batch goes to the writer in slices of ~50 ms of this agent's quota, each
+        // paced on its own: one agent's burst then never fills a whole group commit that
+        // everyone else's acks wait behind (a 10x flood in 5,000-trace batches raised the
+        // others' p90 ack latency ~5x when admitted whole; see benches/flood.rs).
+        let slice = if limits.agent_traces_per_s > 0.0 {
+            ((limits.agent_traces_per_s / 20.0) as usize).max(100)
+        } else {
+            usize::MAX
+        };
+        let mut results: Vec<v1::TraceRecord> = results
             .into_iter()
             .map(|mut r| {
                 // The vantage is who the certificate says, never what the agent claims.
@@ -416,8 +460,15 @@ impl Session {
                 r
             })
             .collect();
-        // Returns only once the records are flushed: acks promise durability.
-        let outcomes = self.c.ingest.submit(results).await?;
+        let mut outcomes = Vec::with_capacity(results.len());
+        while !results.is_empty() {
+            let rest = results.split_off(results.len().min(slice));
+            self.pace(results.len(), "trace").await?;
+            // Returns only once the records are flushed: acks promise durability. Slices
+            // stored before a refusal are simply duplicates when the agent re-sends.
+            outcomes.extend(self.c.ingest.submit(results).await?);
+            results = rest;
+        }
         let mut acked = Vec::with_capacity(outcomes.len());
         let mut fresh = Vec::new();
         for (r, outcome) in outcomes {

@@ -1,5 +1,6 @@
-//! `ConsumerService`: tokens, agents, campaigns, trace queries and subscriptions. Every
-//! call requires the admin role.
+//! `ConsumerService`: tokens, agents, campaigns, trace queries and subscriptions.
+//! Queries and subscriptions need the reader role, tokens and campaigns the operator role
+//! (`auth.rs`); an operator's live campaigns and targets are capped (`quota.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use tracemesh_proto::token::EnrolToken;
 use tracemesh_proto::v1;
 
 use super::agent_svc::secret_hash;
-use super::auth::authorize;
+use super::auth::{authorize, authorize_role};
+use super::revoke::{end_if_revoked, peer_fingerprint};
 use super::state::{Coordinator, now_ns};
 use crate::ca::{Role, valid_name};
 use crate::campaign;
@@ -90,6 +92,46 @@ impl ConsumerSvc {
             })
     }
 
+    /// Refuses a campaign that would take operator `by` over its caps on live campaigns
+    /// or targets (ResourceExhausted, saying which cap).
+    async fn check_operator_caps(
+        &self,
+        by: &str,
+        spec: &v1::CampaignSpec,
+        now: i64,
+    ) -> Result<(), Status> {
+        let new_targets = campaign::build("cap-check", spec, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .expanded_targets
+            .len();
+        let owner = by.to_string();
+        let (live, live_targets) = self
+            .blocking(move |s| {
+                let (mut n, mut targets) = (0usize, 0usize);
+                for c in s.list_campaigns()? {
+                    if matches!(
+                        campaign::state(&c, now),
+                        v1::CampaignState::Finished | v1::CampaignState::Cancelled
+                    ) || c.cancelled_at_ns.is_some()
+                    {
+                        continue;
+                    }
+                    if s.campaign_owner(&c.id)?.as_deref() == Some(owner.as_str()) {
+                        n += 1;
+                        targets += c.expanded_targets.len();
+                    }
+                }
+                Ok((n, targets))
+            })
+            .await?;
+        super::quota::operator_may_create(&self.c.limits, live, live_targets, new_targets).map_err(
+            |why| {
+                tracing::warn!(operator = %by, %why, "campaign refused: over cap");
+                Status::resource_exhausted(why)
+            },
+        )
+    }
+
     /// The stored campaign with its live fields (state, trace count) filled in.
     fn present(&self, mut c: v1::Campaign, now: i64) -> Result<v1::Campaign, StoreError> {
         c.state = campaign::state(&c, now) as i32;
@@ -136,7 +178,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::CreateTokenRequest>,
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Operator)?;
         let req = req.into_inner();
         let mut meta = req
             .metadata
@@ -183,7 +225,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Reader)?;
         let records = self.blocking(|s| s.list_agents()).await?;
         let agents = records
             .into_iter()
@@ -213,16 +255,28 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::CreateCampaignRequest>,
     ) -> Result<Response<v1::Campaign>, Status> {
-        authorize(&req, Role::Admin)?;
+        let (role, by) = authorize_role(&req, Role::Operator)?;
         let spec = req
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("campaign spec missing"))?;
         let now = now_ns();
+        // Held across the check and the creation, so two concurrent requests cannot both
+        // squeeze under an operator's cap.
+        let _cap_guard = self.c.operator_caps.lock().await;
+        if role == Role::Operator {
+            self.check_operator_caps(&by, &spec, now).await?;
+        }
         let (c, _) = self.c.create_campaign(&spec).await.map_err(|e| match e {
             super::state::CreateError::Invalid(e) => Status::invalid_argument(e.to_string()),
             e => Status::internal(super::client::error_chain(&e)),
         })?;
+        let (id, owner) = (c.id.clone(), by.clone());
+        self.blocking(move |s| {
+            s.put_campaign_owner(&id, &owner)?;
+            s.flush()
+        })
+        .await?;
         Ok(Response::new(self.present(c, now).map_err(|e| {
             Status::internal(super::client::error_chain(&e))
         })?))
@@ -232,7 +286,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::ListCampaignsRequest>,
     ) -> Result<Response<v1::ListCampaignsResponse>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Reader)?;
         let now = now_ns();
         let list = self.blocking(|s| s.list_campaigns()).await?;
         let campaigns = list
@@ -247,7 +301,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::GetCampaignRequest>,
     ) -> Result<Response<v1::Campaign>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Reader)?;
         let id = req.into_inner().id;
         let c = self
             .blocking({
@@ -265,7 +319,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::CancelCampaignRequest>,
     ) -> Result<Response<v1::Campaign>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Operator)?;
         let id = req.into_inner().id;
         let now = now_ns();
         let c = {
@@ -311,7 +365,8 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::QueryTracesRequest>,
     ) -> Result<Response<Self::QueryTracesStream>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Reader)?;
+        let fp = peer_fingerprint(&req);
         let r = req.into_inner();
         let q = TraceQuery {
             campaign_id: r.campaign_id,
@@ -332,7 +387,11 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
                 let _ = tx.blocking_send(Err(Status::internal(super::client::error_chain(&e))));
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(end_if_revoked(
+            ReceiverStream::new(rx),
+            &self.c,
+            fp,
+        )))
     }
 
     type ExportTracesStream = BoxStream<v1::ExportChunk>;
@@ -403,26 +462,25 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::SubscribeTracesRequest>,
     ) -> Result<Response<Self::SubscribeTracesStream>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Reader)?;
+        let fp = peer_fingerprint(&req);
         let r = req.into_inner();
         let rx = BroadcastStream::new(self.c.subscribe_traces());
-        let out = rx
-            .filter_map(move |item| {
-                let keep = match item {
-                    Ok(t) => {
-                        let ok = r.campaign_id.as_ref().is_none_or(|c| *c == t.campaign_id)
-                            && r.vantage.as_ref().is_none_or(|v| *v == t.vantage);
-                        ok.then_some(Ok(t))
-                    }
-                    // A subscriber too slow to keep up is told, not silently starved.
-                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
-                        format!("subscriber fell behind; {n} traces skipped (query them back)"),
-                    ))),
-                };
-                futures::future::ready(keep)
-            })
-            .take_until(self.c.shutdown_signal());
-        Ok(Response::new(Box::pin(out)))
+        let out = rx.filter_map(move |item| {
+            let keep = match item {
+                Ok(t) => {
+                    let ok = r.campaign_id.as_ref().is_none_or(|c| *c == t.campaign_id)
+                        && r.vantage.as_ref().is_none_or(|v| *v == t.vantage);
+                    ok.then_some(Ok(t))
+                }
+                // A subscriber too slow to keep up is told, not silently starved.
+                Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(format!(
+                    "subscriber fell behind; {n} traces skipped (query them back)"
+                )))),
+            };
+            futures::future::ready(keep)
+        });
+        Ok(Response::new(end_if_revoked(out, &self.c, fp)))
     }
 
     type SubscribeDiversionsStream = BoxStream<v1::Diversion>;
@@ -431,30 +489,29 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::SubscribeDiversionsRequest>,
     ) -> Result<Response<Self::SubscribeDiversionsStream>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Reader)?;
+        let fp = peer_fingerprint(&req);
         let vantage = req.into_inner().vantage;
         let rx = BroadcastStream::new(self.c.subscribe_diversions());
-        let out = rx
-            .filter_map(move |item| {
-                futures::future::ready(match item {
-                    Ok(d) => vantage
-                        .as_ref()
-                        .is_none_or(|v| *v == d.vantage)
-                        .then_some(Ok(d)),
-                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
-                        format!("subscriber fell behind; {n} diversions skipped"),
-                    ))),
-                })
+        let out = rx.filter_map(move |item| {
+            futures::future::ready(match item {
+                Ok(d) => vantage
+                    .as_ref()
+                    .is_none_or(|v| *v == d.vantage)
+                    .then_some(Ok(d)),
+                Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(format!(
+                    "subscriber fell behind; {n} diversions skipped"
+                )))),
             })
-            .take_until(self.c.shutdown_signal());
-        Ok(Response::new(Box::pin(out)))
+        });
+        Ok(Response::new(end_if_revoked(out, &self.c, fp)))
     }
 
     async fn query_aliases(
         &self,
         req: Request<v1::QueryAliasesRequest>,
     ) -> Result<Response<v1::QueryAliasesResponse>, Status> {
-        authorize(&req, Role::Admin)?;
+        authorize(&req, Role::Reader)?;
         let q = req.into_inner();
         let campaign = q.campaign_id.clone();
         let results = self

@@ -20,13 +20,17 @@ use tracemesh_proto::v1;
 use crate::ca::{self, Ca, CaError, Role};
 use crate::store::{SledStore, Store, StoreError};
 
+mod admin_svc;
 mod agent_svc;
 pub mod auth;
 pub mod client;
 mod consumer_svc;
 pub mod ingest;
+pub mod quota;
+pub mod revoke;
 pub mod state;
 
+pub use quota::Limits;
 pub use state::{Coordinator, now_ns};
 
 /// How long to let open streams wind down after a shutdown signal before returning anyway.
@@ -129,6 +133,20 @@ where
     F: Future<Output = ()> + Send + 'static,
     H: FnOnce(Arc<Coordinator>),
 {
+    serve_with_limits(cfg, Limits::default(), shutdown, on_start).await
+}
+
+/// [`serve_with`] under the given quotas and limits.
+pub async fn serve_with_limits<F, H>(
+    cfg: ServeConfig,
+    limits: Limits,
+    shutdown: F,
+    on_start: H,
+) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send + 'static,
+    H: FnOnce(Arc<Coordinator>),
+{
     let dd = DataDir(cfg.data.clone());
     std::fs::create_dir_all(&dd.0).map_err(io_err("creating", &dd.0))?;
     let ca = Ca::load_or_create(&dd.ca_dir())?;
@@ -139,6 +157,12 @@ where
         tracing::info!(path = %admin_path.display(), "wrote admin identity");
     }
     let store = SledStore::open(&dd.db_dir())?;
+    // The admin identity is listed and revocable like any other; a revoked one stays
+    // refused even if admin.pem is still on disk (delete it and restart for a fresh one).
+    if let Ok(bundle) = std::fs::read_to_string(&admin_path) {
+        admin_svc::register_identity(&store, "admin", Role::Admin, &bundle)?;
+    }
+    let revoked = store.list_revocations()?;
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -173,12 +197,20 @@ where
     write_atomic(&dd.addr_file(), &format!("{dial}\n"))?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let coordinator = Arc::new(Coordinator::new(
+    let coordinator = Coordinator::new(
         Arc::new(store.clone()) as Arc<dyn Store>,
         Arc::new(ca),
         advertise.clone(),
         shutdown_rx.clone(),
-    ));
+    )
+    .with_limits(limits.clone());
+    for r in &revoked {
+        coordinator.revocations.revoke(&r.cert_sha256);
+    }
+    if !revoked.is_empty() {
+        tracing::info!(revoked = revoked.len(), "refusing revoked certificates");
+    }
+    let coordinator = Arc::new(coordinator);
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&server_id.cert_pem, &server_id.key_pem))
@@ -206,10 +238,15 @@ where
     on_start(coordinator.clone());
     tracing::info!(%local, %advertise, data = %dd.0.display(), "coordinator listening");
     println!("tracemesh coordinator listening on {local}");
+    tracing::debug!(?limits, "quotas and limits");
 
     let serve = Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(limits.max_streams)
+        .layer(tonic::service::InterceptorLayer::new(revoke::interceptor(
+            coordinator.revocations.clone(),
+        )))
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(
@@ -217,10 +254,13 @@ where
                 coordinator.clone(),
             ))
             // A batch of a few hundred full traces can pass tonic's 4 MiB default.
-            .max_decoding_message_size(MAX_AGENT_MESSAGE),
+            .max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(v1::consumer_service_server::ConsumerServiceServer::new(
             consumer_svc::ConsumerSvc::new(coordinator.clone()),
+        ))
+        .add_service(v1::admin_service_server::AdminServiceServer::new(
+            admin_svc::AdminSvc::new(coordinator.clone()),
         ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             shutdown.await;

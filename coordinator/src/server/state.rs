@@ -79,6 +79,14 @@ pub struct Coordinator {
     pub ingest: super::ingest::IngestQueue,
     /// The live view `serve --http` shows; live detection publishes to it.
     pub live_view: Arc<crate::live_view::LiveView>,
+    /// Revoked certificates (`revoke.rs`), checked on every call.
+    pub revocations: Arc<super::revoke::Revocations>,
+    /// Quotas and limits (`quota.rs`).
+    pub limits: super::quota::Limits,
+    /// Per-agent upload buckets.
+    pub uploads: super::quota::UploadQuotas,
+    /// Serialises operators' campaign creation against their caps.
+    pub operator_caps: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -121,7 +129,17 @@ impl Coordinator {
             shutdown,
             campaign_lock: tokio::sync::Mutex::new(()),
             live_view: Arc::new(crate::live_view::LiveView::new()),
+            revocations: Arc::new(super::revoke::Revocations::default()),
+            limits: super::quota::Limits::default(),
+            uploads: super::quota::UploadQuotas::default(),
+            operator_caps: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The same coordinator under other limits.
+    pub fn with_limits(mut self, limits: super::quota::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<String, LiveAgent>> {

@@ -9,10 +9,12 @@
 use serde::{Deserialize, Serialize};
 use tracemesh_proto::v1;
 
+pub mod access;
 pub mod keys;
 mod sled_store;
 pub mod token;
 
+pub use access::{IdentityRecord, RevocationRecord};
 pub use sled_store::SledStore;
 pub use token::{TokenRecord, TokenRejection, check_token};
 
@@ -201,6 +203,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         campaign_id: Option<&str>,
         f: &mut dyn FnMut(v1::MeshSample) -> bool,
     ) -> Result<(), StoreError>;
+    /// Client identities issued by the coordinator, by name (`store/access.rs`).
+    fn put_identity(&self, r: &IdentityRecord) -> Result<(), StoreError>;
+    fn get_identity(&self, name: &str) -> Result<Option<IdentityRecord>, StoreError>;
+    fn list_identities(&self) -> Result<Vec<IdentityRecord>, StoreError>;
+    /// Revoked certificates, by fingerprint; loaded at start, never removed.
+    fn put_revocation(&self, r: &RevocationRecord) -> Result<(), StoreError>;
+    fn list_revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
+    /// Who created a campaign (a consumer identity's name; absent for the coordinator's
+    /// own alias campaigns and for campaigns stored before owners were recorded).
+    fn put_campaign_owner(&self, id: &str, owner: &str) -> Result<(), StoreError>;
+    fn campaign_owner(&self, id: &str) -> Result<Option<String>, StoreError>;
 
     /// Makes everything written so far durable; callers flush before acknowledging.
     fn flush(&self) -> Result<(), StoreError>;

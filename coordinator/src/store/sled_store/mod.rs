@@ -20,6 +20,7 @@ use prost::Message as _;
 use rustc_hash::FxHashSet;
 use tracemesh_proto::v1;
 
+use super::access::{IdentityRecord, RevocationRecord};
 use super::keys;
 use super::{
     AgentRecord, IngestOutcome, Store, StoreError, TokenRecord, TokenRejection, TraceQuery,
@@ -27,6 +28,7 @@ use super::{
 };
 use dedup::{Prepared, prepare};
 
+mod access;
 mod dedup;
 #[cfg(test)]
 mod kill_tests;
@@ -443,6 +445,28 @@ impl Store for SledStore {
             }
         }
         Ok(())
+    }
+
+    fn put_identity(&self, r: &IdentityRecord) -> Result<(), StoreError> {
+        self.put_identity_impl(r)
+    }
+    fn get_identity(&self, name: &str) -> Result<Option<IdentityRecord>, StoreError> {
+        self.get_identity_impl(name)
+    }
+    fn list_identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
+        self.list_identities_impl()
+    }
+    fn put_revocation(&self, r: &RevocationRecord) -> Result<(), StoreError> {
+        self.put_revocation_impl(r)
+    }
+    fn list_revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
+        self.list_revocations_impl()
+    }
+    fn put_campaign_owner(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        self.put_campaign_owner_impl(id, owner)
+    }
+    fn campaign_owner(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.campaign_owner_impl(id)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
