@@ -192,7 +192,7 @@ async fn replay(
                 det.ingest(&t, &annot);
                 n += 1;
             }
-            if n % 4096 == 0 && last_note.elapsed() >= std::time::Duration::from_secs(5) {
+            if n.is_multiple_of(4096) && last_note.elapsed() >= std::time::Duration::from_secs(5) {
                 last_note = std::time::Instant::now();
                 let secs = started.elapsed().as_secs_f64();
                 tracing::info!(
