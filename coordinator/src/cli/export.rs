@@ -33,13 +33,17 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> anyho
     let mut n = 0u64;
     let mut vantages = std::collections::BTreeSet::new();
     let mut enc = formats::Encoder::new(&a.format, &mut out)?;
+    let mut progress =
+        tracemesh_proto::progress::Progress::new(format!("export {}", a.format), None);
     while let Some(t) = stream.message().await.map_err(|s| status("export", s))? {
         enc.write(&t)?;
         if !vantages.contains(&t.vantage) {
             vantages.insert(t.vantage.clone());
         }
         n += 1;
+        progress.set(n, "traces");
     }
+    progress.finish();
     enc.finish()?;
     out.flush()?;
     drop(out);
@@ -103,10 +107,13 @@ async fn run_parquet(c: &mut ConsumerServiceClient<Channel>, a: ExportArgs) -> a
     let mut w = formats::parquet::Writer::new(&a.out, &asn)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     let mut n = 0u64;
+    let mut progress = tracemesh_proto::progress::Progress::new("export parquet", None);
     while let Some(t) = stream.message().await.map_err(|s| status("export", s))? {
         w.write(t)?;
         n += 1;
+        progress.set(n, "traces");
     }
+    progress.finish();
     let files = w.finish()?;
     eprintln!("exported {n} traces into {} parquet files", files.len());
     Ok(())

@@ -90,8 +90,13 @@ pub fn run(data: &Path, a: ImportArgs) -> anyhow::Result<()> {
         let mut c = Counts::default();
         let mut batch: Vec<v1::TraceRecord> = Vec::with_capacity(BATCH);
         let mut listed = 0;
+        // Progress on a terminal (nothing when stderr is not one): records read so far.
+        let mut progress = tracemesh_proto::progress::Progress::new(format!("import {name}"), None);
+        let mut read = 0u64;
         let input = open_input(path)?;
         formats::read_items(&a.format, input, &mut |item| -> anyhow::Result<()> {
+            read += 1;
+            progress.set(read, "records");
             match item {
                 Item::Trace(mut t) => {
                     t.received_at_ns = now;
@@ -121,6 +126,7 @@ pub fn run(data: &Path, a: ImportArgs) -> anyhow::Result<()> {
             format!("{name}: reading stopped (traces before this point were stored)")
         })?;
         ingest(&store, &mut batch, &mut c)?;
+        progress.finish();
         if c.malformed > listed as u64 {
             eprintln!(
                 "{name}: {} more malformed records not listed",
