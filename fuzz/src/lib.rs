@@ -56,6 +56,23 @@ pub fn spool(data: &[u8]) {
     }
 }
 
+/// The importers (`tracemesh import`): RIPE Atlas JSON, scamper JSON and warts from
+/// files nobody vouches for. The first byte picks the format.
+pub fn import(data: &[u8]) {
+    let Some((sel, rest)) = data.split_first() else {
+        return;
+    };
+    let _ = tracemesh::formats::read_items::<String>(import_format(*sel), rest, &mut |_| Ok(()));
+}
+
+fn import_format(sel: u8) -> &'static str {
+    match sel % 3 {
+        0 => "atlas",
+        1 => "scamper-json",
+        _ => "warts",
+    }
+}
+
 /// A lab scenario file (TOML): parsed, validated and routed.
 pub fn scenario(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -210,6 +227,18 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         campaign_id: "c2".into(),
         ..Default::default()
     };
+    // Imported files: the same trace written by our own exporters in each format the
+    // importers read.
+    for sel in 0u8..3 {
+        let mut bytes = vec![sel];
+        if let Ok(mut enc) = tracemesh::formats::Encoder::new(import_format(sel), &mut bytes)
+            && enc.write(&trace).is_ok()
+            && enc.finish().is_ok()
+        {
+            out.push(("import", import_format(sel).into(), bytes));
+        }
+    }
+
     if let Ok(dir) = tempfile::tempdir()
         && let Ok((mut s, _, _)) = spool::Spool::open(dir.path())
     {
@@ -343,11 +372,12 @@ mod tests {
 
     #[test]
     fn every_seed_and_saved_crash_runs_clean() {
-        let targets: [(&str, Target); 4] = [
+        let targets: [(&str, Target); 5] = [
             ("reply", reply),
             ("spool", spool),
             ("scenario", scenario),
             ("grpc", grpc),
+            ("import", import),
         ];
         for (name, t) in targets {
             let n = replay(name, t);
@@ -368,6 +398,20 @@ mod tests {
                 "scenario" => {
                     tracemesh_lab::scenario::World::parse(std::str::from_utf8(&bytes).unwrap_or(""))
                         .is_ok()
+                }
+                "import" => {
+                    let mut traces = 0;
+                    let r = tracemesh::formats::read_items::<String>(
+                        import_format(bytes[0]),
+                        &bytes[1..],
+                        &mut |i| {
+                            if matches!(i, tracemesh::formats::Item::Trace(_)) {
+                                traces += 1;
+                            }
+                            Ok(())
+                        },
+                    );
+                    r.is_ok() && traces == 1
                 }
                 "grpc" => match bytes[0] {
                     0 => v1::AgentMessage::decode(&bytes[1..]).is_ok(),

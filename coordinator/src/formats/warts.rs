@@ -86,7 +86,17 @@ impl Iterator for Objects<'_> {
                 why: format!("warts object type {ty:#06x}"),
             });
         }
-        Some(match Object::from_bytes((obj, 0)) {
+        // The crate panics on some damaged objects (a flag field of more than ten
+        // continuation bytes overflows its shift; found by fuzzing): a damaged object
+        // is a malformed record, not the end of the import.
+        let parsed = std::panic::catch_unwind(|| Object::from_bytes((obj, 0)));
+        let Ok(parsed) = parsed else {
+            return Some(Item::Malformed {
+                at,
+                why: "warts: damaged object (the decoder gave up)".into(),
+            });
+        };
+        Some(match parsed {
             Err(e) => Item::Malformed {
                 at,
                 why: format!("warts: {e}"),

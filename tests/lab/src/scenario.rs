@@ -231,6 +231,10 @@ pub enum Ep {
     Target(usize),
 }
 
+/// The largest delay or cost of one link, ms: 1,000 s (sums over any scenario's paths stay
+/// far inside i64 units of 1e-9).
+const MAX_LINK_MS: f64 = 1_000_000.0;
+
 /// A scenario with names resolved to indices and least costs computed, ready to route.
 #[derive(Debug)]
 pub struct World {
@@ -413,6 +417,13 @@ impl World {
                 return Err(invalid(format!("{w}: bad delay {delay}")));
             }
             let cost = l.cost.unwrap_or(delay);
+            // Costs add up along paths in integer units of 1e-9: a bound per link keeps
+            // any sum far from i64's limit (found by fuzzing the scenario parser).
+            if cost > MAX_LINK_MS || delay > MAX_LINK_MS {
+                return Err(invalid(format!(
+                    "{w}: delay_ms and cost must be at most {MAX_LINK_MS} ms"
+                )));
+            }
             let units = (cost * 1e9).round();
             if s.version == 2 && !(units > 0.0 && units.is_finite()) {
                 return Err(invalid(format!(

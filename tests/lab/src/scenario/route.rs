@@ -29,7 +29,7 @@ pub(crate) fn least_costs(wires: &[Wire], nb: &[Vec<(usize, usize)>]) -> Vec<Vec
                     continue;
                 }
                 for &(n, w) in &nb[r] {
-                    let cand = c + wires[w].units;
+                    let cand = c.saturating_add(wires[w].units);
                     if cand < d[n] {
                         d[n] = cand;
                         heap.push(Reverse((cand, n)));
@@ -147,7 +147,9 @@ impl World {
     fn next_hops(&self, r: usize, dst: usize) -> impl Iterator<Item = usize> + '_ {
         let d = &self.dist[dst];
         self.nb[r].iter().filter_map(move |&(n, w)| {
-            (d[n] != i64::MAX && d[r] != i64::MAX && self.wires[w].units + d[n] == d[r])
+            (d[n] != i64::MAX
+                && d[r] != i64::MAX
+                && self.wires[w].units.saturating_add(d[n]) == d[r])
                 .then_some(n)
         })
     }
