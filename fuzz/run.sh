@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-30}
-TARGETS=(reply spool scenario grpc import)
+TARGETS=(${FUZZ_TARGETS:-reply spool scenario grpc import})
 
 if ! cargo afl --version >/dev/null 2>&1; then
   cargo install --locked cargo-afl
