@@ -292,6 +292,34 @@ async fn shutdown_signal() {
     }
 }
 
+/// Each target as (destination, source address toward it); those that cannot be
+/// resolved or routed are reported on stderr and counted in `failures`.
+fn routed_targets(
+    targets: &[String],
+    v6_only: bool,
+    failures: &mut usize,
+) -> Vec<(IpAddr, IpAddr)> {
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let dst = match resolve(t, v6_only) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                *failures += 1;
+                continue;
+            }
+        };
+        match driver::source_for(dst) {
+            Ok(src) => out.push((dst, src)),
+            Err(e) => {
+                eprintln!("error: no route to {dst}: {e}");
+                *failures += 1;
+            }
+        }
+    }
+    out
+}
+
 fn resolve(target: &str, v6_only: bool) -> Result<IpAddr> {
     if let Ok(ip) = target.parse::<IpAddr>() {
         if v6_only && ip.is_ipv4() {
@@ -385,23 +413,7 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
     let mut out = BufWriter::new(stdout.lock());
     let mut failures = 0usize;
     let mut queued = 0usize;
-    for t in &targets {
-        let dst = match resolve(t, args.ipv6) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                failures += 1;
-                continue;
-            }
-        };
-        let src = match driver::source_for(dst) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: no route to {dst}: {e}");
-                failures += 1;
-                continue;
-            }
-        };
+    for (dst, src) in routed_targets(&targets, args.ipv6, &mut failures) {
         match engine.add(TraceRequest { dst, src, params }) {
             Ok(()) => {
                 needs.add(dst, proto);

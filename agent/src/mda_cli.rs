@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tracemesh_agent::probe::denylist::DenyList;
-use tracemesh_agent::probe::driver::{self, DriverError, Needs, Sockets};
+use tracemesh_agent::probe::driver::{DriverError, Needs, Sockets};
 use tracemesh_agent::probe::engine::RequestError;
 use tracemesh_agent::probe::mda::{MdaParams, MdaResult, MdaStop};
 use tracemesh_agent::probe::mda_engine::{MdaEngine, MdaRequest};
 use tracemesh_agent::probe::mda_text::write_mda_text;
 use tracemesh_agent::probe::{EngineConfig, Proto};
 
-use super::{TraceArgs, engine_cookie, read_targets, resolve, unix_now};
+use super::{TraceArgs, engine_cookie, read_targets, routed_targets, unix_now};
 
 pub(crate) fn trace_mda(args: &TraceArgs) -> Result<ExitCode> {
     let proto = args.proto.unwrap_or(Proto::Udp);
@@ -49,23 +49,7 @@ pub(crate) fn trace_mda(args: &TraceArgs) -> Result<ExitCode> {
     let mut out = BufWriter::new(stdout.lock());
     let mut failures = 0usize;
     let mut queued = 0usize;
-    for t in &targets {
-        let dst = match resolve(t, args.ipv6) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                failures += 1;
-                continue;
-            }
-        };
-        let src = match driver::source_for(dst) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: no route to {dst}: {e}");
-                failures += 1;
-                continue;
-            }
-        };
+    for (dst, src) in routed_targets(&targets, args.ipv6, &mut failures) {
         match engine.add(MdaRequest { dst, src, params }) {
             Ok(()) => {
                 needs.add(dst, proto);

@@ -135,6 +135,12 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The UTC calendar date of a Unix time, `YYYY-MM-DD` (proleptic Gregorian).
+pub fn date_of(unix_s: f64) -> String {
+    let (y, m, d) = civil_from_days((unix_s / 86_400.0).floor() as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {

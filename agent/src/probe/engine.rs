@@ -7,16 +7,15 @@
 //! time; further requests for the same pair wait their turn, which keeps reply matching
 //! by quoted destination unambiguous.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
 use thiserror::Error;
 
-use super::bucket::TokenBucket;
 use super::denylist::{Denied, DenyList};
 use super::model::{Proto, StopReason, TraceResult};
+use super::pacer::Pacer;
 use super::packet::{
     BuildError, Flow, ProbeSpec, QuotedL4, Reply, ReplyBody, TCP_RST, TCP_SYN, build_probe,
 };
@@ -84,6 +83,32 @@ pub struct EngineStats {
 
 type Key = (IpAddr, Proto);
 
+/// What both engines refuse in a request: a denied destination, source and destination
+/// of different families, an empty TTL range, no attempts.
+pub(crate) fn check_request(
+    cfg: &EngineConfig,
+    dst: IpAddr,
+    src: IpAddr,
+    first_ttl: u8,
+    max_ttl: u8,
+    attempts: u8,
+) -> Result<(), RequestError> {
+    cfg.denylist.check(dst)?;
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(RequestError::Family { src, dst });
+    }
+    if first_ttl > max_ttl {
+        return Err(RequestError::TtlRange {
+            first: first_ttl,
+            max: max_ttl,
+        });
+    }
+    if attempts == 0 {
+        return Err(RequestError::Attempts);
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
@@ -93,39 +118,24 @@ pub struct Engine {
     traces: HashMap<u64, Trace>,
     by_key: HashMap<Key, u64>,
     next_id: u64,
-    ready: VecDeque<u64>,
-    /// (deadline, trace, probe id); stale entries are skipped when they fire.
-    timers: BinaryHeap<Reverse<(Instant, u64, u16)>>,
-    /// Traces held back by their destination's cap, until the instant it allows one.
-    throttled: BinaryHeap<Reverse<(Instant, u64)>>,
-    global: TokenBucket,
-    per_dst: HashMap<IpAddr, TokenBucket>,
+    /// Turns, caps and deadlines.
+    pacer: Pacer,
     results: VecDeque<TraceResult>,
-    /// Maps engine instants to Unix time for the results' `start`.
-    epoch: (Instant, f64),
     stats: EngineStats,
 }
 
 impl Engine {
     /// `wall_now` is the Unix time (seconds) at `now`.
     pub fn new(cfg: EngineConfig, now: Instant, wall_now: f64) -> Self {
-        // A burst of 2 ms worth of tokens lets a driver that wakes on a 1 ms timer keep up
-        // with the rate, without bursts that overflow queues on the way.
-        let burst = (cfg.rate_pps / 500).max(1);
         Engine {
-            global: TokenBucket::new(cfg.rate_pps, burst, now),
+            pacer: Pacer::new(&cfg, now, wall_now),
             cfg,
             queue: VecDeque::new(),
             blocked: HashMap::new(),
             traces: HashMap::new(),
             by_key: HashMap::new(),
             next_id: 0,
-            ready: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            throttled: BinaryHeap::new(),
-            per_dst: HashMap::new(),
             results: VecDeque::new(),
-            epoch: (now, wall_now),
             stats: EngineStats::default(),
         }
     }
@@ -140,22 +150,15 @@ impl Engine {
 
     /// Queues a traceroute. Refused if the deny-list covers the target.
     pub fn add(&mut self, req: TraceRequest) -> Result<(), RequestError> {
-        self.cfg.denylist.check(req.dst)?;
-        if req.src.is_ipv4() != req.dst.is_ipv4() {
-            return Err(RequestError::Family {
-                src: req.src,
-                dst: req.dst,
-            });
-        }
-        if req.params.first_ttl > req.params.max_ttl {
-            return Err(RequestError::TtlRange {
-                first: req.params.first_ttl,
-                max: req.params.max_ttl,
-            });
-        }
-        if req.params.attempts == 0 {
-            return Err(RequestError::Attempts);
-        }
+        let p = &req.params;
+        check_request(
+            &self.cfg,
+            req.dst,
+            req.src,
+            p.first_ttl,
+            p.max_ttl,
+            p.attempts,
+        )?;
         self.queue.push_back(req);
         Ok(())
     }
@@ -191,7 +194,7 @@ impl Engine {
             self.by_key.insert(key, id);
             self.traces
                 .insert(id, Trace::new(req.dst, req.src, req.params));
-            self.ready.push_back(id);
+            self.pacer.push_ready(id);
         }
     }
 
@@ -199,36 +202,18 @@ impl Engine {
     /// traces' state say wait (see [`Engine::poll_timeout`]).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         self.admit();
-        while let Some(&Reverse((at, id))) = self.throttled.peek() {
-            if at > now {
-                break;
-            }
-            self.throttled.pop();
-            self.ready.push_back(id);
-        }
+        self.pacer.release_throttled(now);
         loop {
-            let &id = self.ready.front()?;
-            if self.global.next_available(now) > now {
-                return None;
-            }
-            self.ready.pop_front();
+            let id = self.pacer.next_turn(now)?;
             let Some(trace) = self.traces.get_mut(&id) else {
                 continue;
             };
             if !trace.wants_to_send() {
                 continue;
             }
-            let per_dst_pps = self.cfg.per_dst_pps;
-            let bucket = self
-                .per_dst
-                .entry(trace.dst)
-                .or_insert_with(|| TokenBucket::new(per_dst_pps, (per_dst_pps / 10).max(1), now));
-            if !bucket.try_take(now) {
-                self.throttled
-                    .push(Reverse((bucket.next_available(now), id)));
+            if !self.pacer.take(id, trace.dst, now) {
                 continue;
             }
-            self.global.try_take(now);
             let Some((ttl, probe_id)) = trace.next_probe(now) else {
                 continue;
             };
@@ -251,7 +236,7 @@ impl Engine {
                 }
             }
             if let Some(deadline) = trace.deadline_of(probe_id) {
-                self.timers.push(Reverse((deadline, id, probe_id)));
+                self.pacer.arm(deadline, id, probe_id);
             }
             self.stats.probes_sent += 1;
             return Some(Transmit {
@@ -263,34 +248,19 @@ impl Engine {
 
     /// When the driver should call back even if no reply arrives.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        let mut t = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
-        if let Some(Reverse((at, _))) = self.throttled.peek() {
-            consider(*at);
-        }
-        if !self.ready.is_empty() || (!self.queue.is_empty() && self.traces.len() < self.cfg.window)
-        {
-            consider(self.global.next_available(now));
-        }
-        t
+        let more_to_admit = !self.queue.is_empty() && self.traces.len() < self.cfg.window;
+        self.pacer.poll_timeout(now, more_to_admit)
     }
 
     /// Expires probes whose wait is over.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, id, probe_id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((id, probe_id)) = self.pacer.pop_expired(now) {
             if let Some(trace) = self.traces.get_mut(&id) {
                 trace.on_timeout(probe_id);
                 self.after_event(id);
             }
         }
-        // A full bucket is the same as a fresh one, so idle destinations cost no memory.
-        if self.per_dst.len() > 4 * self.cfg.window {
-            self.per_dst.retain(|_, b| b.next_available(now) > now);
-        }
+        self.pacer.prune(now);
     }
 
     /// Matches a reply to its probe by what it quotes; returns whether it was ours.
@@ -319,7 +289,7 @@ impl Engine {
         if trace.stop_reason().is_some() {
             self.finish(id);
         } else if trace.wants_to_send() {
-            self.ready.push_back(id);
+            self.pacer.push_ready(id);
         }
     }
 
@@ -337,9 +307,7 @@ impl Engine {
                 self.blocked.remove(&key);
             }
         }
-        let start = trace.first_sent().map_or(self.epoch.1, |t| {
-            self.epoch.1 + t.saturating_duration_since(self.epoch.0).as_secs_f64()
-        });
+        let start = self.pacer.unix_time(trace.first_sent());
         let result = TraceResult {
             dst: trace.dst,
             src: Some(trace.src),

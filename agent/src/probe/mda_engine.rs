@@ -3,16 +3,15 @@
 //! token buckets, and a window of traces probing at once. Replies are matched by the
 //! destination they quote, the probe id and the flow the quoted header carries.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
-use super::bucket::TokenBucket;
 use super::driver::Prober;
-use super::engine::{EngineConfig, RequestError};
+use super::engine::{EngineConfig, RequestError, check_request};
 use super::mda::{Mda, MdaParams, MdaResult};
 use super::model::Proto;
+use super::pacer::Pacer;
 use super::packet::{
     Flow, ProbeSpec, QuotedL4, Reply, ReplyBody, build_probe, mda_flow_of_icmp_sum,
     mda_flow_of_sport,
@@ -44,34 +43,24 @@ pub struct MdaEngine {
     traces: HashMap<u64, Mda>,
     by_key: HashMap<Key, u64>,
     next_id: u64,
-    ready: VecDeque<u64>,
-    timers: BinaryHeap<Reverse<(Instant, u64, u16)>>,
-    throttled: BinaryHeap<Reverse<(Instant, u64)>>,
-    global: TokenBucket,
-    per_dst: HashMap<IpAddr, TokenBucket>,
+    /// Turns, caps and deadlines, as the trace engine's.
+    pacer: Pacer,
     results: VecDeque<MdaResult>,
-    epoch: (Instant, f64),
     stats: MdaStats,
 }
 
 impl MdaEngine {
     /// `wall_now` is the Unix time (seconds) at `now`.
     pub fn new(cfg: EngineConfig, now: Instant, wall_now: f64) -> Self {
-        let burst = (cfg.rate_pps / 500).max(1);
         MdaEngine {
-            global: TokenBucket::new(cfg.rate_pps, burst, now),
+            pacer: Pacer::new(&cfg, now, wall_now),
             cfg,
             queue: VecDeque::new(),
             keys: HashSet::new(),
             traces: HashMap::new(),
             by_key: HashMap::new(),
             next_id: 0,
-            ready: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            throttled: BinaryHeap::new(),
-            per_dst: HashMap::new(),
             results: VecDeque::new(),
-            epoch: (now, wall_now),
             stats: MdaStats::default(),
         }
     }
@@ -83,22 +72,15 @@ impl MdaEngine {
     /// Queues a multipath trace. A second one to the same destination and method is
     /// merged into the first (one result): replies could not tell them apart.
     pub fn add(&mut self, req: MdaRequest) -> Result<(), RequestError> {
-        self.cfg.denylist.check(req.dst)?;
-        if req.src.is_ipv4() != req.dst.is_ipv4() {
-            return Err(RequestError::Family {
-                src: req.src,
-                dst: req.dst,
-            });
-        }
-        if req.params.first_ttl > req.params.max_ttl {
-            return Err(RequestError::TtlRange {
-                first: req.params.first_ttl,
-                max: req.params.max_ttl,
-            });
-        }
-        if req.params.attempts == 0 {
-            return Err(RequestError::Attempts);
-        }
+        let p = &req.params;
+        check_request(
+            &self.cfg,
+            req.dst,
+            req.src,
+            p.first_ttl,
+            p.max_ttl,
+            p.attempts,
+        )?;
         if !self.keys.insert((req.dst, req.params.proto)) {
             // Already traced in this run: the same diamond, nothing new to learn.
             return Ok(());
@@ -125,25 +107,15 @@ impl MdaEngine {
             self.by_key.insert((req.dst, req.params.proto), id);
             self.traces
                 .insert(id, Mda::new(req.dst, req.src, req.params));
-            self.ready.push_back(id);
+            self.pacer.push_ready(id);
         }
     }
 
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<IpAddr> {
         self.admit();
-        while let Some(&Reverse((at, id))) = self.throttled.peek() {
-            if at > now {
-                break;
-            }
-            self.throttled.pop();
-            self.ready.push_back(id);
-        }
+        self.pacer.release_throttled(now);
         loop {
-            let &id = self.ready.front()?;
-            if self.global.next_available(now) > now {
-                return None;
-            }
-            self.ready.pop_front();
+            let id = self.pacer.next_turn(now)?;
             let Some(trace) = self.traces.get_mut(&id) else {
                 continue;
             };
@@ -154,17 +126,9 @@ impl MdaEngine {
                 }
                 continue;
             }
-            let per_dst_pps = self.cfg.per_dst_pps;
-            let bucket = self
-                .per_dst
-                .entry(trace.dst)
-                .or_insert_with(|| TokenBucket::new(per_dst_pps, (per_dst_pps / 10).max(1), now));
-            if !bucket.try_take(now) {
-                self.throttled
-                    .push(Reverse((bucket.next_available(now), id)));
+            if !self.pacer.take(id, trace.dst, now) {
                 continue;
             }
-            self.global.try_take(now);
             let Some((ttl, flow, probe_id)) = trace.next_probe(now) else {
                 if trace.is_done() {
                     self.finish(id);
@@ -181,10 +145,10 @@ impl MdaEngine {
                 probe_id,
             };
             if let Some(deadline) = trace.deadline_of(probe_id) {
-                self.timers.push(Reverse((deadline, id, probe_id)));
+                self.pacer.arm(deadline, id, probe_id);
             }
             // More of this trace's batch goes after the other traces' turns.
-            self.ready.push_back(id);
+            self.pacer.push_ready(id);
             if let Err(e) = build_probe(&spec, buf) {
                 // `add` checked families and the trace bounds ids: a bug, not input.
                 tracing::error!(dst = %spec.dst, error = %e, "cannot build probe");
@@ -196,32 +160,18 @@ impl MdaEngine {
     }
 
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        let mut t = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
-        if let Some(Reverse((at, _))) = self.throttled.peek() {
-            consider(*at);
-        }
-        if !self.ready.is_empty() || (!self.queue.is_empty() && self.traces.len() < self.cfg.window)
-        {
-            consider(self.global.next_available(now));
-        }
-        t
+        let more_to_admit = !self.queue.is_empty() && self.traces.len() < self.cfg.window;
+        self.pacer.poll_timeout(now, more_to_admit)
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, id, probe_id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((id, probe_id)) = self.pacer.pop_expired(now) {
             if let Some(trace) = self.traces.get_mut(&id) {
                 trace.on_timeout(probe_id);
                 self.after_event(id);
             }
         }
-        if self.per_dst.len() > 4 * self.cfg.window {
-            self.per_dst.retain(|_, b| b.next_available(now) > now);
-        }
+        self.pacer.prune(now);
     }
 
     pub fn handle_reply(&mut self, reply: &Reply, rx: Instant) -> bool {
@@ -255,7 +205,7 @@ impl MdaEngine {
         if trace.is_done() {
             self.finish(id);
         } else if trace.wants_to_send() {
-            self.ready.push_back(id);
+            self.pacer.push_ready(id);
         } else if trace.is_done() {
             // Planning the next batch (inside `wants_to_send`) found nothing left to learn.
             self.finish(id);
@@ -267,9 +217,7 @@ impl MdaEngine {
             return;
         };
         self.by_key.remove(&(trace.dst, trace.params.proto));
-        let start = trace.first_sent().map_or(self.epoch.1, |t| {
-            self.epoch.1 + t.saturating_duration_since(self.epoch.0).as_secs_f64()
-        });
+        let start = self.pacer.unix_time(trace.first_sent());
         self.stats.traces_done += 1;
         self.results.push_back(trace.result(start));
     }

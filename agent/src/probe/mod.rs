@@ -11,6 +11,7 @@ pub mod mda;
 pub mod mda_engine;
 pub mod mda_text;
 pub mod model;
+mod pacer;
 pub mod packet;
 mod sys;
 pub mod trace;

@@ -14,6 +14,17 @@ use crate::geo::{
 /// country).
 pub(super) type Located = Option<(Estimate, GeoPoint, Option<(String, String)>)>;
 
+/// A disc per vantage that has an RTT to `addr`: its best one.
+pub(super) fn vantage_discs(links: &Links, vantages: &[VantageInfo], addr: IpAddr) -> Vec<Disc> {
+    links
+        .best_rtts(addr)
+        .filter_map(|(vid, rtt)| {
+            let loc = vantages.get(vid as usize)?.loc?;
+            Some(Disc::from_rtt(loc, rtt))
+        })
+        .collect()
+}
+
 /// Locates addresses for one report. Positions are shared by every record through the
 /// same routers, so each (address, depth) is computed once.
 #[derive(Debug)]
@@ -55,14 +66,7 @@ impl<'a> Locator<'a> {
     }
 
     fn locate_uncached(&mut self, addr: IpAddr, depth: u8) -> Located {
-        let mut discs: Vec<Disc> = self
-            .links
-            .best_rtts(addr)
-            .filter_map(|(vid, rtt)| {
-                let loc = self.vantages.get(vid as usize)?.loc?;
-                Some(Disc::from_rtt(loc, rtt))
-            })
-            .collect();
+        let mut discs = vantage_discs(self.links, self.vantages, addr);
         let mut rings = Vec::new();
         if depth > 0 {
             let mut preds: Vec<(IpAddr, f64)> = self.links.predecessors(addr).collect();

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{Adversary, Detector, DiversionRecord, DiversionReport, Incident, VantageInfo};
 use crate::annotate::Annotator;
-use crate::geo::{Disc, Gazetteer, GeoPoint, multilaterate};
+use crate::geo::{Gazetteer, GeoPoint, multilaterate};
 
 /// Where a hop probably is: the preferred point, the feasible region's radius (km,
 /// around its centroid), its city.
@@ -96,14 +96,7 @@ impl Detector {
     /// centroid. Vantage discs only: the ingress's position (the report's, with the
     /// links before it) is the one that matters and is drawn from the record.
     fn locate_hop(&self, addr: IpAddr, gazetteer: &Gazetteer) -> Option<LocatedHop> {
-        let mut discs: Vec<Disc> = self
-            .links
-            .best_rtts(addr)
-            .filter_map(|(vid, rtt)| {
-                let loc = self.vantages.get(vid as usize)?.loc?;
-                Some(Disc::from_rtt(loc, rtt))
-            })
-            .collect();
+        let mut discs = super::locate::vantage_discs(&self.links, &self.vantages, addr);
         discs.sort_by(|a, b| a.radius_km.total_cmp(&b.radius_km));
         discs.truncate(MAX_DISCS);
         let est = multilaterate(&discs)?;

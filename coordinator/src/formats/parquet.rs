@@ -230,21 +230,8 @@ pub fn batch(
     RecordBatch::try_new(schema(), columns).map_err(arrow_err)
 }
 
-/// UTC calendar date of a Unix time, `YYYY-MM-DD` (civil-from-days, proleptic
-/// Gregorian), the Hive partition a trace goes to.
-pub fn date_of(unix_s: f64) -> String {
-    let days = (unix_s / 86_400.0).floor() as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
+/// The Hive partition a trace goes to: the UTC date of its start.
+pub use tracemesh_proto::time::date_of;
 
 /// Writes traces into `dir/date=YYYY-MM-DD/part-0.parquet`, one open file per date.
 pub struct Writer<'a> {

@@ -21,20 +21,6 @@ impl AdminSvc {
         AdminSvc { c }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn crate::store::Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.c.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| Status::internal(super::client::error_chain(&e)))?
-            .map_err(|e| {
-                tracing::error!(error = %super::client::error_chain(&e), "store failure");
-                Status::internal(super::client::error_chain(&e))
-            })
-    }
-
     /// Persists the revocation, then refuses the certificate and ends its streams.
     async fn revoke(
         &self,
@@ -50,15 +36,16 @@ impl AdminSvc {
             role: role.as_str().to_string(),
             revoked_at_ns: now,
         };
-        self.blocking(move |s| {
-            s.put_revocation(&rec)?;
-            if let Some(mut id) = identity {
-                id.revoked_at_ns = Some(now);
-                s.put_identity(&id)?;
-            }
-            s.flush()
-        })
-        .await?;
+        self.c
+            .blocking(move |s| {
+                s.put_revocation(&rec)?;
+                if let Some(mut id) = identity {
+                    id.revoked_at_ns = Some(now);
+                    s.put_identity(&id)?;
+                }
+                s.flush()
+            })
+            .await?;
         self.c.revocations.revoke(&cert_sha256);
         Ok(now)
     }
@@ -120,7 +107,7 @@ impl v1::admin_service_server::AdminService for AdminSvc {
             }
         };
         let name = r.name.clone();
-        let existing = self.blocking(move |s| s.get_identity(&name)).await?;
+        let existing = self.c.blocking(move |s| s.get_identity(&name)).await?;
         if existing.as_ref().is_some_and(|e| e.revoked_at_ns.is_none()) {
             return Err(Status::already_exists(format!(
                 "identity {:?} exists; revoke it first to issue the name again",
@@ -145,11 +132,12 @@ impl v1::admin_service_server::AdminService for AdminSvc {
             created_at_ns: now_ns(),
             revoked_at_ns: None,
         };
-        self.blocking(move |s| {
-            s.put_identity(&rec)?;
-            s.flush()
-        })
-        .await?;
+        self.c
+            .blocking(move |s| {
+                s.put_identity(&rec)?;
+                s.flush()
+            })
+            .await?;
         tracing::info!(name = %r.name, role = role.as_str(), %by, "identity issued");
         Ok(Response::new(v1::CreateIdentityResponse {
             cert_pem,
@@ -163,7 +151,7 @@ impl v1::admin_service_server::AdminService for AdminSvc {
         req: Request<v1::ListIdentitiesRequest>,
     ) -> Result<Response<v1::ListIdentitiesResponse>, Status> {
         authorize(&req, Role::Admin)?;
-        let list = self.blocking(|s| s.list_identities()).await?;
+        let list = self.c.blocking(|s| s.list_identities()).await?;
         Ok(Response::new(v1::ListIdentitiesResponse {
             identities: list.into_iter().map(identity_proto).collect(),
         }))
@@ -177,6 +165,7 @@ impl v1::admin_service_server::AdminService for AdminSvc {
         let name = req.into_inner().name;
         let n = name.clone();
         let rec = self
+            .c
             .blocking(move |s| s.get_identity(&n))
             .await?
             .ok_or_else(|| Status::not_found(format!("no identity {name:?}")))?;
@@ -206,6 +195,7 @@ impl v1::admin_service_server::AdminService for AdminSvc {
         let name = req.into_inner().name;
         let n = name.clone();
         let rec = self
+            .c
             .blocking(move |s| s.get_agent(&n))
             .await?
             .ok_or_else(|| Status::not_found(format!("no agent {name:?} is enrolled")))?;

@@ -342,8 +342,7 @@ impl Session {
     }
 
     /// Stores alias results (keyed by campaign, round and this vantage, so a re-upload is
-    /// recognised) and acknowledges them once flushed. They are few and small: no group
-    /// commit.
+    /// recognised) and acknowledges them once flushed.
     async fn ingest_aliases(
         &mut self,
         results: Vec<v1::AliasResult>,
@@ -351,34 +350,23 @@ impl Session {
     ) -> Result<(), Status> {
         self.pace(results.len(), "alias").await?;
         let name = self.name.clone();
-        let store = self.c.store.clone();
-        let (acked, fresh) = tokio::task::spawn_blocking(move || {
-            let mut acked = Vec::new();
-            let mut fresh = 0usize;
-            for mut r in results {
-                // The vantage is who the certificate says, never what the agent claims.
-                r.vantage = name.clone();
-                r.received_at_ns = now;
-                match store.put_alias_result(&r) {
-                    Ok(IngestOutcome::Stored) => fresh += 1,
-                    Ok(IngestOutcome::Duplicate) => {}
-                    Err(StoreError::Invalid { detail, .. }) => {
-                        tracing::warn!(vantage = %name, result_id = %r.result_id, %detail, "dropping invalid alias result");
-                    }
-                    Err(e) => return Err(e),
-                }
-                acked.push(r.result_id);
-            }
-            store.flush()?;
-            Ok::<_, StoreError>((acked, fresh))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(internal)?;
-        if fresh > 0 {
+        let (acked, fresh) = self
+            .store_each(
+                "alias result",
+                results,
+                |s, r| s.put_alias_result(r),
+                move |r: &mut v1::AliasResult| {
+                    // The vantage is who the certificate says, never what the agent claims.
+                    r.vantage = name.clone();
+                    r.received_at_ns = now;
+                    r.result_id.clone()
+                },
+            )
+            .await?;
+        if !fresh.is_empty() {
             self.c.alias_results_stored();
         }
-        tracing::info!(vantage = %self.name, acked = acked.len(), new = fresh, "ingested alias results");
+        tracing::info!(vantage = %self.name, acked = acked.len(), new = fresh.len(), "ingested alias results");
         self.send(Down::Ack(v1::Ack { result_ids: acked })).await
     }
 
@@ -388,36 +376,58 @@ impl Session {
         // Charged to the agent's upload quota like traces and alias results.
         self.pace(samples.len(), "mesh").await?;
         let name = self.name.clone();
-        let store = self.c.store.clone();
-        let (acked, fresh) = tokio::task::spawn_blocking(move || {
-            let mut acked = Vec::new();
-            let mut fresh = Vec::new();
-            for mut m in samples {
-                // The receiver is who the certificate says, never what the agent claims.
-                m.dst = name.clone();
-                m.received_at_ns = now;
-                match store.put_mesh_sample(&m) {
-                    Ok(IngestOutcome::Stored) => fresh.push(m.clone()),
-                    Ok(IngestOutcome::Duplicate) => {}
-                    Err(StoreError::Invalid { detail, .. }) => {
-                        tracing::warn!(agent = %name, result_id = %m.result_id, %detail, "dropping invalid mesh sample");
-                    }
-                    Err(e) => return Err(e),
-                }
-                acked.push(m.result_id);
-            }
-            store.flush()?;
-            Ok::<_, StoreError>((acked, fresh))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(internal)?;
+        let (acked, fresh) = self
+            .store_each(
+                "mesh sample",
+                samples,
+                |s, m| s.put_mesh_sample(m),
+                move |m: &mut v1::MeshSample| {
+                    // The receiver is who the certificate says, never what the agent claims.
+                    m.dst = name.clone();
+                    m.received_at_ns = now;
+                    m.result_id.clone()
+                },
+            )
+            .await?;
         tracing::debug!(agent = %self.name, acked = acked.len(), new = fresh.len(), "ingested mesh samples");
         self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
         for m in fresh {
             self.c.publish_mesh(m);
         }
         Ok(())
+    }
+
+    /// Stores small uploaded results one at a time with `put` (they are few: no group
+    /// commit), each first stamped by `stamp`, which returns its id; then flushes. Returns the ids to acknowledge (invalid results too, or they would sit in
+    /// the agent's spool forever) and the results that were new.
+    async fn store_each<R: Clone + Send + 'static>(
+        &self,
+        what: &'static str,
+        items: Vec<R>,
+        put: Put<R>,
+        stamp: impl Fn(&mut R) -> String + Send + 'static,
+    ) -> Result<(Vec<String>, Vec<R>), Status> {
+        let agent = self.name.clone();
+        self.c
+            .blocking(move |store| {
+                let mut acked = Vec::with_capacity(items.len());
+                let mut fresh = Vec::new();
+                for mut r in items {
+                    let id = stamp(&mut r);
+                    match put(store, &r) {
+                        Ok(IngestOutcome::Stored) => fresh.push(r),
+                        Ok(IngestOutcome::Duplicate) => {}
+                        Err(StoreError::Invalid { detail, .. }) => {
+                            tracing::warn!(%agent, result_id = %id, %detail, "dropping invalid {what}");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    acked.push(id);
+                }
+                store.flush()?;
+                Ok((acked, fresh))
+            })
+            .await
     }
 
     async fn ingest(&mut self, results: Vec<v1::TraceRecord>, now: i64) -> Result<(), Status> {
@@ -508,3 +518,6 @@ fn mesh_addr(advertised: &str, remote: Option<std::net::IpAddr>) -> Option<Strin
     let port: u16 = advertised.strip_prefix(':')?.parse().ok()?;
     Some(std::net::SocketAddr::new(remote?, port).to_string())
 }
+
+/// How one kind of small result is stored.
+type Put<R> = fn(&dyn crate::store::Store, &R) -> Result<IngestOutcome, StoreError>;

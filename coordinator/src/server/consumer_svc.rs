@@ -78,20 +78,6 @@ impl ConsumerSvc {
         ConsumerSvc { c }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn crate::store::Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.c.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| Status::internal(super::client::error_chain(&e)))?
-            .map_err(|e| {
-                tracing::error!(error = %super::client::error_chain(&e), "store failure");
-                Status::internal(super::client::error_chain(&e))
-            })
-    }
-
     /// Refuses a campaign that would take operator `by` over its caps on live campaigns
     /// or targets (ResourceExhausted, saying which cap).
     async fn check_operator_caps(
@@ -106,6 +92,7 @@ impl ConsumerSvc {
             .len();
         let owner = by.to_string();
         let (live, live_targets) = self
+            .c
             .blocking(move |s| {
                 let (mut n, mut targets) = (0usize, 0usize);
                 for c in s.list_campaigns()? {
@@ -202,11 +189,12 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             used_at_ns: None,
         };
         let hash = secret_hash(&secret);
-        self.blocking(move |s| {
-            s.put_token(&hash, &record)?;
-            s.flush()
-        })
-        .await?;
+        self.c
+            .blocking(move |s| {
+                s.put_token(&hash, &record)?;
+                s.flush()
+            })
+            .await?;
         let token = EnrolToken {
             coordinator: self.c.advertise.clone(),
             name: meta.name.clone(),
@@ -226,7 +214,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
         authorize(&req, Role::Reader)?;
-        let records = self.blocking(|s| s.list_agents()).await?;
+        let records = self.c.blocking(|s| s.list_agents()).await?;
         let agents = records
             .into_iter()
             .map(|r| {
@@ -272,11 +260,12 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             e => Status::internal(super::client::error_chain(&e)),
         })?;
         let (id, owner) = (c.id.clone(), by.clone());
-        self.blocking(move |s| {
-            s.put_campaign_owner(&id, &owner)?;
-            s.flush()
-        })
-        .await?;
+        self.c
+            .blocking(move |s| {
+                s.put_campaign_owner(&id, &owner)?;
+                s.flush()
+            })
+            .await?;
         Ok(Response::new(self.present(c, now).map_err(|e| {
             Status::internal(super::client::error_chain(&e))
         })?))
@@ -288,7 +277,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
     ) -> Result<Response<v1::ListCampaignsResponse>, Status> {
         authorize(&req, Role::Reader)?;
         let now = now_ns();
-        let list = self.blocking(|s| s.list_campaigns()).await?;
+        let list = self.c.blocking(|s| s.list_campaigns()).await?;
         let campaigns = list
             .into_iter()
             .map(|c| self.present(c, now))
@@ -304,6 +293,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         authorize(&req, Role::Reader)?;
         let id = req.into_inner().id;
         let c = self
+            .c
             .blocking({
                 let id = id.clone();
                 move |s| s.get_campaign(&id)
@@ -333,11 +323,12 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             if c.cancelled_at_ns.is_none() {
                 c.cancelled_at_ns = Some(now);
                 let stored = c.clone();
-                self.blocking(move |s| {
-                    s.put_campaign(&stored)?;
-                    s.flush()
-                })
-                .await?;
+                self.c
+                    .blocking(move |s| {
+                        s.put_campaign(&stored)?;
+                        s.flush()
+                    })
+                    .await?;
             }
             c
         };
@@ -515,6 +506,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         let q = req.into_inner();
         let campaign = q.campaign_id.clone();
         let results = self
+            .c
             .blocking(move |s| {
                 let mut out = Vec::new();
                 s.for_each_alias_result(campaign.as_deref(), &mut |r| {
@@ -541,6 +533,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         let q = req.into_inner();
         let campaign = q.campaign_id.clone();
         let samples = self
+            .c
             .blocking(move |s| {
                 let mut out = Vec::new();
                 s.for_each_mesh_sample(campaign.as_deref(), &mut |m| {

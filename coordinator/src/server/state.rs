@@ -99,6 +99,22 @@ impl std::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
+    /// Runs a store call on the blocking pool, as an RPC handler needs it: a failed call
+    /// is logged and becomes `Internal`.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| Status::internal(super::client::error_chain(&e)))?
+            .map_err(|e| {
+                tracing::error!(error = %super::client::error_chain(&e), "store failure");
+                Status::internal(super::client::error_chain(&e))
+            })
+    }
+
     /// Changes each time new alias results have been stored.
     pub fn alias_generation(&self) -> u64 {
         self.alias_generation.load(Ordering::Acquire)

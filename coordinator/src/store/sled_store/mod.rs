@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prost::Message as _;
+use prost::Message;
 use rustc_hash::FxHashSet;
 use tracemesh_proto::v1;
 
@@ -388,14 +388,11 @@ impl Store for SledStore {
                 detail: "campaign or vantage missing".into(),
             });
         }
-        let key = keys::alias_key(&r.campaign_id, r.round, &r.vantage);
-        match self
-            .aliases
-            .compare_and_swap(key, None as Option<&[u8]>, Some(r.encode_to_vec()))?
-        {
-            Ok(()) => Ok(IngestOutcome::Stored),
-            Err(_) => Ok(IngestOutcome::Duplicate),
-        }
+        put_first(
+            &self.aliases,
+            keys::alias_key(&r.campaign_id, r.round, &r.vantage),
+            r,
+        )
     }
 
     fn for_each_alias_result(
@@ -403,15 +400,7 @@ impl Store for SledStore {
         campaign_id: Option<&str>,
         f: &mut dyn FnMut(v1::AliasResult) -> bool,
     ) -> Result<(), StoreError> {
-        let prefix = campaign_id.map(keys::str_prefix).unwrap_or_default();
-        for entry in self.aliases.scan_prefix(prefix) {
-            let (k, v) = entry?;
-            let r = v1::AliasResult::decode(&*v).map_err(|e| corrupt("alias result", &k, e))?;
-            if !f(r) {
-                break;
-            }
-        }
-        Ok(())
+        scan_campaign(&self.aliases, campaign_id, "alias result", f)
     }
 
     fn put_mesh_sample(&self, m: &v1::MeshSample) -> Result<IngestOutcome, StoreError> {
@@ -421,14 +410,11 @@ impl Store for SledStore {
                 detail: "campaign, src or dst missing".into(),
             });
         }
-        let key = keys::mesh_key(&m.campaign_id, m.round, &m.src, &m.dst);
-        match self
-            .mesh
-            .compare_and_swap(key, None as Option<&[u8]>, Some(m.encode_to_vec()))?
-        {
-            Ok(()) => Ok(IngestOutcome::Stored),
-            Err(_) => Ok(IngestOutcome::Duplicate),
-        }
+        put_first(
+            &self.mesh,
+            keys::mesh_key(&m.campaign_id, m.round, &m.src, &m.dst),
+            m,
+        )
     }
 
     fn for_each_mesh_sample(
@@ -436,15 +422,7 @@ impl Store for SledStore {
         campaign_id: Option<&str>,
         f: &mut dyn FnMut(v1::MeshSample) -> bool,
     ) -> Result<(), StoreError> {
-        let prefix = campaign_id.map(keys::str_prefix).unwrap_or_default();
-        for entry in self.mesh.scan_prefix(prefix) {
-            let (k, v) = entry?;
-            let m = v1::MeshSample::decode(&*v).map_err(|e| corrupt("mesh sample", &k, e))?;
-            if !f(m) {
-                break;
-            }
-        }
-        Ok(())
+        scan_campaign(&self.mesh, campaign_id, "mesh sample", f)
     }
 
     fn put_identity(&self, r: &IdentityRecord) -> Result<(), StoreError> {
@@ -473,4 +451,36 @@ impl Store for SledStore {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Stores `value` under `key` unless something is there already (a re-upload): the first
+/// copy stays.
+fn put_first(
+    tree: &sled::Tree,
+    key: Vec<u8>,
+    value: &impl Message,
+) -> Result<IngestOutcome, StoreError> {
+    match tree.compare_and_swap(key, None as Option<&[u8]>, Some(value.encode_to_vec()))? {
+        Ok(()) => Ok(IngestOutcome::Stored),
+        Err(_) => Ok(IngestOutcome::Duplicate),
+    }
+}
+
+/// Calls `f` with every record of a tree keyed by campaign first (of `campaign_id` if
+/// given), in key order, until it returns false.
+fn scan_campaign<M: Message + Default>(
+    tree: &sled::Tree,
+    campaign_id: Option<&str>,
+    what: &'static str,
+    f: &mut dyn FnMut(M) -> bool,
+) -> Result<(), StoreError> {
+    let prefix = campaign_id.map(keys::str_prefix).unwrap_or_default();
+    for entry in tree.scan_prefix(prefix) {
+        let (k, v) = entry?;
+        let m = M::decode(&*v).map_err(|e| corrupt(what, &k, e))?;
+        if !f(m) {
+            break;
+        }
+    }
+    Ok(())
 }
