@@ -8,8 +8,10 @@ alias results, so echo RTTs (the detector's best RTT per vantage and router,
 `Detector::observe_echo`: the normal path's per-hop best RTTs, the ingress position's
 constraints, radius and position) and alias sets (`ingress.router`, and an
 `ingress.owner_rule` of `alias-group` before, with the `max_rtt_jump_ms` measured from
-the hop that rule picked) may differ. Those differences are listed,
-not failed; everything else (who, where, when, which routers, AS paths) must be equal.
+the hop that rule picked) may differ. Nor does it carry the agent mesh's one-way delays
+(issue 12), so a record's `direction` and `mesh` evidence, fed by mesh samples, may be
+gone after the trip. Those differences are listed, not failed; everything else (who,
+where, when, which routers, AS paths) must be equal.
 
 usage: atlas_roundtrip.py ORIGINAL_DIVERSIONS_JSON REIMPORTED_DIVERSIONS_JSON PROBES_JSON
 """
@@ -34,11 +36,15 @@ def main():
     if len(o) != len(b):
         sys.exit(f"{len(o)} diversion records before, {len(b)} after the Atlas round trip")
     echo_fed = 0
+    mesh_fed = 0
 
     def strip(d):
-        """The record without the fields echo RTTs feed; returns them apart."""
+        """The record without the fields echo RTTs and mesh samples feed; returns them
+        apart (mesh-fed keys are prefixed `mesh:`)."""
         d = json.loads(json.dumps(d))
         fed = {}
+        for k in ("direction", "mesh"):
+            fed[f"mesh:{k}"] = d.pop(k, None)
         ing = d.get("ingress", {})
         for k in ("loc", "radius_km", "constraints", "router"):
             fed[f"ingress.{k}"] = ing.pop(k, None)
@@ -67,9 +73,19 @@ def main():
                 bad += 1
                 print(f"{x['vantage']} -> {x['target']}: {k} differs:\n  before {json.dumps(xs.get(k))}\n  after  {json.dumps(ys.get(k))}")
         for k in sorted(set(xf) | set(yf)):
-            if xf.get(k) != yf.get(k):
-                echo_fed += 1
-                print(f"{x['vantage']} -> {x['target']}: {k} {xf.get(k)} -> {yf.get(k)} (fed by alias results, not in Atlas JSON)")
+            if xf.get(k) == yf.get(k):
+                continue
+            if k.startswith("mesh:"):
+                mesh_fed += 1
+                # Only what the mesh added may be missing; never a different value.
+                if yf.get(k) is not None:
+                    bad += 1
+                    print(f"{x['vantage']} -> {x['target']}: {k[5:]} differs: {json.dumps(xf.get(k))} -> {json.dumps(yf.get(k))}")
+                else:
+                    print(f"{x['vantage']} -> {x['target']}: {k[5:]} {json.dumps(xf.get(k))} -> none (fed by mesh samples, not in Atlas JSON)")
+                continue
+            echo_fed += 1
+            print(f"{x['vantage']} -> {x['target']}: {k} {xf.get(k)} -> {yf.get(k)} (fed by alias results, not in Atlas JSON)")
 
     def inc(doc):
         return [{k: v for k, v in i.items() if k != "ingress_loc"} for i in doc.get("incidents", [])]
@@ -81,7 +97,7 @@ def main():
         sys.exit(f"{bad} differences in {len(o)} records")
     print(f"{len(o)} diversion records and {len(orig.get('incidents', []))} incidents: "
           "equal after export as Atlas JSON, a fresh store and re-import "
-          f"({echo_fed} values fed by alias results differ, listed above)")
+          f"({echo_fed} values fed by alias results and {mesh_fed} fed by mesh samples differ, listed above)")
 
 
 if __name__ == "__main__":
