@@ -6,7 +6,7 @@ export's probe file (`description` holds the name); everything else must be equa
 except what the lab coordinator's alias results feed: Atlas JSON carries traces, not
 alias results, so echo RTTs (the detector's best RTT per vantage and router,
 `Detector::observe_echo`: the normal path's per-hop best RTTs, the ingress position's
-constraints, radius and position) and alias sets (`ingress.router`, and an
+constraints, radius, position and the city nearest it) and alias sets (`ingress.router`, and an
 `ingress.owner_rule` of `alias-group` before, with the `max_rtt_jump_ms` measured from
 the hop that rule picked) may differ. Nor does it carry the agent mesh's one-way delays
 (issue 12), so a record's `direction` and `mesh` evidence, fed by mesh samples, may be
@@ -46,7 +46,8 @@ def main():
         for k in ("direction", "mesh"):
             fed[f"mesh:{k}"] = d.pop(k, None)
         ing = d.get("ingress", {})
-        for k in ("loc", "radius_km", "constraints", "router"):
+        # The city named is the one nearest the position, so it follows `loc`.
+        for k in ("loc", "radius_km", "constraints", "router", "city", "city_country"):
             fed[f"ingress.{k}"] = ing.pop(k, None)
         fed["ingress.owner_rule"] = ing.get("owner_rule")
         for h in d.get("evidence", {}).get("normal_path", []):
@@ -87,12 +88,19 @@ def main():
             echo_fed += 1
             print(f"{x['vantage']} -> {x['target']}: {k} {xf.get(k)} -> {yf.get(k)} (fed by alias results, not in Atlas JSON)")
 
+    fed_inc = ("ingress_loc", "ingress_city")
+
     def inc(doc):
-        return [{k: v for k, v in i.items() if k != "ingress_loc"} for i in doc.get("incidents", [])]
+        return [{k: v for k, v in i.items() if k not in fed_inc} for i in doc.get("incidents", [])]
 
     if inc(orig) != inc(back):
         bad += 1
         print("incidents differ")
+    for i, j in zip(orig.get("incidents", []), back.get("incidents", [])):
+        for k in fed_inc:
+            if i.get(k) != j.get(k):
+                echo_fed += 1
+                print(f"incident {i.get('id')}: {k} {json.dumps(i.get(k))} -> {json.dumps(j.get(k))} (fed by alias results, not in Atlas JSON)")
     if bad:
         sys.exit(f"{bad} differences in {len(o)} records")
     print(f"{len(o)} diversion records and {len(orig.get('incidents', []))} incidents: "
