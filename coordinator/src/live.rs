@@ -363,6 +363,7 @@ fn schedule_aliases(c: &Arc<Coordinator>, auto: &mut AutoAlias, suspects: &[(Str
             rounds: 0,
         }),
         mesh: None,
+        mda: None,
     };
     let c = c.clone();
     tokio::spawn(async move {

@@ -1194,3 +1194,124 @@ async fn live_detection_streams_diversions_to_subscribers() {
     assert_eq!(d.ingress.unwrap().addr, "202.97.10.1");
     assert_eq!(d.handoff.unwrap().addr, "24.114.255.2");
 }
+
+/// `campaign create --mda`: the agent's instruction carries the MDA rounds; multipath
+/// traces uploaded (twice: a lost ack) are acknowledged each time, stored once, and read
+/// back by `tracemesh mda`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mda_campaign_results_are_acked_stored_once_and_queried() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(dir.path());
+    let id = enrol(&coord.token("tor-1", &[])).await.unwrap();
+    let mut s = Session::open(&id, &[]).await;
+    let created = coord.ok(&[
+        "campaign",
+        "create",
+        "--targets",
+        "192.0.2.10",
+        "--agents",
+        "name:tor-1",
+        "--every",
+        "10s",
+        "--rounds",
+        "6",
+        "--mda",
+        "--mda-every",
+        "3",
+        "--confidence",
+        "99",
+        "--json",
+    ]);
+    let cid = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let instr = match s.next().await {
+        Down::Campaign(c) => c,
+        other => panic!("expected Campaign, got {other:?}"),
+    };
+    assert_eq!(
+        instr.mda,
+        Some(v1::MdaSpec {
+            every: 3,
+            confidence: 99,
+            budget: 0
+        })
+    );
+    let result = |round: u32| v1::MdaResult {
+        result_id: tracemesh_proto::mda_result_id(&cid, round, "192.0.2.10"),
+        campaign_id: cid.clone(),
+        round,
+        // What the agent claims is overwritten by its certificate's name.
+        vantage: "someone-else".into(),
+        dst: "192.0.2.10".into(),
+        proto: v1::ProbeProtocol::Icmp as i32,
+        confidence: 99,
+        stop_reason: "completed".into(),
+        probes_sent: 42,
+        hops: vec![v1::MdaHop {
+            ttl: 2,
+            interfaces: vec![
+                v1::MdaInterface {
+                    addr: "10.0.1.1".into(),
+                    flows: 4,
+                    ..Default::default()
+                },
+                v1::MdaInterface {
+                    addr: "10.0.2.1".into(),
+                    flows: 5,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        links: vec![v1::MdaLink {
+            ttl: 1,
+            from: "10.0.0.1".into(),
+            to: "10.0.2.1".into(),
+        }],
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        s.send(Up::MdaBatch(v1::MdaBatch {
+            results: vec![result(0), result(3)],
+        }))
+        .await;
+        match s.next().await {
+            Down::Ack(a) => assert_eq!(
+                a.result_ids,
+                [
+                    format!("{cid}/0/mda/192.0.2.10"),
+                    format!("{cid}/3/mda/192.0.2.10")
+                ]
+            ),
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+    let lines = json_lines(&coord.ok(&["mda", "--campaign", &cid, "--json"]));
+    assert_eq!(lines.len(), 2, "stored once each: {lines:?}");
+    assert_eq!(lines[0]["round"], 0);
+    assert_eq!(lines[1]["round"], 3);
+    assert_eq!(lines[0]["vantage"], "tor-1");
+    assert_eq!(lines[0]["type"], "mda");
+    assert_eq!(lines[0]["proto"], "icmp");
+    assert_eq!(lines[0]["hops"][0]["interfaces"][1]["addr"], "10.0.2.1");
+    assert_eq!(lines[0]["links"][0]["to"], "10.0.2.1");
+    let text = coord.ok(&["mda", "--campaign", &cid]);
+    assert!(text.contains("10.0.1.1 | 10.0.2.1"), "{text}");
+    let none = coord.ok(&["mda", "--campaign", &cid, "--vantage", "nobody", "--json"]);
+    assert!(none.trim().is_empty());
+    // Bad input: one line, non-zero.
+    let bad = coord.cli(&[
+        "campaign",
+        "create",
+        "--targets",
+        "192.0.2.1",
+        "--mda",
+        "--confidence",
+        "97",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("expected 95 or 99"), "{err}");
+}

@@ -8,7 +8,8 @@
 //!
 //! File format (version 2, written): magic `TMSP2\n`, then records of `u8 kind, u16 id
 //! length, id, u32 payload length, payload, u32 CRC-32 of the kind byte and payload`, all
-//! big-endian; kind 0 is an encoded `TraceRecord`, 1 an encoded `AliasResult`. Version 1
+//! big-endian; kind 0 is an encoded `TraceRecord`, 1 an encoded `AliasResult`, 2 a
+//! `MeshSample`, 3 an `MdaResult`. Version 1
 //! files (magic `TMSP1\n`, no kind byte, CRC of the payload alone, traces only), written
 //! by older agents, are still read.
 
@@ -53,6 +54,8 @@ pub enum Kind {
     Alias,
     /// A `tracemesh.v1.MeshSample`.
     Mesh,
+    /// A `tracemesh.v1.MdaResult`.
+    Mda,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Trace => 0,
             Kind::Alias => 1,
             Kind::Mesh => 2,
+            Kind::Mda => 3,
         }
     }
 
@@ -69,6 +73,7 @@ impl Kind {
             0 => Some(Kind::Trace),
             1 => Some(Kind::Alias),
             2 => Some(Kind::Mesh),
+            3 => Some(Kind::Mda),
             _ => None,
         }
     }
