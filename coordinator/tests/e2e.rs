@@ -1315,3 +1315,129 @@ async fn mda_campaign_results_are_acked_stored_once_and_queried() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("expected 95 or 99"), "{err}");
 }
+
+/// Live detection and `tracemesh diversions` take a pair's multipath traces as known
+/// branches: clean rounds all took 10.5.0.1 at TTL 2, the diverted ones take 10.6.0.1
+/// (unannounced, like the hand-off 10.7.0.1), which only the multipath trace of round 0
+/// showed. Without it the unseen branch would be named the ingress (detect_logic.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_and_cli_detection_take_multipath_branches_as_normal() {
+    let dir = tempfile::tempdir().unwrap();
+    let pfx2as = dir.path().join("pfx2as.txt");
+    std::fs::write(&pfx2as, DIV_PFX2AS).unwrap();
+    let coord = Coordinator::start_with(
+        dir.path(),
+        &["--adversary", "4134", "--pfx2as", pfx2as.to_str().unwrap()],
+    );
+    let id = enrol(&coord.token(
+        "ottawa",
+        &["--country", "CA", "--loc", "45.42,-75.70", "--asn", "812"],
+    ))
+    .await
+    .unwrap();
+    let mut sub = coord
+        .admin()
+        .await
+        .subscribe_diversions(v1::SubscribeDiversionsRequest { vantage: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut s = Session::open(&id, &[]).await;
+    let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
+    let iface = |a: &str| v1::MdaInterface {
+        addr: a.into(),
+        flows: 8,
+        ..Default::default()
+    };
+    let mda = v1::MdaResult {
+        result_id: tracemesh_proto::mda_result_id("div", 0, DIV_DST),
+        campaign_id: "div".into(),
+        dst: DIV_DST.into(),
+        start: t0 + 1.0,
+        hops: [
+            (1, vec!["24.114.255.1"]),
+            (2, vec!["10.5.0.1", "10.6.0.1"]),
+            (3, vec!["10.7.0.1"]),
+            (4, vec!["62.115.10.1"]),
+        ]
+        .into_iter()
+        .map(|(ttl, addrs)| v1::MdaHop {
+            ttl,
+            interfaces: addrs.into_iter().map(iface).collect(),
+            ..Default::default()
+        })
+        .collect(),
+        ..Default::default()
+    };
+    s.send(Up::MdaBatch(v1::MdaBatch { results: vec![mda] }))
+        .await;
+    assert!(matches!(s.next().await, Down::Ack(a) if a.result_ids.len() == 1));
+    let path = |round: u32, hops: &[(&str, f64)]| {
+        let mut r = record("div", round, DIV_DST);
+        r.start = t0 + f64::from(round) * 10.0;
+        r.hops = hops
+            .iter()
+            .enumerate()
+            .map(|(i, (a, rtt))| v1::Hop {
+                ttl: i as u32 + 1,
+                addr: Some(a.to_string()),
+                rtt_ms: Some(*rtt),
+                probes: 1,
+                ..Default::default()
+            })
+            .collect();
+        r
+    };
+    let mut results: Vec<_> = (0..3)
+        .map(|r| {
+            path(
+                r,
+                &[
+                    ("24.114.255.1", 0.4),
+                    ("10.5.0.1", 2.0),
+                    ("10.7.0.1", 5.7),
+                    ("62.115.10.1", 13.0),
+                    ("211.192.255.1", 150.0),
+                    (DIV_DST, 150.4),
+                ],
+            )
+        })
+        .collect();
+    results.extend((3..6).map(|r| {
+        path(
+            r,
+            &[
+                ("24.114.255.1", 0.4),
+                ("10.6.0.1", 2.0),
+                ("10.7.0.1", 5.7),
+                ("202.97.10.1", 5.8),
+                ("202.97.10.5", 66.0),
+                ("211.192.255.1", 200.0),
+                (DIV_DST, 200.4),
+            ],
+        )
+    }));
+    s.send(Up::TraceBatch(v1::TraceBatch { results })).await;
+    assert!(matches!(s.next().await, Down::Ack(a) if a.result_ids.len() == 6));
+    let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
+        .await
+        .expect("diversion announced in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.vantage.as_str(), d.rounds), ("ottawa", 3));
+    assert_eq!(d.ingress.unwrap().addr, "202.97.10.1");
+    assert_eq!(d.handoff.unwrap().addr, "10.7.0.1");
+    let out = coord.ok(&[
+        "diversions",
+        "--adversary",
+        "AS4134",
+        "--pfx2as",
+        pfx2as.to_str().unwrap(),
+        "--json",
+    ]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ds = rep["diversions"].as_array().unwrap();
+    assert_eq!(ds.len(), 1, "{rep}");
+    assert_eq!(ds[0]["ingress"]["addr"], "202.97.10.1", "{rep}");
+    assert_eq!(ds[0]["handoff"]["addr"], "10.7.0.1", "{rep}");
+}
