@@ -345,6 +345,31 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_survives_a_reopen_and_an_ack_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kinds = [Kind::Trace, Kind::Alias, Kind::Mesh, Kind::Mda];
+        {
+            let (mut s, _, _) = Spool::open(dir.path()).unwrap();
+            let batch: Vec<Record> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, &kind)| Record {
+                    id: format!("c/0/{i}"),
+                    kind,
+                    payload: vec![i as u8; 3],
+                })
+                .collect();
+            s.push(&batch).unwrap();
+        }
+        let (mut s, waiting, problems) = Spool::open(dir.path()).unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(waiting.iter().map(|r| r.kind).collect::<Vec<_>>(), kinds);
+        s.ack(["c/0/0", "c/0/1", "c/0/2", "c/0/3"]).unwrap();
+        let (_, waiting, _) = Spool::open(dir.path()).unwrap();
+        assert!(waiting.is_empty());
+    }
+
+    #[test]
     fn version_1_files_still_load_and_kinds_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         // A batch as an older agent wrote it: TMSP1, no kind byte, CRC of the payload.
