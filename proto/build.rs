@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/tracemesh/v1/trace.proto",
     "proto/tracemesh/v1/alias.proto",
     "proto/tracemesh/v1/mesh.proto",
+    "proto/tracemesh/v1/mda.proto",
     "proto/tracemesh/v1/campaign.proto",
     "proto/tracemesh/v1/agent.proto",
     "proto/tracemesh/v1/consumer.proto",

@@ -631,6 +631,7 @@ async fn run(sessions: usize, traces: usize, batch: usize) -> anyhow::Result<()>
                 start_at_ns: 0,
                 alias: None,
                 mesh: None,
+                mda: None,
             }),
         })
         .await?

@@ -19,7 +19,7 @@ use tracemesh_proto::v1;
 
 use crate::alias::auto::{AutoAlias, border_suspects};
 use crate::annotate::Annotator;
-use crate::detect::{Adversary, Detector, DiversionRecord, Tables, Trace, VantageInfo};
+use crate::detect::{Adversary, Detector, DiversionRecord, MdaTrace, Tables, Trace, VantageInfo};
 use crate::geo::GeoPoint;
 use crate::server::Coordinator;
 use crate::store::{AgentMeta, StoreError};
@@ -204,8 +204,18 @@ async fn replay(
             }
             true
         })?;
+        // Multipath traces: every branch of the pairs' load balancers is normal.
+        let mut mda = 0usize;
+        store.for_each_mda_result(None, &mut |r| {
+            if let Some(m) = MdaTrace::from_record(&r) {
+                det.ingest_mda(&m, &annot);
+                mda += 1;
+            }
+            true
+        })?;
         tracing::info!(
             traces = n,
+            mda,
             secs = started.elapsed().as_secs_f64(),
             state = ?det.state_size(),
             "detector replayed the stored traces"
@@ -363,6 +373,7 @@ fn schedule_aliases(c: &Arc<Coordinator>, auto: &mut AutoAlias, suspects: &[(Str
             rounds: 0,
         }),
         mesh: None,
+        mda: None,
     };
     let c = c.clone();
     tokio::spawn(async move {
@@ -404,6 +415,7 @@ async fn run(
     // Subscribe before replaying so nothing falls between; a trace seen twice is the
     // same round of the same pair and changes nothing.
     let mut rx = c.subscribe_traces();
+    let mut mda_rx = c.subscribe_mda();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .inspect_err(
             |e| tracing::warn!(error = %e, "no SIGHUP handler: annotation cannot be reloaded"),
@@ -473,6 +485,23 @@ async fn run(
                 Ok(t) => batch.push(t),
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
                     tracing::warn!(skipped = n, "live detection fell behind");
+                }
+                Err(_) => break,
+            }
+        }
+        // Multipath traces follow their round's traces: they go in with the next batch.
+        loop {
+            match mda_rx.try_recv() {
+                Ok(r) => {
+                    if let Some(m) = MdaTrace::from_record(&r) {
+                        det.ingest_mda(&m, &annot);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        skipped = n,
+                        "live detection fell behind on multipath traces"
+                    );
                 }
                 Err(_) => break,
             }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use tracemesh::annotate::{Annotator, IxpLan, Origin, split_name_country};
 use tracemesh::detect::{
-    Adversary, Detector, DiversionReport, Trace, TraceHop, VantageInfo, detect,
+    Adversary, Detector, DiversionReport, MdaTrace, Trace, TraceHop, VantageInfo, detect,
 };
 use tracemesh::geo::{Gazetteer, GeoPoint, great_circle_km};
 
@@ -818,4 +818,149 @@ fn a_silent_first_hop_hand_off_is_named_from_the_vantages_other_paths() {
     let d = &rep.diversions[0];
     assert_eq!(d.handoff.addr, Some(ip("24.114.255.1")));
     assert_eq!(d.handoff.method, "other-pair");
+}
+
+/// Ottawa → KT through a carrier whose core is numbered from unannounced space: a
+/// load balancer at TTL 2 (10.5.0.1 or 10.6.0.1), the hand-off 10.7.0.1 at TTL 3.
+fn via_diamond(round: u64, branch: &str, diverted: bool) -> Trace {
+    let mut hops = vec![
+        (Some("24.114.255.1"), 0.4),
+        (Some(branch), 2.0),
+        (Some("10.7.0.1"), 5.7),
+    ];
+    if diverted {
+        hops.extend([
+            (Some("202.97.10.1"), 5.8),
+            (Some("202.97.10.5"), 66.0),
+            (Some("211.192.255.1"), 200.0),
+            (Some(DST), 200.4),
+        ]);
+    } else {
+        hops.extend([
+            (Some("62.115.10.1"), 13.0),
+            (Some("211.192.255.1"), 150.0),
+            (Some(DST), 150.4),
+        ]);
+    }
+    trace(round, "ottawa", DST, &hops)
+}
+
+fn mda(round: u64, hops: &[(u8, &[&str])]) -> MdaTrace {
+    MdaTrace {
+        round,
+        vantage: "ottawa".into(),
+        dst: ip(DST),
+        start: T0 + round as f64 * 10.0,
+        hops: hops
+            .iter()
+            .map(|(t, a)| (*t, a.iter().map(|s| ip(s)).collect()))
+            .collect(),
+    }
+}
+
+fn run_with_mda(traces: &[Trace], mdas: &[MdaTrace]) -> DiversionReport {
+    let annot = annotator();
+    let mut d = Detector::new(Adversary::from_asns([4134]));
+    for v in vantages() {
+        d.set_vantage(v);
+    }
+    for m in mdas {
+        d.ingest_mda(m, &annot);
+    }
+    for t in traces {
+        d.ingest(t, &annot);
+    }
+    d.report(&annot, &Gazetteer::builtin(), T0 + 1e6)
+}
+
+#[test]
+fn every_branch_of_a_multipath_trace_is_a_normal_path() {
+    // Clean rounds all took branch 10.5.0.1; the diverted ones take 10.6.0.1.
+    let mut ts: Vec<Trace> = (0..3).map(|r| via_diamond(r, "10.5.0.1", false)).collect();
+    ts.extend((3..6).map(|r| via_diamond(r, "10.6.0.1", true)));
+    // Without multipath knowledge, the unseen branch looks like where the path left its
+    // normal route, and it is unannounced like an adversary's exchange port: it is
+    // wrongly named the ingress.
+    let without = run_with_mda(&ts, &[]);
+    assert_eq!(without.diversions.len(), 1, "{:#?}", without.diversions);
+    assert_eq!(without.diversions[0].ingress.addr, ip("10.6.0.1"));
+    // Round 0's multipath trace found both branches: 10.6.0.1 is normal, the ingress is
+    // China Telecom's first router and the hand-off the carrier's 10.7.0.1.
+    let diamond = mda(
+        0,
+        &[
+            (1, &["24.114.255.1"]),
+            (2, &["10.5.0.1", "10.6.0.1"]),
+            (3, &["10.7.0.1"]),
+            (4, &["62.115.10.1"]),
+            (5, &["211.192.255.1"]),
+            (6, &[DST]),
+        ],
+    );
+    let with = run_with_mda(&ts, std::slice::from_ref(&diamond));
+    assert_eq!(with.diversions.len(), 1, "{:#?}", with.diversions);
+    let d = &with.diversions[0];
+    assert_eq!((d.first_round, d.last_round), (3, 5));
+    assert_eq!(d.ingress.addr, ip("202.97.10.1"));
+    assert_eq!(d.handoff.addr, Some(ip("10.7.0.1")));
+    // Paris rounds that change branch without a diversion are no report at all.
+    let flapping: Vec<Trace> = (0..8)
+        .map(|r| via_diamond(r, ["10.5.0.1", "10.6.0.1"][r as usize % 2], false))
+        .collect();
+    assert!(run_with_mda(&flapping, &[diamond]).diversions.is_empty());
+}
+
+#[test]
+fn a_multipath_trace_taken_during_a_diversion_teaches_nothing_past_the_border() {
+    let mut ts: Vec<Trace> = (0..3).map(|r| via_diamond(r, "10.5.0.1", false)).collect();
+    ts.extend((3..6).map(|r| via_diamond(r, "10.6.0.1", true)));
+    // Round 3's multipath trace follows the diversion into China Telecom: the hops from
+    // its first adversary TTL on are not learned as normal.
+    let during = mda(
+        3,
+        &[
+            (1, &["24.114.255.1"]),
+            (2, &["10.5.0.1", "10.6.0.1"]),
+            (3, &["10.7.0.1"]),
+            (4, &["202.97.10.1"]),
+            (5, &["202.97.10.5"]),
+            (6, &["211.192.255.1"]),
+        ],
+    );
+    let rep = run_with_mda(&ts, &[during]);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    let d = &rep.diversions[0];
+    assert_eq!(d.ingress.addr, ip("202.97.10.1"));
+    assert_eq!(d.handoff.addr, Some(ip("10.7.0.1")));
+    assert_eq!(d.handoff.method, "answered");
+}
+
+#[test]
+fn a_silent_adversary_round_on_another_branch_stays_in_the_episode() {
+    // Round 4 took the other branch and China Telecom's routers stayed silent: without
+    // multipath knowledge it differs from the diverted rounds at TTL 2 and splits the
+    // episode; with it, it is the same route.
+    let mut ts: Vec<Trace> = (0..3).map(|r| via_diamond(r, "10.5.0.1", false)).collect();
+    ts.push(via_diamond(3, "10.6.0.1", true));
+    ts.push(trace(
+        4,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("10.5.0.1"), 2.0),
+            (Some("10.7.0.1"), 5.7),
+            (None, 0.0),
+            (None, 0.0),
+            (Some("211.192.255.1"), 200.0),
+            (Some(DST), 200.4),
+        ],
+    ));
+    ts.push(via_diamond(5, "10.6.0.1", true));
+    let diamond = mda(0, &[(1, &["24.114.255.1"]), (2, &["10.5.0.1", "10.6.0.1"])]);
+    let without = run_with_mda(&ts, &[]);
+    assert_eq!(without.diversions.len(), 2, "{:#?}", without.diversions);
+    let with = run_with_mda(&ts, &[diamond]);
+    assert_eq!(with.diversions.len(), 1, "{:#?}", with.diversions);
+    assert_eq!(with.diversions[0].rounds, 3);
 }

@@ -471,10 +471,9 @@ async fn late_agent_gets_pending_campaign_and_stale_one_is_cancelled() {
         "2",
         "--json",
     ]);
-    let cid = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert!(created["mda"].is_null(), "no multipath rounds: {created}");
+    let cid = created["id"].as_str().unwrap().to_string();
     // A campaign for someone else must not reach this agent.
     coord.ok(&[
         "campaign",
@@ -1193,4 +1192,253 @@ async fn live_detection_streams_diversions_to_subscribers() {
     assert_eq!(d.rounds, 3);
     assert_eq!(d.ingress.unwrap().addr, "202.97.10.1");
     assert_eq!(d.handoff.unwrap().addr, "24.114.255.2");
+}
+
+/// `campaign create --mda`: the agent's instruction carries the MDA rounds; multipath
+/// traces uploaded (twice: a lost ack) are acknowledged each time, stored once, and read
+/// back by `tracemesh mda`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mda_campaign_results_are_acked_stored_once_and_queried() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(dir.path());
+    let id = enrol(&coord.token("tor-1", &[])).await.unwrap();
+    let mut s = Session::open(&id, &[]).await;
+    let created = coord.ok(&[
+        "campaign",
+        "create",
+        "--targets",
+        "192.0.2.10",
+        "--agents",
+        "name:tor-1",
+        "--every",
+        "10s",
+        "--rounds",
+        "6",
+        "--mda",
+        "--mda-every",
+        "3",
+        "--confidence",
+        "99",
+        "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(
+        created["mda"],
+        serde_json::json!({"every": 3, "confidence": 99, "budget": 0})
+    );
+    let cid = created["id"].as_str().unwrap().to_string();
+    let instr = match s.next().await {
+        Down::Campaign(c) => c,
+        other => panic!("expected Campaign, got {other:?}"),
+    };
+    assert_eq!(
+        instr.mda,
+        Some(v1::MdaSpec {
+            every: 3,
+            confidence: 99,
+            budget: 0
+        })
+    );
+    let result = |round: u32| v1::MdaResult {
+        result_id: tracemesh_proto::mda_result_id(&cid, round, "192.0.2.10"),
+        campaign_id: cid.clone(),
+        round,
+        // What the agent claims is overwritten by its certificate's name.
+        vantage: "someone-else".into(),
+        dst: "192.0.2.10".into(),
+        proto: v1::ProbeProtocol::Icmp as i32,
+        confidence: 99,
+        stop_reason: "completed".into(),
+        probes_sent: 42,
+        hops: vec![v1::MdaHop {
+            ttl: 2,
+            interfaces: vec![
+                v1::MdaInterface {
+                    addr: "10.0.1.1".into(),
+                    flows: 4,
+                    ..Default::default()
+                },
+                v1::MdaInterface {
+                    addr: "10.0.2.1".into(),
+                    flows: 5,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        links: vec![v1::MdaLink {
+            ttl: 1,
+            from: "10.0.0.1".into(),
+            to: "10.0.2.1".into(),
+        }],
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        s.send(Up::MdaBatch(v1::MdaBatch {
+            results: vec![result(0), result(3)],
+        }))
+        .await;
+        match s.next().await {
+            Down::Ack(a) => assert_eq!(
+                a.result_ids,
+                [
+                    format!("{cid}/0/mda/192.0.2.10"),
+                    format!("{cid}/3/mda/192.0.2.10")
+                ]
+            ),
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+    let lines = json_lines(&coord.ok(&["mda", "--campaign", &cid, "--json"]));
+    assert_eq!(lines.len(), 2, "stored once each: {lines:?}");
+    assert_eq!(lines[0]["round"], 0);
+    assert_eq!(lines[1]["round"], 3);
+    assert_eq!(lines[0]["vantage"], "tor-1");
+    assert_eq!(lines[0]["type"], "mda");
+    assert_eq!(lines[0]["proto"], "icmp");
+    assert_eq!(lines[0]["hops"][0]["interfaces"][1]["addr"], "10.0.2.1");
+    assert_eq!(lines[0]["links"][0]["to"], "10.0.2.1");
+    let text = coord.ok(&["mda", "--campaign", &cid]);
+    assert!(text.contains("10.0.1.1 | 10.0.2.1"), "{text}");
+    let none = coord.ok(&["mda", "--campaign", &cid, "--vantage", "nobody", "--json"]);
+    assert!(none.trim().is_empty());
+    // Bad input: one line, non-zero.
+    let bad = coord.cli(&[
+        "campaign",
+        "create",
+        "--targets",
+        "192.0.2.1",
+        "--mda",
+        "--confidence",
+        "97",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("expected 95 or 99"), "{err}");
+}
+
+/// Live detection and `tracemesh diversions` take a pair's multipath traces as known
+/// branches: clean rounds all took 10.5.0.1 at TTL 2, the diverted ones take 10.6.0.1
+/// (unannounced, like the hand-off 10.7.0.1), which only the multipath trace of round 0
+/// showed. Without it the unseen branch would be named the ingress (detect_logic.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_and_cli_detection_take_multipath_branches_as_normal() {
+    let dir = tempfile::tempdir().unwrap();
+    let pfx2as = dir.path().join("pfx2as.txt");
+    std::fs::write(&pfx2as, DIV_PFX2AS).unwrap();
+    let coord = Coordinator::start_with(
+        dir.path(),
+        &["--adversary", "4134", "--pfx2as", pfx2as.to_str().unwrap()],
+    );
+    let id = enrol(&coord.token(
+        "ottawa",
+        &["--country", "CA", "--loc", "45.42,-75.70", "--asn", "812"],
+    ))
+    .await
+    .unwrap();
+    let mut sub = coord
+        .admin()
+        .await
+        .subscribe_diversions(v1::SubscribeDiversionsRequest { vantage: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut s = Session::open(&id, &[]).await;
+    let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
+    let iface = |a: &str| v1::MdaInterface {
+        addr: a.into(),
+        flows: 8,
+        ..Default::default()
+    };
+    let mda = v1::MdaResult {
+        result_id: tracemesh_proto::mda_result_id("div", 0, DIV_DST),
+        campaign_id: "div".into(),
+        dst: DIV_DST.into(),
+        start: t0 + 1.0,
+        hops: [
+            (1, vec!["24.114.255.1"]),
+            (2, vec!["10.5.0.1", "10.6.0.1"]),
+            (3, vec!["10.7.0.1"]),
+            (4, vec!["62.115.10.1"]),
+        ]
+        .into_iter()
+        .map(|(ttl, addrs)| v1::MdaHop {
+            ttl,
+            interfaces: addrs.into_iter().map(iface).collect(),
+            ..Default::default()
+        })
+        .collect(),
+        ..Default::default()
+    };
+    s.send(Up::MdaBatch(v1::MdaBatch { results: vec![mda] }))
+        .await;
+    assert!(matches!(s.next().await, Down::Ack(a) if a.result_ids.len() == 1));
+    let path = |round: u32, hops: &[(&str, f64)]| {
+        let mut r = record("div", round, DIV_DST);
+        r.start = t0 + f64::from(round) * 10.0;
+        r.hops = hops
+            .iter()
+            .enumerate()
+            .map(|(i, (a, rtt))| v1::Hop {
+                ttl: i as u32 + 1,
+                addr: Some(a.to_string()),
+                rtt_ms: Some(*rtt),
+                probes: 1,
+                ..Default::default()
+            })
+            .collect();
+        r
+    };
+    let mut results: Vec<_> = (0..3)
+        .map(|r| {
+            path(
+                r,
+                &[
+                    ("24.114.255.1", 0.4),
+                    ("10.5.0.1", 2.0),
+                    ("10.7.0.1", 5.7),
+                    ("62.115.10.1", 13.0),
+                    ("211.192.255.1", 150.0),
+                    (DIV_DST, 150.4),
+                ],
+            )
+        })
+        .collect();
+    results.extend((3..6).map(|r| {
+        path(
+            r,
+            &[
+                ("24.114.255.1", 0.4),
+                ("10.6.0.1", 2.0),
+                ("10.7.0.1", 5.7),
+                ("202.97.10.1", 5.8),
+                ("202.97.10.5", 66.0),
+                ("211.192.255.1", 200.0),
+                (DIV_DST, 200.4),
+            ],
+        )
+    }));
+    s.send(Up::TraceBatch(v1::TraceBatch { results })).await;
+    assert!(matches!(s.next().await, Down::Ack(a) if a.result_ids.len() == 6));
+    let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
+        .await
+        .expect("diversion announced in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.vantage.as_str(), d.rounds), ("ottawa", 3));
+    assert_eq!(d.ingress.unwrap().addr, "202.97.10.1");
+    assert_eq!(d.handoff.unwrap().addr, "10.7.0.1");
+    let out = coord.ok(&[
+        "diversions",
+        "--adversary",
+        "AS4134",
+        "--pfx2as",
+        pfx2as.to_str().unwrap(),
+        "--json",
+    ]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ds = rep["diversions"].as_array().unwrap();
+    assert_eq!(ds.len(), 1, "{rep}");
+    assert_eq!(ds[0]["ingress"]["addr"], "202.97.10.1", "{rep}");
+    assert_eq!(ds[0]["handoff"]["addr"], "10.7.0.1", "{rep}");
 }

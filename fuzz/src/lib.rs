@@ -51,6 +51,9 @@ pub fn spool(data: &[u8]) {
                 Kind::Mesh => {
                     let _ = v1::MeshSample::decode(&*r.payload);
                 }
+                Kind::Mda => {
+                    let _ = v1::MdaResult::decode(&*r.payload);
+                }
             }
         }
     }

@@ -43,6 +43,11 @@ pub fn mesh_result_id(campaign_id: &str, round: u32, src: &str) -> String {
     format!("{campaign_id}/{round}/mesh/{src}")
 }
 
+/// The stable id of an agent's multipath trace to `dst` in one round of a campaign.
+pub fn mda_result_id(campaign_id: &str, round: u32, dst: &str) -> String {
+    format!("{campaign_id}/{round}/mda/{dst}")
+}
+
 /// The stable id of an agent's alias-resolution result for one round of a campaign (an
 /// alias campaign yields one result per round per agent).
 pub fn alias_result_id(campaign_id: &str, round: u32) -> String {

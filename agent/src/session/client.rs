@@ -23,9 +23,9 @@ use tracemesh_proto::token::EnrolToken;
 use tracemesh_proto::v1::agent_service_client::AgentServiceClient;
 use tracemesh_proto::v1::{self as pb};
 
-use super::convert::alias_result_from_report;
+use super::convert::{alias_result_from_report, mda_record_from_result};
 use super::core::{Effect, Input, Now, SessionCore};
-use super::schedule::{HeldAlias, HeldCampaign, HeldMesh};
+use super::schedule::{HeldAlias, HeldCampaign, HeldMda, HeldMesh};
 use super::spool::Spool;
 use super::state::{AgentIdentity, Credentials, StateDir, StateError};
 use crate::mesh::{MeshClock, MeshCredentials, MeshNode, Peer, TrainSpec};
@@ -33,6 +33,8 @@ use crate::probe::alias::{AliasConfig, AliasProber, AliasReport};
 use crate::probe::denylist::DenyList;
 use crate::probe::driver::{self, Needs};
 use crate::probe::engine::RequestError;
+use crate::probe::mda::MdaParams;
+use crate::probe::mda_engine::{MdaEngine, MdaRequest};
 use crate::probe::{
     Engine, EngineConfig, Proto, StopReason, TraceParams, TraceRequest, TraceResult,
 };
@@ -335,6 +337,7 @@ enum RoundResults {
     Traces(Vec<TraceResult>),
     Alias(Box<pb::AliasResult>),
     Mesh(Vec<pb::MeshSample>),
+    Mda(Vec<pb::MdaResult>),
 }
 
 struct RoundOutcome {
@@ -424,6 +427,11 @@ impl Driver {
                         campaign_id,
                         round,
                         samples,
+                    },
+                    Ok(RoundResults::Mda(results)) => Input::MdaDone {
+                        campaign_id,
+                        round,
+                        results,
                     },
                     Err(e) => {
                         tracing::error!(campaign = %campaign_id, round, error = %e, "round failed");
@@ -600,10 +608,22 @@ impl Driver {
                                 .map(RoundResults::Traces),
                         };
                         let _ = done.send(RoundOutcome {
-                            campaign_id: campaign.id,
+                            campaign_id: campaign.id.clone(),
                             round,
                             results,
                         });
+                        // An MDA round's multipath traces follow its Paris traces, which
+                        // keep the round's instant; they are spooled and sent apart.
+                        if let Some(mda) = campaign.mda_round(round) {
+                            let results = run_mda_round(&cfg, &offset_ns, &campaign, mda, round)
+                                .await
+                                .map(RoundResults::Mda);
+                            let _ = done.send(RoundOutcome {
+                                campaign_id: campaign.id,
+                                round,
+                                results,
+                            });
+                        }
                     });
                 }
                 Effect::ClockOffset(ns) => {
@@ -758,6 +778,84 @@ async fn run_round(
             .map_err(|e| e.to_string())?;
         crate::metrics::DROPS.add("unmatched_reply", stats.replies_unmatched);
         crate::metrics::TRACES_DONE.add(stats.traces_done);
+    }
+    Ok(results)
+}
+
+/// The multipath half of an MDA round: MDA-Lite to every target under the agent's rate
+/// caps and deny-list (the same as the round's traces), one result per target.
+async fn run_mda_round(
+    cfg: &RunConfig,
+    offset_ns: &AtomicI64,
+    campaign: &HeldCampaign,
+    mda: HeldMda,
+    round: u32,
+) -> Result<Vec<pb::MdaResult>, String> {
+    let offset_s = offset_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let wall = unix_ns() as f64 / 1e9 + offset_s;
+    let nanos = unix_ns() as u64;
+    // Its own cookie: the next round's traces may share the raw sockets meanwhile.
+    let cookie = (nanos as u16) ^ ((nanos >> 16) as u16) ^ (round as u16).rotate_left(11) ^ 0x3c3c;
+    let mut engine = MdaEngine::new(
+        EngineConfig {
+            rate_pps: cfg.rate_pps,
+            per_dst_pps: cfg.per_dst_pps,
+            window: 4096,
+            cookie,
+            denylist: DenyList::with_allowed(cfg.allow.iter().copied()),
+        },
+        Instant::now(),
+        wall,
+    );
+    let params = MdaParams {
+        proto: campaign.proto,
+        confidence: mda.confidence,
+        first_ttl: 1,
+        max_ttl: campaign.max_ttl,
+        attempts: campaign.attempts,
+        wait: Duration::from_millis(u64::from(campaign.wait_ms)),
+        gap_limit: 5,
+        budget: mda.budget,
+    };
+    let mut needs = Needs::default();
+    let mut results = Vec::new();
+    for t in &campaign.targets {
+        let Ok(dst) = t.parse::<IpAddr>() else {
+            continue;
+        };
+        let src = match driver::source_for(dst) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%dst, error = %e, "no route; skipped");
+                continue;
+            }
+        };
+        match engine.add(MdaRequest { dst, src, params }) {
+            Ok(()) => needs.add(dst, campaign.proto),
+            Err(RequestError::Denied(d)) => {
+                tracing::warn!(error = %d, "target refused");
+                crate::metrics::DROPS.inc("denied");
+            }
+            Err(e) => tracing::warn!(%dst, error = %e, "target refused"),
+        }
+    }
+    tracing::info!(campaign = %campaign.id, round, confidence = mda.confidence, "mda round started");
+    if needs.v4 || needs.v6 {
+        driver::Sockets::open(&needs)
+            .map_err(|e| e.to_string())?
+            .drive(&mut engine, |e, _| {
+                while let Some(r) = e.poll_result() {
+                    results.push(mda_record_from_result(&campaign.id, round, &r));
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(r) = engine.poll_result() {
+            results.push(mda_record_from_result(&campaign.id, round, &r));
+        }
+        let stats = engine.stats();
+        crate::metrics::DROPS.add("unmatched_reply", stats.replies_unmatched);
     }
     Ok(results)
 }

@@ -3,8 +3,9 @@
 use tracemesh_proto::v1 as pb;
 
 use super::schedule::{HeldAlias, HeldCampaign};
-use super::schedule::{HeldMesh, HeldPeer};
+use super::schedule::{HeldMda, HeldMesh, HeldPeer};
 use crate::probe::alias::{AliasReport, Evidence, Method, UnusableReason};
+use crate::probe::mda::{MdaResult, MdaStop};
 use crate::probe::{Proto, StopReason, TraceResult};
 
 /// IP-ID rounds when the instruction leaves it to the agent (as `tracemesh-agent alias`).
@@ -189,9 +190,101 @@ pub fn held_from_instruction(c: &pb::CampaignInstruction) -> Result<HeldCampaign
         rounds: c.rounds,
         start_at_ns: c.start_at_ns,
         next_round: 0,
+        // An alias campaign traces nothing, so it has no multipath rounds either.
+        mda: if alias.is_some() {
+            None
+        } else {
+            mda_from_instruction(c)?
+        },
         alias,
         mesh: mesh_from_instruction(c)?,
     })
+}
+
+/// MDA budget per destination when the campaign leaves it to the agent (as `trace --mda`).
+const DEFAULT_MDA_BUDGET: u32 = 5000;
+
+fn mda_from_instruction(c: &pb::CampaignInstruction) -> Result<Option<HeldMda>, String> {
+    let Some(m) = c.mda.as_ref() else {
+        return Ok(None);
+    };
+    let confidence = match m.confidence {
+        0 | 95 => 95,
+        99 => 99,
+        n => return Err(format!("MDA confidence {n}: expected 95 or 99")),
+    };
+    Ok(Some(HeldMda {
+        every: m.every.max(1),
+        confidence,
+        budget: if m.budget == 0 {
+            DEFAULT_MDA_BUDGET
+        } else {
+            // The engine numbers probes with 16 bits.
+            m.budget.min(65_534)
+        },
+    }))
+}
+
+fn mda_stop_name(s: MdaStop) -> &'static str {
+    match s {
+        MdaStop::Completed => "completed",
+        MdaStop::Unreachable => "unreachable",
+        MdaStop::GapLimit => "gap_limit",
+        MdaStop::MaxTtl => "max_ttl",
+        MdaStop::Budget => "budget",
+        MdaStop::Denied => "denied",
+    }
+}
+
+/// A multipath trace as the agent uploads it (the fields of `trace --mda`'s JSON line).
+pub fn mda_record_from_result(campaign_id: &str, round: u32, r: &MdaResult) -> pb::MdaResult {
+    let dst = r.dst.to_string();
+    pb::MdaResult {
+        result_id: tracemesh_proto::mda_result_id(campaign_id, round, &dst),
+        campaign_id: campaign_id.to_string(),
+        round,
+        vantage: String::new(),
+        dst,
+        src: r.src.map(|s| s.to_string()).unwrap_or_default(),
+        proto: proto_to_pb(r.proto) as i32,
+        confidence: u32::from(r.confidence),
+        stop_reason: mda_stop_name(r.stop_reason).to_string(),
+        start: r.start,
+        probes_sent: r.probes_sent,
+        flows: r.flows,
+        meshed: r.meshed,
+        hops: r
+            .hops
+            .iter()
+            .map(|h| pb::MdaHop {
+                ttl: u32::from(h.ttl),
+                interfaces: h
+                    .interfaces
+                    .iter()
+                    .map(|i| pb::MdaInterface {
+                        addr: i.addr.to_string(),
+                        flows: i.flows,
+                        rtt_ms: i.rtt_ms,
+                        icmp_type: i.icmp_type.map(u32::from),
+                        icmp_code: i.icmp_code.map(u32::from),
+                        reply_ttl: u32::from(i.reply_ttl),
+                    })
+                    .collect(),
+                stars: h.stars,
+                probes: h.probes,
+            })
+            .collect(),
+        links: r
+            .links
+            .iter()
+            .map(|l| pb::MdaLink {
+                ttl: u32::from(l.ttl),
+                from: l.from.to_string(),
+                to: l.to.to_string(),
+            })
+            .collect(),
+        received_at_ns: 0,
+    }
 }
 
 fn mesh_from_instruction(c: &pb::CampaignInstruction) -> Result<Option<HeldMesh>, String> {
@@ -375,6 +468,106 @@ mod tests {
     }
 
     #[test]
+    fn mda_instructions_are_checked_and_defaulted() {
+        let mut c = pb::CampaignInstruction {
+            id: "c1".into(),
+            targets: vec!["192.0.2.1".into()],
+            rounds: 4,
+            mda: Some(pb::MdaSpec {
+                every: 0,
+                confidence: 0,
+                budget: 0,
+            }),
+            ..Default::default()
+        };
+        let h = held_from_instruction(&c).unwrap();
+        assert_eq!(
+            h.mda,
+            Some(HeldMda {
+                every: 1,
+                confidence: 95,
+                budget: DEFAULT_MDA_BUDGET
+            })
+        );
+        c.mda = Some(pb::MdaSpec {
+            every: 3,
+            confidence: 99,
+            budget: 1_000_000,
+        });
+        let h = held_from_instruction(&c).unwrap();
+        assert_eq!((h.mda.unwrap().every, h.mda.unwrap().budget), (3, 65_534));
+        c.mda.as_mut().unwrap().confidence = 90;
+        assert!(held_from_instruction(&c).unwrap_err().contains("95 or 99"));
+        c.mda.as_mut().unwrap().confidence = 95;
+        c.alias = Some(pb::AliasSpec::default());
+        assert_eq!(held_from_instruction(&c).unwrap().mda, None);
+    }
+
+    #[test]
+    fn an_mda_result_keeps_its_diamond_on_the_wire() {
+        use crate::probe::mda::{MdaHop, MdaInterface, MdaLink};
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let iface = |a: &str| MdaInterface {
+            addr: ip(a),
+            flows: 3,
+            rtt_ms: 1.25,
+            icmp_type: Some(11),
+            icmp_code: Some(0),
+            reply_ttl: 63,
+        };
+        let r = MdaResult {
+            kind: "mda".into(),
+            dst: ip("192.0.2.9"),
+            src: Some(ip("192.0.2.1")),
+            proto: Proto::Icmp,
+            confidence: 99,
+            stop_reason: MdaStop::Completed,
+            start: 1_800_000_000.5,
+            probes_sent: 40,
+            flows: 16,
+            meshed: false,
+            hops: vec![
+                MdaHop {
+                    ttl: 1,
+                    interfaces: vec![iface("10.0.0.1")],
+                    stars: 0,
+                    probes: 8,
+                },
+                MdaHop {
+                    ttl: 2,
+                    interfaces: vec![iface("10.0.1.1"), iface("10.0.2.1")],
+                    stars: 1,
+                    probes: 16,
+                },
+            ],
+            links: vec![
+                MdaLink {
+                    ttl: 1,
+                    from: ip("10.0.0.1"),
+                    to: ip("10.0.1.1"),
+                },
+                MdaLink {
+                    ttl: 1,
+                    from: ip("10.0.0.1"),
+                    to: ip("10.0.2.1"),
+                },
+            ],
+        };
+        let rec = mda_record_from_result("c9", 3, &r);
+        assert_eq!(rec.result_id, "c9/3/mda/192.0.2.9");
+        assert_eq!(rec.proto, pb::ProbeProtocol::Icmp as i32);
+        assert_eq!(
+            (rec.confidence, rec.stop_reason.as_str()),
+            (99, "completed")
+        );
+        assert_eq!(rec.hops[1].interfaces[1].addr, "10.0.2.1");
+        assert_eq!(rec.hops[1].interfaces[1].icmp_type, Some(11));
+        assert_eq!((rec.hops[1].stars, rec.hops[1].probes), (1, 16));
+        assert_eq!(rec.links[1].to, "10.0.2.1");
+        assert_eq!((rec.probes_sent, rec.flows), (40, 16));
+    }
+
+    #[test]
     fn instructions_are_checked_and_defaulted() {
         let mut c = pb::CampaignInstruction {
             id: "c1".into(),
@@ -392,6 +585,7 @@ mod tests {
             alias: None,
             mesh_peers: vec![],
             mesh: None,
+            mda: None,
         };
         let h = held_from_instruction(&c).unwrap();
         assert_eq!(

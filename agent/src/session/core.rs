@@ -44,6 +44,8 @@ const IDLE_RECHECK: Duration = Duration::from_secs(5);
 const BATCH_MAX: usize = 500;
 /// Results per AliasBatch message (each carries every sample of a run).
 const ALIAS_BATCH_MAX: usize = 16;
+/// Multipath traces per MdaBatch message (each is a whole diamond).
+const MDA_BATCH_MAX: usize = 64;
 
 /// The two clocks the core reads, both sampled by the driver at the same moment: the
 /// monotonic one for timers, the agent's own Unix time (ns) for clock samples and, once
@@ -85,6 +87,12 @@ pub enum Input {
         campaign_id: String,
         round: u32,
         samples: Vec<pb::MeshSample>,
+    },
+    /// An MDA round's multipath traces (they follow the round's Paris traces).
+    MdaDone {
+        campaign_id: String,
+        round: u32,
+        results: Vec<pb::MdaResult>,
     },
     /// The spool now durably holds this batch (the driver performed [`Effect::Spool`]).
     Spooled(Vec<Record>),
@@ -229,6 +237,13 @@ impl Unacked {
                 .filter_map(|p| pb::MeshSample::decode(p.as_slice()).ok())
                 .collect();
             up(Up::MeshBatch(pb::MeshBatch { samples }))
+        }));
+        out.extend(of_kind(Kind::Mda).chunks(MDA_BATCH_MAX).map(|chunk| {
+            let results = chunk
+                .iter()
+                .filter_map(|p| pb::MdaResult::decode(p.as_slice()).ok())
+                .collect();
+            up(Up::MdaBatch(pb::MdaBatch { results }))
         }));
         out
     }
@@ -396,6 +411,26 @@ impl SessionCore {
                             id: m.result_id.clone(),
                             kind: Kind::Mesh,
                             payload: m.encode_to_vec(),
+                        })
+                        .collect(),
+                });
+            }
+            Input::MdaDone {
+                campaign_id,
+                round,
+                results,
+            } => {
+                tracing::info!(campaign = %campaign_id, round, traces = results.len(), "mda round done");
+                // Like traces: sent only once durable.
+                out.push(Effect::Spool {
+                    campaign_id,
+                    round,
+                    records: results
+                        .iter()
+                        .map(|r| Record {
+                            id: r.result_id.clone(),
+                            kind: Kind::Mda,
+                            payload: r.encode_to_vec(),
                         })
                         .collect(),
                 });

@@ -32,6 +32,25 @@ pub struct HeldPeer {
     pub addr: std::net::SocketAddr,
 }
 
+/// A campaign's multipath rounds (`campaign create --mda`): every `every`-th round, each
+/// target is also traced with MDA-Lite, after the round's Paris traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldMda {
+    /// At least 1.
+    pub every: u32,
+    /// 95 or 99.
+    pub confidence: u8,
+    /// Probes per destination at most.
+    pub budget: u32,
+}
+
+impl HeldMda {
+    /// Rounds 0, N, 2N, ...: round 0 among them, so the branches are known from the start.
+    pub fn is_mda_round(&self, round: u32) -> bool {
+        round.is_multiple_of(self.every.max(1))
+    }
+}
+
 /// A round may still fire this late (ns); later than that, it is skipped as missed, since
 /// a snapshot taken at another instant than the other vantages' would mislead.
 pub const LATE_GRACE_NS: i64 = 1_000_000_000;
@@ -56,6 +75,16 @@ pub struct HeldCampaign {
     /// among the targets, so they are traced too).
     #[serde(default)]
     pub mesh: Option<HeldMesh>,
+    /// Set when some rounds also run multipath traces (absent in older state files).
+    #[serde(default)]
+    pub mda: Option<HeldMda>,
+}
+
+impl HeldCampaign {
+    /// The multipath parameters if `round` is an MDA round.
+    pub fn mda_round(&self, round: u32) -> Option<HeldMda> {
+        self.mda.filter(|m| m.is_mda_round(round))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +173,27 @@ mod tests {
             next_round: 0,
             alias: None,
             mesh: None,
+            mda: None,
         }
+    }
+
+    #[test]
+    fn mda_rounds_are_every_nth_from_round_zero() {
+        let mut c = camp("a", 100, 10, 7);
+        assert_eq!(c.mda_round(0), None, "no --mda: no MDA round");
+        let m = HeldMda {
+            every: 3,
+            confidence: 99,
+            budget: 100,
+        };
+        c.mda = Some(m);
+        let rounds: Vec<u32> = (0..7).filter(|&k| c.mda_round(k).is_some()).collect();
+        assert_eq!(rounds, [0, 3, 6]);
+        c.mda = Some(HeldMda { every: 0, ..m });
+        assert!(
+            (0..7).all(|k| c.mda_round(k).is_some()),
+            "0 means every round"
+        );
     }
 
     #[test]

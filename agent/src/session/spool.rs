@@ -8,7 +8,8 @@
 //!
 //! File format (version 2, written): magic `TMSP2\n`, then records of `u8 kind, u16 id
 //! length, id, u32 payload length, payload, u32 CRC-32 of the kind byte and payload`, all
-//! big-endian; kind 0 is an encoded `TraceRecord`, 1 an encoded `AliasResult`. Version 1
+//! big-endian; kind 0 is an encoded `TraceRecord`, 1 an encoded `AliasResult`, 2 a
+//! `MeshSample`, 3 an `MdaResult`. Version 1
 //! files (magic `TMSP1\n`, no kind byte, CRC of the payload alone, traces only), written
 //! by older agents, are still read.
 
@@ -53,6 +54,8 @@ pub enum Kind {
     Alias,
     /// A `tracemesh.v1.MeshSample`.
     Mesh,
+    /// A `tracemesh.v1.MdaResult`.
+    Mda,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Trace => 0,
             Kind::Alias => 1,
             Kind::Mesh => 2,
+            Kind::Mda => 3,
         }
     }
 
@@ -69,6 +73,7 @@ impl Kind {
             0 => Some(Kind::Trace),
             1 => Some(Kind::Alias),
             2 => Some(Kind::Mesh),
+            3 => Some(Kind::Mda),
             _ => None,
         }
     }
@@ -337,6 +342,31 @@ mod tests {
             kind: Kind::Trace,
             payload: payload.to_vec(),
         }
+    }
+
+    #[test]
+    fn every_kind_survives_a_reopen_and_an_ack_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kinds = [Kind::Trace, Kind::Alias, Kind::Mesh, Kind::Mda];
+        {
+            let (mut s, _, _) = Spool::open(dir.path()).unwrap();
+            let batch: Vec<Record> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, &kind)| Record {
+                    id: format!("c/0/{i}"),
+                    kind,
+                    payload: vec![i as u8; 3],
+                })
+                .collect();
+            s.push(&batch).unwrap();
+        }
+        let (mut s, waiting, problems) = Spool::open(dir.path()).unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(waiting.iter().map(|r| r.kind).collect::<Vec<_>>(), kinds);
+        s.ack(["c/0/0", "c/0/1", "c/0/2", "c/0/3"]).unwrap();
+        let (_, waiting, _) = Spool::open(dir.path()).unwrap();
+        assert!(waiting.is_empty());
     }
 
     #[test]

@@ -186,6 +186,7 @@ mod tests {
             next_round: 1,
             alias: None,
             mesh: None,
+            mda: None,
         });
         s.save_campaigns(&held).unwrap();
         assert_eq!(s.load_campaigns().unwrap(), held);

@@ -170,6 +170,17 @@ pub fn build(
             return Err(invalid("mesh train spacing is at most 1000 ms"));
         }
     }
+    if let Some(mda) = &spec.mda {
+        if spec.alias.is_some() {
+            return Err(invalid("an alias campaign traces nothing: no --mda"));
+        }
+        if !matches!(mda.confidence, 0 | 95 | 99) {
+            return Err(invalid("MDA confidence must be 95 or 99"));
+        }
+        if mda.budget > 65_534 {
+            return Err(invalid("MDA budget is at most 65534 probes per target"));
+        }
+    }
     if let Some(alias) = &spec.alias {
         // The targets are router addresses; the trace method does not apply.
         if v1::AliasMethod::try_from(alias.method).is_err() {
@@ -352,6 +363,7 @@ pub fn instruction(c: &v1::Campaign, name: &str) -> v1::CampaignInstruction {
         alias: spec.alias,
         mesh_peers,
         mesh: spec.mesh,
+        mda: spec.mda,
     }
 }
 

@@ -29,6 +29,7 @@ fn spec(targets: &[&str], agents: &[&str], every_s: u32, rounds: u32) -> v1::Cam
         start_at_ns: 0,
         alias: None,
         mesh: None,
+        mda: None,
     }
 }
 
@@ -212,4 +213,34 @@ fn a_mesh_campaign_pairs_agents_and_each_traces_and_times_its_partners() {
     let mut bad = sp.clone();
     bad.alias = Some(v1::AliasSpec::default());
     assert!(build("m2", &bad, 100 * S).is_err());
+}
+
+#[test]
+fn an_mda_campaign_is_checked_and_its_instruction_carries_the_mda_spec() {
+    let mut sp = spec(&["192.0.2.1"], &["all"], 10, 6);
+    sp.mda = Some(v1::MdaSpec {
+        every: 3,
+        confidence: 99,
+        budget: 0,
+    });
+    let c = build("d1", &sp, 100 * S).unwrap();
+    let ins = instruction(&c, "tor-1");
+    assert_eq!(ins.mda, sp.mda);
+    for bad in [
+        v1::MdaSpec {
+            confidence: 90,
+            ..Default::default()
+        },
+        v1::MdaSpec {
+            budget: 70_000,
+            ..Default::default()
+        },
+    ] {
+        sp.mda = Some(bad);
+        assert!(build("d2", &sp, 100 * S).is_err());
+    }
+    sp.mda = Some(v1::MdaSpec::default());
+    sp.alias = Some(v1::AliasSpec::default());
+    let e = build("d3", &sp, 100 * S).unwrap_err().to_string();
+    assert!(e.contains("--mda"), "{e}");
 }

@@ -56,6 +56,8 @@ pub enum Command {
     Aliases(AliasesArgs),
     /// One-way delays agents measured between each other (mesh campaigns).
     Mesh(MeshArgs),
+    /// Multipath traces of campaigns created with --mda (every interface and link).
+    Mda(MdaArgs),
     /// Find diversions through an adversary's networks in stored traces (the detector runs
     /// here, over the traces and vantages fetched from the coordinator).
     Diversions(DiversionsArgs),
@@ -416,6 +418,38 @@ pub struct CampaignCreateArgs {
     /// With --mesh: ms between datagrams of a train (0 = the agent's default, 10).
     #[arg(long, default_value_t = 0, requires = "mesh", value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub mesh_spacing_ms: u32,
+    /// Multipath rounds: every --mda-every-th round (rounds 0, N, 2N, ...) each agent also
+    /// traces each target with MDA-Lite, after the round's Paris traces (`tracemesh mda`
+    /// reads them back; the detector learns every branch as a normal path).
+    #[arg(long, conflicts_with = "alias")]
+    pub mda: bool,
+    /// With --mda: every Nth round is an MDA round (1: every round).
+    #[arg(long, default_value_t = 1, requires = "mda", value_parser = clap::value_parser!(u32).range(1..))]
+    pub mda_every: u32,
+    /// With --mda: the stopping rule's confidence per hop, 95 or 99.
+    #[arg(long, default_value_t = 95, requires = "mda", value_parser = super::mda::parse_confidence)]
+    pub confidence: u32,
+    /// With --mda: most probes per target (0 = the agent's default, 5000).
+    #[arg(long, default_value_t = 0, requires = "mda", value_parser = clap::value_parser!(u32).range(0..=65534))]
+    pub mda_budget: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tracemesh mda`: stored multipath traces.
+#[derive(Debug, Args)]
+pub struct MdaArgs {
+    /// Only traces of this campaign.
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Only traces from this vantage.
+    #[arg(long)]
+    pub vantage: Option<String>,
+    /// Only traces to this address.
+    #[arg(long)]
+    pub dst: Option<String>,
+    /// One JSON line per trace (the agent's `trace --mda` fields, plus campaign, round,
+    /// vantage); without it, the diamonds drawn.
     #[arg(long)]
     pub json: bool,
 }

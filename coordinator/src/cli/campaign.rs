@@ -57,6 +57,11 @@ pub async fn run(c: &mut ConsumerServiceClient<Channel>, cmd: CampaignCmd) -> an
                     train: a.mesh_train,
                     spacing_ms: a.mesh_spacing_ms,
                 }),
+                mda: a.mda.then_some(v1::MdaSpec {
+                    every: a.mda_every,
+                    confidence: a.confidence,
+                    budget: a.mda_budget,
+                }),
             };
             let created = c
                 .create_campaign(v1::CreateCampaignRequest { spec: Some(spec) })

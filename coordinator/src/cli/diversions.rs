@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail};
 use tonic::transport::Channel;
-use tracemesh::detect::{self, Adversary, Detector, Tables, Trace, VantageInfo};
+use tracemesh::detect::{self, Adversary, Detector, MdaTrace, Tables, Trace, VantageInfo};
 use tracemesh::geo::GeoPoint;
 use tracemesh_proto::v1;
 use tracemesh_proto::v1::consumer_service_client::ConsumerServiceClient;
@@ -91,6 +91,28 @@ pub async fn detector(
     // Echoes to routers answer on their fast path: tighter position bounds.
     for (v, a, ms) in tracemesh::alias::echo_rtts(&results) {
         det.observe_echo(&v, a, ms);
+    }
+    // Multipath traces (campaigns with --mda): every branch of a pair's load balancers
+    // is normal. A coordinator older than them has none to give.
+    match c
+        .query_mda(v1::QueryMdaRequest {
+            campaign_id: a.campaign.clone(),
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(r) => {
+            let mut s = r.into_inner();
+            while let Some(r) = s.message().await.map_err(|s| status("diversions", s))? {
+                if let Some(m) = MdaTrace::from_record(&r) {
+                    det.ingest_mda(&m, annot);
+                }
+            }
+        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => {
+            tracing::warn!("the coordinator predates multipath campaigns");
+        }
+        Err(s) => return Err(status("diversions", s)),
     }
     let (mut n, mut skipped) = (0usize, 0usize);
     let mut progress = tracemesh_proto::progress::Progress::new("traces", None);

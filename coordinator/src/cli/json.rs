@@ -82,6 +82,12 @@ pub fn campaign(c: &v1::Campaign) -> Value {
             "method": v1::AliasMethod::try_from(a.method).unwrap_or(v1::AliasMethod::Both).name(),
             "rounds": a.rounds,
         })),
+        // Multipath rounds (`--mda`): every Nth round, confidence, budget (0 = default).
+        "mda": spec.mda.map(|m| json!({
+            "every": m.every.max(1),
+            "confidence": if m.confidence == 0 { 95 } else { m.confidence },
+            "budget": m.budget,
+        })),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod export;
 pub mod identity;
 pub mod import;
 pub mod json;
+pub mod mda;
 pub mod mesh;
 pub mod parse;
 pub mod report;
@@ -53,6 +54,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mesh(a) => {
             let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
             mesh::run(&mut c, a).await
+        }
+        Command::Mda(a) => {
+            let mut c = connect(&cli.data, cli.coordinator, cli.identity).await?;
+            mda::run(&mut c, a).await
         }
         Command::Diversions(a) => {
             // Load tables first: a typo in a path should not wait on the network.

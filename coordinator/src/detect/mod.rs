@@ -145,6 +145,36 @@ impl Detector {
         );
     }
 
+    /// Ingests a multipath trace: every interface it found before the first TTL that
+    /// shows adversary space becomes a known branch of the pair's normal route, so a
+    /// Paris trace that takes another branch of a load balancer there has not left it.
+    /// (Past that TTL a multipath trace taken during a diversion would teach the
+    /// diverted route as normal.) Arrival order does not matter.
+    pub fn ingest_mda(&mut self, mda: &MdaTrace, annot: &Annotator) {
+        self.facts.follow(annot);
+        let vid = self.vantage_id(&mda.vantage);
+        let mut hops: Vec<&(u8, Vec<std::net::IpAddr>)> = mda.hops.iter().collect();
+        hops.sort_by_key(|(ttl, _)| *ttl);
+        let mut branches = Vec::new();
+        for (ttl, addrs) in hops {
+            let addrs: Vec<std::net::IpAddr> =
+                addrs.iter().copied().filter(|a| *a != mda.dst).collect();
+            if addrs.iter().any(|&a| {
+                self.facts
+                    .get(&self.adversary, annot, a)
+                    .adversary
+                    .is_some()
+            }) {
+                break;
+            }
+            branches.extend(addrs.into_iter().map(|a| (*ttl, a)));
+        }
+        self.pairs
+            .entry((vid, mda.dst))
+            .or_default()
+            .learn_branches(branches);
+    }
+
     /// What the detector holds, in counts: it grows with pairs, addresses and diverted
     /// rounds, not with the clean history it has read.
     pub fn state_size(&self) -> StateSize {

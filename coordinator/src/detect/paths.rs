@@ -32,6 +32,9 @@ pub(super) const LOOKBACK: u64 = 65;
 /// apart; the branches a report unites are the first 8 too); rounds on further paths
 /// still count as rounds, not as paths.
 pub(super) const MAX_KNOWN: usize = 8;
+/// (TTL, address) branches a pair keeps from multipath traces: a few diamonds' worth
+/// (a pair's state stays bounded by the pair); those learned first are kept.
+pub(super) const MAX_BRANCH_HOPS: usize = 256;
 /// Fewest runs a pair holds before dropping those no report can read; a pair whose
 /// window itself holds more prunes when it has doubled since the last pass.
 const PRUNE_AT: usize = 16;
@@ -161,6 +164,9 @@ pub(super) struct PairState {
     dropped_upto: Option<u64>,
     /// Runs left by the last prune.
     kept: u32,
+    /// Interfaces multipath traces found on the pair's route, by TTL, sorted: every
+    /// branch of its load balancers, known normal whichever branch a round took.
+    branches: Vec<(u8, IpAddr)>,
 }
 
 impl PairState {
@@ -526,7 +532,9 @@ impl PairState {
                 && open
                 && let (Some(prev), Some(i)) = (last_diverted, seg.run)
             {
-                diverted = silence_hides_diversion(&self.runs[i].path, prev);
+                diverted = silence_hides_diversion(&self.runs[i].path, prev, |t, a, b| {
+                    self.siblings(t, a, b)
+                });
             }
             if seg.run.is_none()
                 && let Some(o) = self.diverted.get(&seg.first)
@@ -648,6 +656,24 @@ impl PairState {
 }
 
 impl PairState {
+    /// Adds the interfaces of a multipath trace (already cut before adversary space).
+    pub(super) fn learn_branches(&mut self, hops: impl IntoIterator<Item = (u8, IpAddr)>) {
+        for h in hops {
+            if let Err(i) = self.branches.binary_search(&h)
+                && self.branches.len() < MAX_BRANCH_HOPS
+            {
+                self.branches.insert(i, h);
+            }
+        }
+    }
+
+    /// Whether multipath traces showed `a` and `b` both at `ttl`: two branches of one
+    /// load balancer, not two routes.
+    fn siblings(&self, ttl: u8, a: IpAddr, b: IpAddr) -> bool {
+        self.branches.binary_search(&(ttl, a)).is_ok()
+            && self.branches.binary_search(&(ttl, b)).is_ok()
+    }
+
     /// `path` followed by the hops of the pair's other clean paths (up to 8 distinct
     /// ones) whose addresses it lacks: the union of the pair's equal-cost branches, for
     /// membership tests. Order within `path` is kept, so looking an address up finds its
@@ -661,6 +687,13 @@ impl PairState {
                 }
             }
         }
+        // And every branch multipath traces found, which Paris rounds may never have
+        // taken yet.
+        for &(t, a) in &self.branches {
+            if !out.iter().any(|(_, x)| *x == Some(a)) {
+                out.push((t, Some(a)));
+            }
+        }
         out
     }
 }
@@ -668,7 +701,12 @@ impl PairState {
 /// Whether a clean-looking `path` is the diverted route of `div` with every adversary
 /// hop silent: it answered nowhere `div` did not (TTL by TTL), and was silent wherever
 /// `div` showed adversary space.
-fn silence_hides_diversion(path: &PathHops, div: &DivertedObs) -> bool {
+/// A hop on another branch of a load balancer than `div`'s (`siblings`) still agrees.
+fn silence_hides_diversion(
+    path: &PathHops,
+    div: &DivertedObs,
+    siblings: impl Fn(u8, IpAddr, IpAddr) -> bool,
+) -> bool {
     let at = |ttl: u8| path.iter().find(|(t, _)| *t == ttl).and_then(|(_, a)| *a);
     let adversary_silent = div
         .hops
@@ -677,11 +715,11 @@ fn silence_hides_diversion(path: &PathHops, div: &DivertedObs) -> bool {
         .all(|h| at(h.ttl).is_none());
     let rest_agrees = path.iter().all(|(t, a)| {
         a.is_none()
-            || div
-                .hops
-                .iter()
-                .find(|h| h.ttl == *t)
-                .is_some_and(|h| h.addr == *a || h.addr.is_none())
+            || div.hops.iter().find(|h| h.ttl == *t).is_some_and(|h| {
+                h.addr == *a
+                    || h.addr.is_none()
+                    || matches!((h.addr, a), (Some(x), Some(y)) if siblings(*t, x, *y))
+            })
     });
     div.hops.iter().any(|h| h.adversary.is_some()) && adversary_silent && rest_agrees
 }

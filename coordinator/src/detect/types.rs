@@ -66,6 +66,45 @@ impl Trace {
     }
 }
 
+/// A multipath trace (MDA, `campaign create --mda`) of one round: every interface it
+/// found per TTL, each an equal-cost branch of the pair's path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MdaTrace {
+    pub round: u64,
+    pub vantage: String,
+    pub dst: IpAddr,
+    pub start: f64,
+    /// (TTL, interfaces found there).
+    pub hops: Vec<(u8, Vec<IpAddr>)>,
+}
+
+impl MdaTrace {
+    /// A stored multipath trace as the detector takes it; `None` when its destination
+    /// is not an address. Interfaces that are not addresses or TTLs beyond 255 are left
+    /// out.
+    pub fn from_record(r: &tracemesh_proto::v1::MdaResult) -> Option<MdaTrace> {
+        Some(MdaTrace {
+            round: u64::from(r.round),
+            vantage: r.vantage.clone(),
+            dst: r.dst.parse().ok()?,
+            start: r.start,
+            hops: r
+                .hops
+                .iter()
+                .filter_map(|h| {
+                    let ttl = u8::try_from(h.ttl).ok()?;
+                    let addrs = h
+                        .interfaces
+                        .iter()
+                        .filter_map(|i| i.addr.parse().ok())
+                        .collect();
+                    Some((ttl, addrs))
+                })
+                .collect(),
+        })
+    }
+}
+
 /// What an agent declared at enrolment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VantageInfo {

@@ -273,6 +273,7 @@ impl Session {
                 Some(Up::TraceBatch(b)) => self.ingest(b.results, now).await?,
                 Some(Up::AliasBatch(b)) => self.ingest_aliases(b.results, now).await?,
                 Some(Up::MeshBatch(b)) => self.ingest_mesh(b.samples, now).await?,
+                Some(Up::MdaBatch(b)) => self.ingest_mda(b.results, now).await?,
                 None => return Err(Status::invalid_argument("empty agent message")),
             }
         }
@@ -393,6 +394,31 @@ impl Session {
         self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
         for m in fresh {
             self.c.publish_mesh(m);
+        }
+        Ok(())
+    }
+
+    /// Stores multipath traces (keyed by campaign, round, this agent and destination) and
+    /// acknowledges them once flushed; new ones go to live detection.
+    async fn ingest_mda(&mut self, results: Vec<v1::MdaResult>, now: i64) -> Result<(), Status> {
+        self.pace(results.len(), "mda").await?;
+        let name = self.name.clone();
+        let (acked, fresh) = self
+            .store_each(
+                "mda result",
+                results,
+                |s, r| s.put_mda_result(r),
+                move |r: &mut v1::MdaResult| {
+                    r.vantage = name.clone();
+                    r.received_at_ns = now;
+                    r.result_id.clone()
+                },
+            )
+            .await?;
+        tracing::info!(vantage = %self.name, acked = acked.len(), new = fresh.len(), "ingested mda results");
+        self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
+        for r in fresh {
+            self.c.publish_mda(r);
         }
         Ok(())
     }

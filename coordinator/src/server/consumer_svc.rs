@@ -550,6 +550,35 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         ))))
     }
 
+    type QueryMdaStream = BoxStream<v1::MdaResult>;
+
+    async fn query_mda(
+        &self,
+        req: Request<v1::QueryMdaRequest>,
+    ) -> Result<Response<Self::QueryMdaStream>, Status> {
+        authorize(&req, Role::Reader)?;
+        let q = req.into_inner();
+        let campaign = q.campaign_id.clone();
+        let results = self
+            .c
+            .blocking(move |s| {
+                let mut out = Vec::new();
+                s.for_each_mda_result(campaign.as_deref(), &mut |r| {
+                    if q.vantage.as_ref().is_none_or(|v| *v == r.vantage)
+                        && q.dst.as_ref().is_none_or(|d| *d == r.dst)
+                    {
+                        out.push(r);
+                    }
+                    true
+                })?;
+                Ok(out)
+            })
+            .await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            results.into_iter().map(Ok),
+        ))))
+    }
+
     type SubscribeMeshStream = BoxStream<v1::MeshSample>;
 
     async fn subscribe_mesh(

@@ -71,6 +71,7 @@ pub struct Coordinator {
     alias_generation: AtomicU64,
     traces: broadcast::Sender<v1::TraceRecord>,
     mesh: broadcast::Sender<v1::MeshSample>,
+    mda: broadcast::Sender<v1::MdaResult>,
     diversions: broadcast::Sender<v1::Diversion>,
     shutdown: watch::Receiver<bool>,
     /// Serialises read-modify-write of campaign records (push bookkeeping vs cancel).
@@ -141,6 +142,7 @@ impl Coordinator {
             alias_generation: AtomicU64::new(0),
             traces: broadcast::channel(4096).0,
             mesh: broadcast::channel(4096).0,
+            mda: broadcast::channel(1024).0,
             diversions: broadcast::channel(1024).0,
             shutdown,
             campaign_lock: tokio::sync::Mutex::new(()),
@@ -235,6 +237,14 @@ impl Coordinator {
 
     pub fn publish_mesh(&self, m: v1::MeshSample) {
         let _ = self.mesh.send(m);
+    }
+
+    pub fn subscribe_mda(&self) -> broadcast::Receiver<v1::MdaResult> {
+        self.mda.subscribe()
+    }
+
+    pub fn publish_mda(&self, r: v1::MdaResult) {
+        let _ = self.mda.send(r);
     }
 
     pub fn subscribe_diversions(&self) -> broadcast::Receiver<v1::Diversion> {

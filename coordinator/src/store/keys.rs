@@ -42,6 +42,11 @@ pub fn mesh_key(campaign: &str, round: u32, src: &str, dst: &str) -> Vec<u8> {
     trace_key(campaign, round, src, dst)
 }
 
+/// Multipath traces: (campaign, round, vantage, dst) — one per target per MDA round.
+pub fn mda_key(campaign: &str, round: u32, vantage: &str, dst: &str) -> Vec<u8> {
+    trace_key(campaign, round, vantage, dst)
+}
+
 /// (vantage, result_id) → primary key.
 pub fn result_key(vantage: &str, result_id: &str) -> Vec<u8> {
     let mut k = str_prefix(vantage);

@@ -203,6 +203,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         campaign_id: Option<&str>,
         f: &mut dyn FnMut(v1::MeshSample) -> bool,
     ) -> Result<(), StoreError>;
+    /// Stores a multipath trace uploaded by `result.vantage` unless that (campaign, round,
+    /// vantage, dst) is already stored (then the first copy stays).
+    fn put_mda_result(&self, result: &v1::MdaResult) -> Result<IngestOutcome, StoreError>;
+    /// Calls `f` with each stored multipath trace (of `campaign_id` if given), in key
+    /// order (campaign, round, vantage, dst), until it returns false.
+    fn for_each_mda_result(
+        &self,
+        campaign_id: Option<&str>,
+        f: &mut dyn FnMut(v1::MdaResult) -> bool,
+    ) -> Result<(), StoreError>;
     /// Client identities issued by the coordinator, by name (`store/access.rs`).
     fn put_identity(&self, r: &IdentityRecord) -> Result<(), StoreError>;
     fn get_identity(&self, name: &str) -> Result<Option<IdentityRecord>, StoreError>;

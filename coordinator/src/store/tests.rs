@@ -398,3 +398,57 @@ fn mesh_samples_are_stored_once_per_direction_and_round() {
         ]
     );
 }
+
+#[test]
+fn mda_results_are_stored_once_per_vantage_target_and_round_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = |c: &str, round: u32, vantage: &str, dst: &str, probes: u32| v1::MdaResult {
+        result_id: tracemesh_proto::mda_result_id(c, round, dst),
+        campaign_id: c.into(),
+        round,
+        vantage: vantage.into(),
+        dst: dst.into(),
+        probes_sent: probes,
+        ..Default::default()
+    };
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        for (x, want) in [
+            (r("d1", 0, "a", "192.0.2.1", 10), IngestOutcome::Stored),
+            (r("d1", 0, "b", "192.0.2.1", 11), IngestOutcome::Stored),
+            // A re-upload after a lost ack: the first copy stays.
+            (r("d1", 0, "a", "192.0.2.1", 99), IngestOutcome::Duplicate),
+            (r("d1", 3, "a", "192.0.2.1", 12), IngestOutcome::Stored),
+            (r("d2", 0, "a", "192.0.2.1", 13), IngestOutcome::Stored),
+        ] {
+            assert_eq!(s.put_mda_result(&x).unwrap(), want);
+        }
+        assert!(matches!(
+            s.put_mda_result(&r("d1", 1, "", "192.0.2.1", 1)),
+            Err(StoreError::Invalid { .. })
+        ));
+        s.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    let mut got = Vec::new();
+    s.for_each_mda_result(Some("d1"), &mut |x| {
+        got.push((x.round, x.vantage, x.probes_sent));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        got,
+        [
+            (0, "a".into(), 10),
+            (0, "b".into(), 11),
+            (3, "a".into(), 12)
+        ]
+    );
+    let mut all = 0;
+    s.for_each_mda_result(None, &mut |_| {
+        all += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(all, 4);
+}

@@ -64,6 +64,19 @@ enum Cmd {
         /// the clock correction mesh one-way delays rely on.
         #[arg(long, value_name = "NAME=MS", value_parser = parse_skew)]
         clock_skew: Vec<(String, i64)>,
+        /// Multipath rounds: every Nth round of the campaign also runs MDA-Lite to every
+        /// target (`campaign create --mda --mda-every N`). Default: what the scenario's
+        /// `# tracemesh-lab: mda every=N confidence=C` line asks, else none.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        mda_every: Option<u32>,
+        /// With multipath rounds: their confidence, 95 or 99 (default: the scenario's,
+        /// else 95).
+        #[arg(long, value_parser = ["95", "99"])]
+        mda_confidence: Option<String>,
+        /// No multipath rounds, whatever the scenario asks (to compare detection with and
+        /// without them).
+        #[arg(long, conflicts_with_all = ["mda_every", "mda_confidence"])]
+        no_mda: bool,
     },
     /// Check a mesh run's one-way delays (OUT/mesh.jsonl) against FORMAT.md's one-way
     /// rule; exits non-zero when fewer than --min-share are within --tolerance-ms.
@@ -278,7 +291,29 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             emu_threads,
             peeringdb,
             clock_skew,
+            mda_every,
+            mda_confidence,
+            no_mda,
         } => {
+            let text = std::fs::read_to_string(&scenario)
+                .with_context(|| format!("reading {}", scenario.display()))?;
+            let mut mda = run::mda_directive(&text)?;
+            if mda_every.is_some() || mda_confidence.is_some() {
+                let base = mda.unwrap_or(run::LabMda {
+                    every: 1,
+                    confidence: 95,
+                });
+                mda = Some(run::LabMda {
+                    every: mda_every.unwrap_or(base.every),
+                    confidence: mda_confidence
+                        .as_deref()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(base.confidence),
+                });
+            }
+            if no_mda {
+                mda = None;
+            }
             let rate = match rate {
                 Some(r) => r,
                 None => run::default_rate(World::load(&scenario)?.s.vantages.len()),
@@ -290,6 +325,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 emu_threads,
                 peeringdb,
                 clock_skew,
+                mda,
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(

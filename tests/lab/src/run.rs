@@ -139,6 +139,54 @@ pub struct RunOptions {
     /// Agents whose clocks are set wrong (name, ms): the agent's test-only knob, which
     /// its session's clock correction must undo (mesh one-way delays show whether it did).
     pub clock_skew: Vec<(String, i64)>,
+    /// Multipath rounds in the campaign (`campaign create --mda`): every Nth round and
+    /// the confidence; `None` without. See [`mda_directive`].
+    pub mda: Option<LabMda>,
+}
+
+/// A campaign's multipath rounds, as the lab asks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabMda {
+    pub every: u32,
+    pub confidence: u32,
+}
+
+/// The scenario's own request for multipath rounds: a comment line
+/// `# tracemesh-lab: mda every=N confidence=95|99`. A comment, not a key, because the
+/// shared oracle (`scenario.py`) refuses keys it does not know, and this one changes
+/// nothing of the scenario's truth, only how the lab's campaign probes it.
+pub fn mda_directive(toml: &str) -> Result<Option<LabMda>> {
+    for line in toml.lines() {
+        let Some(rest) = line.trim().strip_prefix('#') else {
+            continue;
+        };
+        let Some(rest) = rest.trim().strip_prefix("tracemesh-lab:") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        if words.next() != Some("mda") {
+            bail!("unknown tracemesh-lab directive {:?}", line.trim());
+        }
+        let mut mda = LabMda {
+            every: 1,
+            confidence: 95,
+        };
+        for w in words {
+            let (k, v) = w
+                .split_once('=')
+                .ok_or_else(|| anyhow!("tracemesh-lab mda: {w:?} is not KEY=VALUE"))?;
+            let n: u32 = v
+                .parse()
+                .map_err(|_| anyhow!("tracemesh-lab mda: {w:?}: not a number"))?;
+            match k {
+                "every" if n >= 1 => mda.every = n,
+                "confidence" if n == 95 || n == 99 => mda.confidence = n,
+                _ => bail!("tracemesh-lab mda: {w:?}: every=N (N >= 1) or confidence=95|99"),
+            }
+        }
+        return Ok(Some(mda));
+    }
+    Ok(None)
 }
 
 /// The UDP port agents of a mesh scenario listen on for each other.
@@ -380,6 +428,15 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
             if world.mesh() {
                 args.push("--mesh".into());
             }
+            if let Some(m) = opts.mda {
+                args.extend([
+                    "--mda".into(),
+                    "--mda-every".into(),
+                    m.every.to_string(),
+                    "--confidence".into(),
+                    m.confidence.to_string(),
+                ]);
+            }
             args.extend([
                 "--proto".into(),
                 proto.clone(),
@@ -466,6 +523,32 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let stored = lines.lines().count();
     let mut mesh_samples: Option<(usize, usize)> = None;
     std::fs::write(out.join("traces.jsonl"), &lines)?;
+    // Multipath traces follow their round's traces: wait for every one of every MDA
+    // round (or until the count stops growing) before detection reads them.
+    let mut mda_stored: Option<(usize, usize)> = None;
+    if let Some(m) = opts.mda {
+        let mda_rounds = (0..rounds).filter(|k| k % u64::from(m.every) == 0).count();
+        let want_mda = expected / (rounds as usize).max(1) * mda_rounds;
+        let started = Instant::now();
+        let (mut mda, mut last) = (String::new(), 0);
+        loop {
+            mda.clear();
+            for id in &campaigns {
+                mda.push_str(&output(cli(&["mda", "--campaign", id, "--json"]))?);
+            }
+            let n = mda.lines().count();
+            if n >= want_mda
+                || (n == last && started.elapsed() > Duration::from_secs(20))
+                || started.elapsed() > Duration::from_secs(90)
+            {
+                break;
+            }
+            last = n;
+            sleep_interruptible(Duration::from_secs(1))?;
+        }
+        std::fs::write(out.join("mda.jsonl"), &mda)?;
+        mda_stored = Some((mda.lines().count(), want_mda));
+    }
     let report = |extra: &[&str]| {
         let mut c = cli(&["diversions"]);
         c.args(extra)
@@ -546,6 +629,10 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         "traces_stored": stored,
         "emulator": emulator,
     });
+    if let Some((got, want)) = mda_stored {
+        lab["mda_expected"] = want.into();
+        lab["mda_stored"] = got.into();
+    }
     if let Some((got, want)) = mesh_samples {
         lab["mesh_samples_expected"] = want.into();
         lab["mesh_samples_stored"] = got.into();
@@ -563,6 +650,33 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mda_directive_is_a_comment_line_checked_like_flags() {
+        assert_eq!(mda_directive("version = 2\n# a comment\n").unwrap(), None);
+        assert_eq!(
+            mda_directive("# tracemesh-lab: mda every=3 confidence=99\nversion = 2\n").unwrap(),
+            Some(LabMda {
+                every: 3,
+                confidence: 99
+            })
+        );
+        assert_eq!(
+            mda_directive("#tracemesh-lab: mda").unwrap(),
+            Some(LabMda {
+                every: 1,
+                confidence: 95
+            })
+        );
+        for bad in [
+            "# tracemesh-lab: mda every=0",
+            "# tracemesh-lab: mda confidence=90",
+            "# tracemesh-lab: mda every",
+            "# tracemesh-lab: mesh",
+        ] {
+            assert!(mda_directive(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn small_labs_keep_the_full_rate_and_big_ones_share_a_budget() {

@@ -101,6 +101,7 @@ fn campaign(id: &str, start_at_ns: i64, every_s: u32, rounds: u32) -> Input {
         alias: None,
         mesh_peers: vec![],
         mesh: None,
+        mda: None,
     }))
 }
 
@@ -211,6 +212,7 @@ fn rounds_fire_without_a_session_and_a_late_round_fires_at_once() {
         next_round: 0,
         alias: None,
         mesh: None,
+        mda: None,
     });
     let mut core = SessionCore::new(held, vec![], now);
     let fx = core.handle(now, Input::Timer);
@@ -455,6 +457,7 @@ fn a_session_opens_with_quick_samples_then_heartbeats_at_the_welcomed_period() {
                 Up::TraceBatch(_) => "batch",
                 Up::AliasBatch(_) => "alias batch",
                 Up::MeshBatch(_) => "mesh batch",
+                Up::MdaBatch(_) => "mda batch",
                 Up::Hello(_) => "hello",
             })
             .collect()
@@ -546,6 +549,7 @@ fn campaigns_long_past_are_dropped_at_start_and_the_hello_lists_the_rest() {
             next_round: 0,
             alias: None,
             mesh: None,
+            mda: None,
         });
     }
     let mut core = SessionCore::new(held, vec![], now);
@@ -597,6 +601,7 @@ fn an_alias_round_fires_on_time_and_its_result_is_spooled_sent_and_acked_like_tr
             }),
             mesh_peers: vec![],
             mesh: None,
+            mda: None,
         })),
     );
     assert!(fx.iter().any(|e| matches!(e, Effect::SaveCampaigns(_))));
@@ -750,6 +755,57 @@ fn mesh_samples_go_up_once_durable_and_again_until_acknowledged() {
         now,
         Input::Message(Down::Ack(pb::Ack {
             result_ids: vec!["m1/2/mesh/a".into(), "m1/2/mesh/b".into()],
+        })),
+    );
+    assert_eq!(core.pending(), 0);
+}
+
+fn mda_batches(effects: &[Effect]) -> Vec<Vec<String>> {
+    sent(effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Up::MdaBatch(b) => Some(b.results.into_iter().map(|r| r.result_id).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mda_results_go_up_once_durable_and_again_until_acknowledged() {
+    use crate::session::spool::Kind;
+    let now = t0();
+    let mut core = SessionCore::new(Held::default(), vec![], now);
+    connect(&mut core, now);
+    let result = |dst: &str| pb::MdaResult {
+        result_id: tracemesh_proto::mda_result_id("d1", 0, dst),
+        campaign_id: "d1".into(),
+        dst: dst.into(),
+        probes_sent: 30,
+        ..Default::default()
+    };
+    let fx = core.handle(
+        now,
+        Input::MdaDone {
+            campaign_id: "d1".into(),
+            round: 0,
+            results: vec![result("192.0.2.1"), result("192.0.2.2")],
+        },
+    );
+    assert!(mda_batches(&fx).is_empty(), "not sent before it is durable");
+    let records = spooled(&fx);
+    assert!(records.iter().all(|r| r.kind == Kind::Mda));
+    let fx = core.handle(now, Input::Spooled(records));
+    let want = [["d1/0/mda/192.0.2.1", "d1/0/mda/192.0.2.2"]];
+    assert_eq!(mda_batches(&fx), want);
+    assert!(batches(&fx).is_empty() && mesh_batches(&fx).is_empty());
+    core.handle(now, Input::Disconnected(None));
+    let (now, _) = tick(&mut core, now);
+    let fx = open(&mut core, now);
+    assert_eq!(mda_batches(&fx), want, "resent on the next session");
+    core.handle(
+        now,
+        Input::Message(Down::Ack(pb::Ack {
+            result_ids: want[0].iter().map(|s| s.to_string()).collect(),
         })),
     );
     assert_eq!(core.pending(), 0);

@@ -61,6 +61,8 @@ pub struct SledStore {
     aliases: sled::Tree,
     /// mesh_key(campaign, round, src, dst) → MeshSample.
     mesh: sled::Tree,
+    /// mda_key(campaign, round, vantage, dst) → MdaResult.
+    mda: sled::Tree,
     /// Serialises ingest (the duplicate checks and the writes) and numbers the groups.
     next_group: Arc<Mutex<u64>>,
 }
@@ -142,6 +144,7 @@ impl SledStore {
             by_time: db.open_tree("traces_time_postings")?,
             aliases: db.open_tree("alias_results")?,
             mesh: db.open_tree("mesh_samples")?,
+            mda: db.open_tree("mda_results")?,
             next_group: Arc::new(Mutex::new(0)),
             db,
         };
@@ -423,6 +426,28 @@ impl Store for SledStore {
         f: &mut dyn FnMut(v1::MeshSample) -> bool,
     ) -> Result<(), StoreError> {
         scan_campaign(&self.mesh, campaign_id, "mesh sample", f)
+    }
+
+    fn put_mda_result(&self, r: &v1::MdaResult) -> Result<IngestOutcome, StoreError> {
+        if r.campaign_id.is_empty() || r.vantage.is_empty() || r.dst.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "mda result",
+                detail: "campaign, vantage or dst missing".into(),
+            });
+        }
+        put_first(
+            &self.mda,
+            keys::mda_key(&r.campaign_id, r.round, &r.vantage, &r.dst),
+            r,
+        )
+    }
+
+    fn for_each_mda_result(
+        &self,
+        campaign_id: Option<&str>,
+        f: &mut dyn FnMut(v1::MdaResult) -> bool,
+    ) -> Result<(), StoreError> {
+        scan_campaign(&self.mda, campaign_id, "mda result", f)
     }
 
     fn put_identity(&self, r: &IdentityRecord) -> Result<(), StoreError> {
