@@ -15,6 +15,14 @@ use crate::geo::{
 pub(super) type Located = Option<(Estimate, GeoPoint, Option<(String, String)>)>;
 
 /// A disc per vantage that has an RTT to `addr`: its best one.
+/// Beyond this uncertainty a predecessor's preferred point is a guess (it was seen only
+/// from vantages a continent or more away), so it adds no ring. Measured on the lab's
+/// stored runs: Beltelecom's Frankfurt ingress in `ecmp-belarus-2013` went from 1,302 km
+/// off (pulled toward islands nearer the US hops' guessed points) to 472 km; no other
+/// scenario moved. 1,500 km cut rings that carry real direction (china-telecom-2010:
+/// 49 km -> 586 km).
+const RING_PRED_MAX_RADIUS_KM: f64 = 3000.0;
+
 pub(super) fn vantage_discs(links: &Links, vantages: &[VantageInfo], addr: IpAddr) -> Vec<Disc> {
     links
         .best_rtts(addr)
@@ -84,6 +92,13 @@ impl<'a> Locator<'a> {
                     center: pe.loc,
                     radius_km: pe.radius_km + rtt_radius_km(step),
                 });
+                // A ring says which way to look only when the predecessor's own
+                // position is known: one seen only from far vantages has a preferred
+                // point that is a guess thousands of km wide, and its ring would pull
+                // the choice toward wherever that guess fell.
+                if pe.radius_km > RING_PRED_MAX_RADIUS_KM {
+                    continue;
+                }
                 let expected = rtt_radius_km(step) * TYPICAL_SPEED_FRACTION;
                 rings.push(Ring {
                     center: ploc,
