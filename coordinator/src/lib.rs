@@ -21,6 +21,7 @@ pub mod detect;
 pub mod formats;
 pub mod geo;
 pub mod live;
+pub mod live_checkpoint;
 pub mod live_view;
 pub mod mesh;
 pub mod metrics;

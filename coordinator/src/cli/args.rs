@@ -310,6 +310,10 @@ pub struct ServeArgs {
     /// Bearer`); required when --http is not a loopback address.
     #[arg(long, value_name = "FILE", requires = "http")]
     pub http_token_file: Option<PathBuf>,
+    /// With --adversary: how often the detector's state is saved in the store (and at
+    /// shutdown), so a restart replays only the traces stored after it.
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration_s, default_value = "10m")]
+    pub checkpoint_every: u32,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod aliases;
 pub mod annot;
+mod annot_digest;
 pub mod args;
 pub mod campaign;
 pub mod client;

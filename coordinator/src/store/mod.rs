@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use tracemesh_proto::v1;
 
 pub mod access;
+pub mod checkpoint;
 pub mod keys;
 mod sled_store;
 pub mod token;
 
 pub use access::{IdentityRecord, RevocationRecord};
+pub use checkpoint::Checkpoint;
 pub use sled_store::SledStore;
 pub use token::{TokenRecord, TokenRejection, check_token};
 
@@ -217,6 +219,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Makes everything written so far durable; callers flush before acknowledging.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// The ingest position (`store/checkpoint.rs`): every ingest group below it is
+    /// written whole.
+    fn ingest_position(&self) -> Result<u64, StoreError>;
+    /// Calls `f` with each trace stored by an ingest group in `from..to`, in no
+    /// particular order, until it returns false; the number of traces visited.
+    fn for_each_trace_in_groups(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(v1::TraceRecord) -> bool,
+    ) -> Result<u64, StoreError>;
+    /// Replaces the detector checkpoint (and makes it durable).
+    fn put_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;
+    fn get_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+    /// Stores a published diversion record (JSON) under `key`, replacing an older
+    /// version of the same episode.
+    fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError>;
+    /// Calls `f` with each stored diversion record (key, JSON), in key order.
+    fn for_each_diversion_record(
+        &self,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
