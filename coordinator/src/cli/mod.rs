@@ -20,6 +20,7 @@ pub mod json;
 pub mod mesh;
 pub mod parse;
 pub mod report;
+pub mod retain;
 pub mod serve;
 pub mod token;
 pub mod traces;
@@ -80,5 +81,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             identity::identity(&cli.data, cli.coordinator, cli.identity, cmd).await
         }
         Command::Agent(cmd) => identity::agent(&cli.data, cli.coordinator, cli.identity, cmd).await,
+        Command::Retain(a) => retain::run(&cli.data, a),
     }
 }

@@ -106,6 +106,10 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         operator_targets: a.limits.operator_targets,
         ..server::Limits::default()
     };
+    let (retain, retain_archive, retain_every) =
+        (a.retain, a.retain_archive.clone(), a.retain_every);
+    // With live detection, retention waits for the checkpoint to cover what it deletes.
+    let live_on = live.is_some();
     // Live detection saves its checkpoint after the shutdown signal: serve waits for it.
     let live_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
     let live_slot = live_task.clone();
@@ -118,6 +122,15 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         limits,
         shutdown,
         move |c| {
+            if let (Some(window), Some(dir)) = (retain, retain_archive) {
+                tracemesh::retention::spawn(
+                    c.clone(),
+                    std::time::Duration::from_secs(u64::from(window)),
+                    std::time::Duration::from_secs(u64::from(retain_every)),
+                    dir,
+                    live_on,
+                );
+            }
             if let Some(l) = metrics {
                 tracemesh::metrics::spawn(l, c.clone(), db_dir);
             }

@@ -94,6 +94,17 @@ impl AgentMeta {
     }
 }
 
+/// What a retention sweep did ([`Store::expire_traces`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExpireCounts {
+    /// Traces handed to the archive.
+    pub archived: u64,
+    /// Traces deleted (archived first).
+    pub deleted: u64,
+    /// Index postings removed (time, vantage and destination indexes).
+    pub postings_deleted: u64,
+}
+
 /// Whether an ingest stored something new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
@@ -237,6 +248,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a published diversion record (JSON) under `key`, replacing an older
     /// version of the same episode.
     fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError>;
+    /// Retention (`sled_store/retention.rs`): deletes the traces that started before
+    /// `before_ns` (rounded down to the index's 10 s buckets) and were stored by an
+    /// ingest group below `below_group`, about `chunk` at a time, each chunk handed to
+    /// `archive` first: an error from it stops the sweep with that chunk still stored.
+    fn expire_traces(
+        &self,
+        before_ns: i64,
+        below_group: u64,
+        chunk: usize,
+        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+    ) -> Result<ExpireCounts, StoreError>;
     /// Calls `f` with each stored diversion record (key, JSON), in key order.
     fn for_each_diversion_record(
         &self,

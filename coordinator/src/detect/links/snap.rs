@@ -7,12 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{LINK_VANTAGES, LinkObs, Links};
 
+/// (predecessor, [(vantage, near RTT bits, far RTT bits)]).
+type LinkSnap = (IpAddr, Vec<(u32, u32, u32)>);
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(in crate::detect) struct LinksSnap {
     /// (address, [(vantage, RTT bits)]).
     rtts: Vec<(IpAddr, Vec<(u32, u64)>)>,
-    /// (address, [(predecessor, [(vantage, near RTT bits, far RTT bits)])]).
-    preds: Vec<(IpAddr, Vec<(IpAddr, Vec<(u32, u32, u32)>)>)>,
+    /// (address, its links).
+    preds: Vec<(IpAddr, Vec<LinkSnap>)>,
 }
 
 impl Links {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CleanPath, CleanRun, DivertedObs, Hop, KnownPath, PairState};
+use super::{CleanPath, CleanRun, DivertedObs, Hop, KnownPath, PairState, PathHops};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(in crate::detect) struct PairSnap {
-    paths: Vec<Vec<(u8, Option<IpAddr>)>>,
+    paths: Vec<PathHops>,
     runs: Vec<RunSnap>,
     diverted: Vec<(u64, DivSnap)>,
     known: Vec<KnownSnap>,
@@ -70,8 +70,8 @@ fn float(v: Option<u64>) -> Option<f64> {
 /// Numbers the pair's distinct paths (by identity: one shared copy, one index).
 #[derive(Default)]
 struct PathTable {
-    index: Vec<(*const Vec<(u8, Option<IpAddr>)>, u32)>,
-    paths: Vec<Vec<(u8, Option<IpAddr>)>>,
+    index: Vec<(*const PathHops, u32)>,
+    paths: Vec<PathHops>,
 }
 
 impl PathTable {

@@ -35,6 +35,7 @@ mod dedup;
 mod kill_tests;
 mod migrate;
 mod postings;
+mod retention;
 #[cfg(test)]
 mod test_support;
 
@@ -469,6 +470,15 @@ impl Store for SledStore {
     }
     fn get_checkpoint(&self) -> Result<Option<super::Checkpoint>, StoreError> {
         self.get_checkpoint_impl()
+    }
+    fn expire_traces(
+        &self,
+        before_ns: i64,
+        below_group: u64,
+        chunk: usize,
+        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+    ) -> Result<super::ExpireCounts, StoreError> {
+        self.expire_traces_impl(before_ns, below_group, chunk, archive)
     }
     fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
         self.db
