@@ -14,11 +14,11 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::links::{Links, LinksSnap};
-use super::paths::{PairSnap, PairState, Pairs};
+use super::paths::{AddrTable, PairSnap, PairState, Pairs};
 use super::{Adversary, Detector, VantageInfo};
 
 const MAGIC: &[u8; 4] = b"TMCK";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -36,6 +36,8 @@ pub enum CheckpointError {
 struct Snapshot {
     adversary: Adversary,
     vantages: Vec<VantageInfo>,
+    /// Every address the pairs' paths name (they name them by index).
+    addrs: Vec<IpAddr>,
     pairs: Vec<(u32, IpAddr, PairSnap)>,
     links: LinksSnap,
 }
@@ -43,14 +45,17 @@ struct Snapshot {
 impl Detector {
     /// The state as checkpoint bytes (see the module's notes).
     pub fn checkpoint(&self) -> Vec<u8> {
+        let mut addrs = AddrTable::default();
+        let pairs = self
+            .pairs
+            .iter()
+            .map(|(&(vid, dst), p)| (vid, dst, p.snapshot(&mut addrs)))
+            .collect();
         let snap = Snapshot {
             adversary: self.adversary.clone(),
             vantages: self.vantages.clone(),
-            pairs: self
-                .pairs
-                .iter()
-                .map(|(&(vid, dst), p)| (vid, dst, p.snapshot()))
-                .collect(),
+            addrs: addrs.addrs,
+            pairs,
             links: self.links.snapshot(),
         };
         let mut out = MAGIC.to_vec();
@@ -94,7 +99,7 @@ impl Detector {
             if vid >= n_vantages {
                 return Err(CheckpointError::Damaged(format!("vantage {vid} unknown")));
             }
-            let p = PairState::restore(p)
+            let p = PairState::restore(p, &snap.addrs)
                 .ok_or_else(|| CheckpointError::Damaged(format!("pair {vid} {dst}")))?;
             pairs.insert((vid, dst), p);
         }

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 mod snap;
-pub(super) use snap::PairSnap;
+pub(super) use snap::{AddrTable, PairSnap};
 
 /// A hop as the detector keeps it.
 #[derive(Debug, Clone, PartialEq)]

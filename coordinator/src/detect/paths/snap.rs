@@ -1,7 +1,8 @@
 //! A pair's state as plain data for the detector's checkpoint (`detect/checkpoint.rs`).
 //! Floats travel as their bits, so a restored pair answers exactly as the one saved;
 //! paths travel once per pair, the runs and known paths naming them by index, so the
-//! sharing the live state has survives a restart.
+//! sharing the live state has survives a restart; addresses travel as indexes into the
+//! checkpoint's one address table (most of a checkpoint's bytes are paths otherwise).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -11,9 +12,36 @@ use serde::{Deserialize, Serialize};
 
 use super::{CleanPath, CleanRun, DivertedObs, Hop, KnownPath, PairState, PathHops};
 
+/// The checkpoint's addresses; a hop names one as its index + 1 (0: silent).
+#[derive(Debug, Default)]
+pub(in crate::detect) struct AddrTable {
+    index: rustc_hash::FxHashMap<IpAddr, u32>,
+    pub(in crate::detect) addrs: Vec<IpAddr>,
+}
+
+impl AddrTable {
+    fn id(&mut self, a: Option<IpAddr>) -> u32 {
+        let Some(a) = a else { return 0 };
+        let next = self.addrs.len() as u32 + 1;
+        let id = *self.index.entry(a).or_insert(next);
+        if id == next {
+            self.addrs.push(a);
+        }
+        id
+    }
+}
+
+/// An address index back to the address; `Err` if the table has no such entry.
+fn addr(addrs: &[IpAddr], id: u32) -> Result<Option<IpAddr>, ()> {
+    match id {
+        0 => Ok(None),
+        i => addrs.get(i as usize - 1).copied().map(Some).ok_or(()),
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(in crate::detect) struct PairSnap {
-    paths: Vec<PathHops>,
+    paths: Vec<Vec<(u8, u32)>>,
     runs: Vec<RunSnap>,
     diverted: Vec<(u64, DivSnap)>,
     known: Vec<KnownSnap>,
@@ -53,7 +81,7 @@ struct DivSnap {
 #[derive(Debug, Serialize, Deserialize)]
 struct HopSnap {
     ttl: u8,
-    addr: Option<IpAddr>,
+    addr: u32,
     rtt: Option<u64>,
     asn: Option<u32>,
     adversary: Option<u32>,
@@ -68,13 +96,13 @@ fn float(v: Option<u64>) -> Option<f64> {
 }
 
 /// Numbers the pair's distinct paths (by identity: one shared copy, one index).
-#[derive(Default)]
-struct PathTable {
+struct PathTable<'a> {
     index: Vec<(*const PathHops, u32)>,
-    paths: Vec<PathHops>,
+    paths: Vec<Vec<(u8, u32)>>,
+    addrs: &'a mut AddrTable,
 }
 
-impl PathTable {
+impl PathTable<'_> {
     fn id(&mut self, p: &CleanPath) -> u32 {
         let ptr = Arc::as_ptr(p);
         if let Some((_, i)) = self.index.iter().find(|(q, _)| *q == ptr) {
@@ -82,14 +110,19 @@ impl PathTable {
         }
         let i = self.paths.len() as u32;
         self.index.push((ptr, i));
-        self.paths.push((**p).clone());
+        let hops = p.iter().map(|&(t, a)| (t, self.addrs.id(a))).collect();
+        self.paths.push(hops);
         i
     }
 }
 
 impl PairState {
-    pub(in crate::detect) fn snapshot(&self) -> PairSnap {
-        let mut table = PathTable::default();
+    pub(in crate::detect) fn snapshot(&self, addrs: &mut AddrTable) -> PairSnap {
+        let mut table = PathTable {
+            index: Vec::new(),
+            paths: Vec::new(),
+            addrs,
+        };
         let known = self
             .known
             .iter()
@@ -123,7 +156,7 @@ impl PairState {
                     .iter()
                     .map(|h| HopSnap {
                         ttl: h.ttl,
-                        addr: h.addr,
+                        addr: table.addrs.id(h.addr),
                         rtt: bits(h.rtt),
                         asn: h.asn,
                         adversary: h.adversary,
@@ -151,8 +184,15 @@ impl PairState {
 
     /// The pair a [`PairSnap`] describes; `None` if it names a path it does not hold or
     /// an ingress past a diverted round's hops (a damaged checkpoint).
-    pub(in crate::detect) fn restore(s: PairSnap) -> Option<PairState> {
-        let paths: Vec<CleanPath> = s.paths.into_iter().map(Arc::new).collect();
+    pub(in crate::detect) fn restore(s: PairSnap, addrs: &[IpAddr]) -> Option<PairState> {
+        let mut paths: Vec<CleanPath> = Vec::with_capacity(s.paths.len());
+        for p in s.paths {
+            let hops: Result<PathHops, ()> = p
+                .into_iter()
+                .map(|(t, a)| Ok((t, addr(addrs, a)?)))
+                .collect();
+            paths.push(Arc::new(hops.ok()?));
+        }
         let path = |i: u32| paths.get(i as usize).cloned();
         let mut runs = Vec::with_capacity(s.runs.len());
         for r in s.runs {
@@ -178,17 +218,20 @@ impl PairState {
         }
         let mut diverted = BTreeMap::new();
         for (round, d) in s.diverted {
-            let hops: Vec<Hop> = d
+            let hops: Result<Vec<Hop>, ()> = d
                 .hops
                 .into_iter()
-                .map(|h| Hop {
-                    ttl: h.ttl,
-                    addr: h.addr,
-                    rtt: float(h.rtt),
-                    asn: h.asn,
-                    adversary: h.adversary,
+                .map(|h| {
+                    Ok(Hop {
+                        ttl: h.ttl,
+                        addr: addr(addrs, h.addr)?,
+                        rtt: float(h.rtt),
+                        asn: h.asn,
+                        adversary: h.adversary,
+                    })
                 })
                 .collect();
+            let hops = hops.ok()?;
             let ingress = d.ingress as usize;
             if ingress >= hops.len() {
                 return None;
