@@ -743,6 +743,14 @@ fn restart(
         })?;
     }
     let (det, position) = replay_all(&store, adversary.clone(), annot)?;
+    // The state to bytes alone, then the whole save (the same again, written, flushed).
+    let t = Instant::now();
+    let encoded = det.checkpoint().len();
+    println!(
+        "checkpoint:    state encoded in {:.3} s ({:.1} MiB)",
+        t.elapsed().as_secs_f64(),
+        encoded as f64 / (1 << 20) as f64
+    );
     let t = Instant::now();
     let (det, _) = save_blocking(&store, det, annot, position, &fp)?;
     let save_s = t.elapsed().as_secs_f64();
