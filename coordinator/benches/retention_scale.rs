@@ -1,7 +1,8 @@
 //! Retention while ingest runs (issue 17), by hand, not in CI: a store of
 //! `TM_BENCH_TRACES` old traces (default 5,000,000, started 60 days ago), then the
 //! coordinator's ingest path (`IngestQueue`: group commit, flush, ack) fed at
-//! `TM_BENCH_RATE` traces/s (default 25,000) by 8 paced submitters, first alone for
+//! `TM_BENCH_RATE` traces/s (default 25,000; rounded down to whole records per tick:
+//! 24,800) by 8 paced submitters, first alone for
 //! `TM_BENCH_BASELINE_S` seconds (default 20), then beside a 30-day retention sweep
 //! (`retention::sweep`, what `serve --retain` runs) that archives every old trace as
 //! Parquet and deletes it. Prints the ingest rate without and during the sweep, the
@@ -189,8 +190,9 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let alone = (stored.load(Ordering::Relaxed) - a0) as f64 / ta.elapsed().as_secs_f64();
     let alone_wait = max_wait_us.swap(0, Ordering::Relaxed);
     println!(
-        "ingest alone:  {alone:.0} traces/s over {:.0} s (offered {rate}/s; slowest batch {:.1} ms)",
+        "ingest alone:  {alone:.0} traces/s over {:.0} s (offered {}/s; slowest batch {:.1} ms)",
         baseline.as_secs_f64(),
+        per_tick * SUBMITTERS * TICKS,
         alone_wait as f64 / 1e3
     );
 
