@@ -62,10 +62,15 @@ impl Detector {
         out.extend_from_slice(&FORMAT.to_be_bytes());
         // Level 1: the state is rewritten every few minutes; speed over the last few
         // percent of size.
-        let mut z = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
+        let z = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
+        // serde_json writes a few bytes at a time; the encoder pays per call.
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, z);
         // Writing plain data into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut z, &snap);
-        z.finish().unwrap_or_default()
+        let _ = serde_json::to_writer(&mut w, &snap);
+        w.into_inner()
+            .ok()
+            .and_then(|z| z.finish().ok())
+            .unwrap_or_default()
     }
 
     /// A detector for `adversary` holding the state `bytes` describe.
