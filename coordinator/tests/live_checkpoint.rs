@@ -202,6 +202,26 @@ fn a_restart_from_the_checkpoint_reports_what_a_full_replay_reports() {
             "{want:?} not in {spans:?}"
         );
     }
+    // Published records are kept in the store, one per episode, as JSON.
+    let r = restarted
+        .det
+        .report(&annot, &Gazetteer::builtin(), T0 + 1e6);
+    let refs: Vec<_> = r.diversions.iter().collect();
+    tracemesh::live_checkpoint::store_records(&store, &refs);
+    tracemesh::live_checkpoint::store_records(&store, &refs);
+    let mut kept = Vec::new();
+    store
+        .for_each_diversion_record(&mut |k, v| {
+            let d: serde_json::Value = serde_json::from_slice(v).unwrap();
+            kept.push((k.to_owned(), d["first_round"].as_u64().unwrap()));
+            true
+        })
+        .unwrap();
+    assert_eq!(kept.len(), r.diversions.len());
+    assert!(
+        kept.contains(&("toronto|211.192.1.10|00000000000000000190".into(), 190)),
+        "{kept:?}"
+    );
     // The checkpoint holds folded history, not every round.
     let size = restarted.det.state_size();
     assert!(size.folded_rounds > 0, "{size:?}");
