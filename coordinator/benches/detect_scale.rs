@@ -16,7 +16,9 @@
 //! level off once the history is longer than what detection reads back (65 clean
 //! rounds per pair); `TM_BENCH_MAX_RSS_MIB` fails the run above a peak,
 //! `TM_BENCH_STORED=0` skips the sled phase, `TM_BENCH_REPORT_JSON=FILE` writes the
-//! whole report (to compare two detectors record by record).
+//! whole report (to compare two detectors record by record), `TM_BENCH_RESTART=1`
+//! times `serve --adversary`'s restart over the stored history with and without the
+//! detector checkpoint (see `restart`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -693,5 +695,134 @@ fn from_store(
     if total > 10.0 {
         println!("note: above the 10 s acceptance target");
     }
+    if std::env::var("TM_BENCH_RESTART").is_ok_and(|v| v == "1") {
+        drop(store);
+        restart(world, annot, gazetteer, now, &path, rounds)?;
+        // The store now holds one more round than its size says: not reusable.
+        let _ = std::fs::remove_file(&marker);
+    }
     Ok(report)
+}
+
+/// `TM_BENCH_RESTART=1`: `serve --adversary` restarting over this store, through the
+/// functions it starts with (`live::replay_all`, `live_checkpoint::load_blocking`,
+/// `save_blocking`): a checkpoint is saved after the history, one more round is stored
+/// (what arrived while the coordinator was down), then the store is reopened twice and
+/// the time to the first report (from which on live alerts go out) is taken with and
+/// without the checkpoint. Both reports must be the same.
+fn restart(
+    world: &World,
+    annot: &Annotator,
+    gazetteer: &Gazetteer,
+    now: f64,
+    path: &std::path::Path,
+    rounds: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use tracemesh::live::replay_all;
+    use tracemesh::live_checkpoint::{fingerprint, load_blocking, save_blocking};
+    use tracemesh::store::{AgentMeta, AgentRecord};
+    let adversary = Adversary::from_asns([ADVERSARY_ASN]);
+    let fp = fingerprint(&adversary, "detect_scale");
+    let store = SledStore::open(path)?;
+    // The vantages as enrolled agents, as serve knows them.
+    for v in &world.vantages {
+        store.put_agent(&AgentRecord {
+            meta: AgentMeta {
+                name: v.name.clone(),
+                country: v.country.clone().unwrap_or_default(),
+                loc: v.loc.map(|p| (p.lat, p.lon)),
+                asn: v.asn,
+                ..AgentMeta::default()
+            },
+            enrolled_at_ns: 0,
+            cert_sha256: String::new(),
+            agent_version: String::new(),
+            hostname: String::new(),
+            last_seen_ns: None,
+            mesh_addr: None,
+        })?;
+    }
+    let (det, position) = replay_all(&store, adversary.clone(), annot)?;
+    // The state to bytes alone, then the whole save (the same again, written, flushed).
+    let t = Instant::now();
+    let encoded = det.checkpoint().len();
+    println!(
+        "checkpoint:    state encoded in {:.3} s ({:.1} MiB)",
+        t.elapsed().as_secs_f64(),
+        encoded as f64 / (1 << 20) as f64
+    );
+    let t = Instant::now();
+    let (det, _) = save_blocking(&store, det, annot, position, &fp)?;
+    let save_s = t.elapsed().as_secs_f64();
+    let cp_bytes = store.get_checkpoint()?.map_or(0, |c| c.state.len());
+    drop(det);
+    println!(
+        "checkpoint:    saved in {save_s:.3} s, {:.1} MiB, at ingest position {position}",
+        cp_bytes as f64 / (1 << 20) as f64
+    );
+    // One more round while "down": one ingest group per vantage, as before.
+    let mut extra = 0u64;
+    for v in 0..world.vantages.len() {
+        let batch: Vec<v1::TraceRecord> = (0..world.dests.len())
+            .map(|d| to_record(&world.trace(v, d, rounds)))
+            .collect();
+        for r in store.ingest_many(&batch)? {
+            r?;
+        }
+        extra += batch.len() as u64;
+    }
+    store.flush()?;
+    drop(store);
+    let now = now + ROUND_EVERY;
+
+    let mut reports = Vec::new();
+    for with_checkpoint in [false, true] {
+        let t = Instant::now();
+        let store = SledStore::open(path)?;
+        let opened = t.elapsed().as_secs_f64();
+        let loaded = if with_checkpoint {
+            load_blocking(&store, &adversary, annot, &fp, || {
+                replay_all(&store, adversary.clone(), annot)
+            })?
+        } else {
+            let (det, position) = replay_all(&store, adversary.clone(), annot)?;
+            tracemesh::live_checkpoint::Loaded {
+                det,
+                position,
+                from_checkpoint: false,
+                replayed: 0,
+            }
+        };
+        let loaded_s = t.elapsed().as_secs_f64();
+        let report = loaded.det.report(annot, gazetteer, now);
+        let first = t.elapsed().as_secs_f64();
+        println!(
+            "restart {}: store open {opened:.3} s, detector ready {loaded_s:.3} s, first report (alerts from here on) {first:.3} s; {} records{}",
+            if with_checkpoint {
+                "with checkpoint   "
+            } else {
+                "without checkpoint"
+            },
+            report.diversions.len(),
+            if loaded.from_checkpoint {
+                format!(
+                    ", {} traces replayed after the checkpoint (of {extra} stored since)",
+                    loaded.replayed
+                )
+            } else {
+                String::new()
+            }
+        );
+        if with_checkpoint && !loaded.from_checkpoint {
+            return Err("the checkpoint was not used".into());
+        }
+        reports.push(serde_json::to_string(&report)?);
+    }
+    if reports[0] != reports[1] {
+        return Err(
+            "the restart from the checkpoint reports otherwise than the full replay".into(),
+        );
+    }
+    println!("restart:       same report with and without the checkpoint");
+    Ok(())
 }

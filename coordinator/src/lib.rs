@@ -14,6 +14,7 @@
 //! - [`formats`]: RIPE Atlas, scamper JSON and warts codecs (import and export).
 pub mod alias;
 pub mod annotate;
+pub mod archive;
 pub mod ca;
 pub mod campaign;
 pub mod deploy;
@@ -21,9 +22,11 @@ pub mod detect;
 pub mod formats;
 pub mod geo;
 pub mod live;
+pub mod live_checkpoint;
 pub mod live_view;
 pub mod mesh;
 pub mod metrics;
 pub mod report;
+pub mod retention;
 pub mod server;
 pub mod store;

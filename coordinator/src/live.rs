@@ -156,11 +156,23 @@ async fn with_direction(
 /// Runs live detection on the coordinator's runtime until it shuts down: `tables` to
 /// start with, `reload` for fresh ones on SIGHUP.
 pub fn spawn(c: Arc<Coordinator>, adversary: Adversary, tables: Tables, reload: Reload) {
+    spawn_with(c, adversary, tables, reload, None);
+}
+
+/// [`spawn`], saving the detector as `checkpoint` says (and loading it at start); the
+/// task ends after the coordinator's shutdown signal, once the last save is done.
+pub fn spawn_with(
+    c: Arc<Coordinator>,
+    adversary: Adversary,
+    tables: Tables,
+    reload: Reload,
+    checkpoint: Option<crate::live_checkpoint::Config>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if let Err(e) = run(c, adversary, tables, reload).await {
+        if let Err(e) = run(c, adversary, tables, reload, checkpoint).await {
             tracing::error!(error = %crate::server::client::error_chain(&e), "live detection stopped");
         }
-    });
+    })
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
@@ -170,60 +182,100 @@ fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
     }
 }
 
-/// A detector that has seen every stored trace.
+/// A detector that has seen every stored trace, and the ingest position it covers;
+/// or, with a checkpoint configuration, the saved one and what was stored after it
+/// (`live_checkpoint.rs`).
 async fn replay(
     c: &Arc<Coordinator>,
     adversary: Adversary,
     annot: Arc<Annotator>,
-) -> Result<Detector, StoreError> {
+    fingerprint: Option<String>,
+) -> Result<(Detector, u64), StoreError> {
     let store = c.store.clone();
     tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        let mut det = Detector::new(adversary);
+        let all = || replay_all(store.as_ref(), adversary.clone(), &annot);
+        let Some(fp) = fingerprint else { return all() };
+        let loaded =
+            crate::live_checkpoint::load_blocking(store.as_ref(), &adversary, &annot, &fp, all)?;
+        let mut det = loaded.det;
+        // Vantage metadata may have changed while the coordinator was down.
         for a in store.list_agents()? {
             det.set_vantage(vantage_of(&a.meta));
         }
-        let mut n = 0usize;
-        // A long history takes minutes to replay: say how far it got, every few seconds
-        // (serve runs as a daemon, so progress goes to the log, not a terminal line).
-        let mut last_note = started;
-        store.for_each_trace_any_order(&mut |t| {
-            if let Some(t) = Trace::from_record(&t) {
-                det.ingest(&t, &annot);
-                n += 1;
-            }
-            if n.is_multiple_of(4096) && last_note.elapsed() >= std::time::Duration::from_secs(5) {
-                last_note = std::time::Instant::now();
-                let secs = started.elapsed().as_secs_f64();
-                tracing::info!(
-                    traces = n,
-                    secs,
-                    rate = (n as f64 / secs.max(1e-9)).round(),
-                    "replaying stored traces"
-                );
-            }
-            true
-        })?;
-        // Multipath traces: every branch of the pairs' load balancers is normal.
-        let mut mda = 0usize;
-        store.for_each_mda_result(None, &mut |r| {
-            if let Some(m) = MdaTrace::from_record(&r) {
-                det.ingest_mda(&m, &annot);
-                mda += 1;
-            }
-            true
-        })?;
-        tracing::info!(
-            traces = n,
-            mda,
-            secs = started.elapsed().as_secs_f64(),
-            state = ?det.state_size(),
-            "detector replayed the stored traces"
-        );
-        Ok::<_, StoreError>(det)
+        if loaded.from_checkpoint {
+            feed_mda(store.as_ref(), &mut det, &annot)?;
+        }
+        Ok((det, loaded.position))
     })
     .await
     .map_err(blocking_failed)?
+}
+
+/// Feeds every stored trace to a fresh detector (on a blocking thread); the ingest
+/// position read before the first one is what it covers.
+pub fn replay_all(
+    store: &dyn crate::store::Store,
+    adversary: Adversary,
+    annot: &Annotator,
+) -> Result<(Detector, u64), StoreError> {
+    let position = store.ingest_position()?;
+    let started = std::time::Instant::now();
+    let mut det = Detector::new(adversary);
+    for a in store.list_agents()? {
+        det.set_vantage(vantage_of(&a.meta));
+    }
+    let mut n = 0usize;
+    // A long history takes minutes to replay: say how far it got, every few seconds
+    // (serve runs as a daemon, so progress goes to the log, not a terminal line).
+    let mut last_note = started;
+    store.for_each_trace_any_order(&mut |t| {
+        if let Some(t) = Trace::from_record(&t) {
+            det.ingest(&t, annot);
+            n += 1;
+        }
+        if n.is_multiple_of(4096) && last_note.elapsed() >= std::time::Duration::from_secs(5) {
+            last_note = std::time::Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                traces = n,
+                secs,
+                rate = (n as f64 / secs.max(1e-9)).round(),
+                "replaying stored traces"
+            );
+        }
+        true
+    })?;
+    tracing::info!(
+        traces = n,
+        secs = started.elapsed().as_secs_f64(),
+        state = ?det.state_size(),
+        "detector replayed the stored traces"
+    );
+    feed_mda(store, &mut det, annot)?;
+    Ok((det, position))
+}
+
+/// Feeds every stored multipath trace to `det`: every branch of the pairs' load
+/// balancers is normal. Learning a branch twice changes nothing, and MDA rounds are
+/// few, so a detector loaded from a checkpoint takes them all again rather than only
+/// those stored after it (they are not in the trace groups the checkpoint counts).
+fn feed_mda(
+    store: &dyn crate::store::Store,
+    det: &mut Detector,
+    annot: &Annotator,
+) -> Result<usize, StoreError> {
+    let mut n = 0usize;
+    store.for_each_mda_result(None, &mut |r| {
+        if let Some(m) = MdaTrace::from_record(&r) {
+            det.ingest_mda(&m, annot);
+            n += 1;
+        }
+        true
+    })?;
+    if n > 0 {
+        tracing::info!(mda = n, "detector took the stored multipath traces");
+    }
+    Ok(n)
 }
 
 /// Resolves on SIGHUP (never elsewhere).
@@ -411,6 +463,7 @@ async fn run(
     adversary: Adversary,
     tables: Tables,
     reload: Reload,
+    checkpoint: Option<crate::live_checkpoint::Config>,
 ) -> Result<(), StoreError> {
     // Subscribe before replaying so nothing falls between; a trace seen twice is the
     // same round of the same pair and changes nothing.
@@ -423,14 +476,27 @@ async fn run(
         .ok();
     let mut annot = Arc::new(tables.annot);
     let mut gazetteer = Arc::new(tables.gazetteer);
-    let mut det = replay(&c, adversary.clone(), annot.clone()).await?;
+    let fingerprint = |cp: &crate::live_checkpoint::Config| {
+        crate::live_checkpoint::fingerprint(&adversary, &(cp.annotation_digest)())
+    };
+    let mut fp = checkpoint.as_ref().map(fingerprint);
+    let (mut det, mut position) = replay(&c, adversary.clone(), annot.clone(), fp.clone()).await?;
+    let mut save_tick = tokio::time::interval(
+        checkpoint
+            .as_ref()
+            .map_or(crate::live_checkpoint::DEFAULT_EVERY, |cp| cp.every),
+    );
+    save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: what was just loaded needs no saving.
+    save_tick.tick().await;
     let mut aliases_fed = None;
     feed_aliases(&c, &mut det, &mut aliases_fed).await?;
     let mut published = HashMap::new();
     let report = det.report(&annot, &gazetteer, now_s());
     crate::metrics::note_report(&report.diversions);
     publish_view(&c, &det, &report, &annot, &gazetteer);
-    changed(&mut published, &report.diversions);
+    let known = changed(&mut published, &report.diversions);
+    crate::live_checkpoint::store_records(c.store.as_ref(), &known);
     tracing::info!(known_diversions = published.len(), "live detection ready");
     let mut auto = load_probed(&c).await?;
     schedule_aliases(
@@ -449,13 +515,17 @@ async fn run(
                         tracing::info!(prefixes = fresh.annot.prefix_count(), "annotation reloaded");
                         annot = Arc::new(fresh.annot);
                         gazetteer = Arc::new(fresh.gazetteer);
-                        det = replay(&c, adversary.clone(), annot.clone()).await?;
+                        // Another annotation classifies hops differently: the saved
+                        // state says nothing about it, so a full replay.
+                        fp = checkpoint.as_ref().map(fingerprint);
+                        (det, position) = replay(&c, adversary.clone(), annot.clone(), None).await?;
                         aliases_fed = None;
                         feed_aliases(&c, &mut det, &mut aliases_fed).await?;
                         let report = det.report(&annot, &gazetteer, now_s());
                         crate::metrics::note_report(&report.diversions);
                         publish_view(&c, &det, &report, &annot, &gazetteer);
                         let fresh = changed(&mut published, &report.diversions);
+                        crate::live_checkpoint::store_records(c.store.as_ref(), &fresh);
                         for d in with_direction(&c, fresh).await {
                             c.publish_diversion(d);
                         }
@@ -465,7 +535,18 @@ async fn run(
                 }
                 continue;
             }
-            _ = c.shutdown_signal() => return Ok(()),
+            _ = save_tick.tick(), if fp.is_some() => {
+                if let Some(fp) = &fp {
+                    (det, position) = crate::live_checkpoint::save(c.store.clone(), det, annot.clone(), position, fp.clone()).await?;
+                }
+                continue;
+            }
+            _ = c.shutdown_signal() => {
+                if let Some(fp) = &fp {
+                    crate::live_checkpoint::save(c.store.clone(), det, annot.clone(), position, fp.clone()).await?;
+                }
+                return Ok(());
+            }
         };
         let mut batch = Vec::new();
         match first {
@@ -521,6 +602,7 @@ async fn run(
         crate::metrics::note_report(&report.diversions);
         publish_view(&c, &det, &report, &annot, &gazetteer);
         let fresh = changed(&mut published, &report.diversions);
+        crate::live_checkpoint::store_records(c.store.as_ref(), &fresh);
         for d in with_direction(&c, fresh).await {
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, direction = %d.direction, "diversion");
             c.publish_diversion(d);

@@ -964,3 +964,35 @@ fn a_silent_adversary_round_on_another_branch_stays_in_the_episode() {
     assert_eq!(with.diversions.len(), 1, "{:#?}", with.diversions);
     assert_eq!(with.diversions[0].rounds, 3);
 }
+
+#[test]
+fn multipath_branches_survive_a_checkpoint() {
+    // A detector saved after the multipath trace and restored before the diverted rounds
+    // still knows both branches: the ingress is China Telecom's router, not 10.6.0.1.
+    let annot = annotator();
+    let adversary = Adversary::from_asns([4134]);
+    let mut d = Detector::new(adversary.clone());
+    for v in vantages() {
+        d.set_vantage(v);
+    }
+    let diamond = mda(
+        0,
+        &[
+            (1, &["24.114.255.1"]),
+            (2, &["10.5.0.1", "10.6.0.1"]),
+            (3, &["10.7.0.1"]),
+        ],
+    );
+    d.ingest_mda(&diamond, &annot);
+    for r in 0..3 {
+        d.ingest(&via_diamond(r, "10.5.0.1", false), &annot);
+    }
+    let mut restored = Detector::from_checkpoint(&adversary, &d.checkpoint()).unwrap();
+    for r in 3..6 {
+        restored.ingest(&via_diamond(r, "10.6.0.1", true), &annot);
+    }
+    let rep = restored.report(&annot, &Gazetteer::builtin(), T0 + 1e6);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    assert_eq!(rep.diversions[0].ingress.addr, ip("202.97.10.1"));
+    assert_eq!(rep.diversions[0].handoff.addr, Some(ip("10.7.0.1")));
+}

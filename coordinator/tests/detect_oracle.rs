@@ -179,7 +179,14 @@ fn run_scenario(file: &Path) -> Scored {
     let mut round = 0u64;
     let mut seed = 0u64;
     let mut traces = 0usize;
+    // Halfway, a twin from the detector's checkpoint (as `serve --adversary` restarts):
+    // fed the same rounds after that, it must report exactly what the original does.
+    let half = (duration / round_s / 2.0).floor() as u64;
+    let mut twin: Option<Detector> = None;
     while (round as f64) * round_s < duration {
+        if round == half {
+            twin = Some(Detector::from_checkpoint(det.adversary(), &det.checkpoint()).unwrap());
+        }
         let t = round as f64 * round_s;
         // Paths are piecewise constant between event edges.
         let (edge, paths) = edges.iter().rev().find(|(e, _)| *e <= t).unwrap();
@@ -226,22 +233,30 @@ fn run_scenario(file: &Path) -> Scored {
                         }
                     })
                     .collect();
-                det.ingest(
-                    &Trace {
-                        round,
-                        vantage: vantage.to_owned(),
-                        dst: *dst,
-                        start: T0 + t + jitter(seed) / 10.0,
-                        hops,
-                    },
-                    &annot,
-                );
+                let trace = Trace {
+                    round,
+                    vantage: vantage.to_owned(),
+                    dst: *dst,
+                    start: T0 + t + jitter(seed) / 10.0,
+                    hops,
+                };
+                det.ingest(&trace, &annot);
+                if let Some(twin) = twin.as_mut() {
+                    twin.ingest(&trace, &annot);
+                }
                 traces += 1;
             }
         }
         round += 1;
     }
     let report = det.report(&annot, &gazetteer(), T0 + duration);
+    let twin = twin.expect("a scenario of at least two rounds");
+    assert_eq!(
+        serde_json::to_string(&twin.report(&annot, &gazetteer(), T0 + duration)).unwrap(),
+        serde_json::to_string(&report).unwrap(),
+        "{}: the detector restored from its checkpoint reports otherwise",
+        file.display()
+    );
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(

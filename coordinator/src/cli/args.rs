@@ -80,6 +80,25 @@ pub enum Command {
     /// One agent: revoke.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Archive, then delete, stored traces older than a window (the store of --data,
+    /// with the coordinator stopped; a running one sweeps itself with serve --retain).
+    Retain(RetainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RetainArgs {
+    /// Traces that started longer ago than this go (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration_s)]
+    pub older_than: u32,
+    /// Where they go first: Parquet, DIR/date=YYYY-MM-DD/part-*.parquet.
+    #[arg(long, value_name = "DIR")]
+    pub archive: PathBuf,
+    /// Then rewrite the store into fresh files, giving the freed space back to the
+    /// file system (sled only reuses it otherwise).
+    #[arg(long)]
+    pub compact: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +260,10 @@ pub struct DiversionsArgs {
     /// Print `{"diversions": [...], "incidents": [...]}`.
     #[arg(long)]
     pub json: bool,
+    /// Also the traces retention archived there (serve --retain, tracemesh retain):
+    /// detection over the archive and the live store together.
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +299,7 @@ impl ReportArgs {
             adversary_countries: self.adversary_countries.clone(),
             annotation: self.annotation.clone(),
             json: false,
+            archive: None,
         }
     }
 }
@@ -312,6 +336,19 @@ pub struct ServeArgs {
     /// Bearer`); required when --http is not a loopback address.
     #[arg(long, value_name = "FILE", requires = "http")]
     pub http_token_file: Option<PathBuf>,
+    /// With --adversary: how often the detector's state is saved in the store (and at
+    /// shutdown), so a restart replays only the traces stored after it.
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration_s, default_value = "10m")]
+    pub checkpoint_every: u32,
+    /// Archive (into --retain-archive), then delete, traces older than this, in the
+    /// background every --retain-every (e.g. 30d).
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration_s, requires = "retain_archive")]
+    pub retain: Option<u32>,
+    /// Where --retain archives: Parquet, DIR/date=YYYY-MM-DD/part-*.parquet.
+    #[arg(long, value_name = "DIR", requires = "retain")]
+    pub retain_archive: Option<PathBuf>,
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration_s, default_value = "1h")]
+    pub retain_every: u32,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

@@ -130,6 +130,24 @@ pub async fn detector(
         }
         progress.set((n + skipped) as u64, "read into the detector");
     }
+    if let Some(dir) = &a.archive {
+        // Retention moved the older traces there; the order does not matter to the
+        // detector, and a trace in both (a sweep cut short) is the same round twice.
+        tracemesh::archive::read(dir, &mut |t| {
+            if a.campaign.as_ref().is_some_and(|c| *c != t.campaign_id) {
+                return;
+            }
+            match Trace::from_record(&t) {
+                Some(t) => {
+                    det.ingest(&t, annot);
+                    n += 1;
+                }
+                None => skipped += 1,
+            }
+            progress.set((n + skipped) as u64, "read into the detector (archive)");
+        })
+        .map_err(|e| anyhow!("{e}"))?;
+    }
     progress.finish();
     if skipped > 0 {
         tracing::warn!(skipped, "traces the detector cannot use were skipped");

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod aliases;
 pub mod annot;
+mod annot_digest;
 pub mod args;
 pub mod campaign;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod mda;
 pub mod mesh;
 pub mod parse;
 pub mod report;
+pub mod retain;
 pub mod serve;
 pub mod token;
 pub mod traces;
@@ -84,5 +86,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             identity::identity(&cli.data, cli.coordinator, cli.identity, cmd).await
         }
         Command::Agent(cmd) => identity::agent(&cli.data, cli.coordinator, cli.identity, cmd).await,
+        Command::Retain(a) => retain::run(&cli.data, a),
     }
 }

@@ -44,7 +44,12 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
             .with_countries(&a.adversary_countries);
         let sources = a.annotation.clone();
         let reload: live::Reload = Arc::new(move || sources.load());
-        Some((adversary, tables, reload))
+        let sources = a.annotation.clone();
+        let checkpoint = tracemesh::live_checkpoint::Config {
+            every: std::time::Duration::from_secs(u64::from(a.checkpoint_every)),
+            annotation_digest: Arc::new(move || sources.digest()),
+        };
+        Some((adversary, tables, reload, checkpoint))
     };
     // Bound before serving, so that a taken port fails `serve` at once.
     let metrics = match a.metrics {
@@ -101,6 +106,13 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         operator_targets: a.limits.operator_targets,
         ..server::Limits::default()
     };
+    let (retain, retain_archive, retain_every) =
+        (a.retain, a.retain_archive.clone(), a.retain_every);
+    // With live detection, retention waits for the checkpoint to cover what it deletes.
+    let live_on = live.is_some();
+    // Live detection saves its checkpoint after the shutdown signal: serve waits for it.
+    let live_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let live_slot = live_task.clone();
     server::serve_with_limits(
         ServeConfig {
             data,
@@ -110,6 +122,15 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         limits,
         shutdown,
         move |c| {
+            if let (Some(window), Some(dir)) = (retain, retain_archive) {
+                tracemesh::retention::spawn(
+                    c.clone(),
+                    std::time::Duration::from_secs(u64::from(window)),
+                    std::time::Duration::from_secs(u64::from(retain_every)),
+                    dir,
+                    live_on,
+                );
+            }
             if let Some(l) = metrics {
                 tracemesh::metrics::spawn(l, c.clone(), db_dir);
             }
@@ -122,8 +143,9 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
                     c.shutdown_signal(),
                 ));
             }
-            if let Some((adversary, tables, reload)) = live {
-                live::spawn(c, adversary, tables, reload);
+            if let Some((adversary, tables, reload, checkpoint)) = live {
+                let task = live::spawn_with(c, adversary, tables, reload, Some(checkpoint));
+                *live_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
             } else {
                 // SIGHUP reloads tables; without live detection there are none, and the
                 // default action (exit) would surprise an operator.
@@ -142,5 +164,16 @@ pub async fn run(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let task = live_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(task) = task
+        && tokio::time::timeout(LIVE_SHUTDOWN, task).await.is_err()
+    {
+        tracing::warn!(
+            "live detection did not finish its checkpoint in time; the next start replays from the previous one"
+        );
+    }
     Ok(())
 }
+
+/// How long `serve` waits at shutdown for live detection's last checkpoint.
+const LIVE_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(120);

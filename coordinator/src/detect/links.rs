@@ -7,6 +7,9 @@ use rustc_hash::FxHashMap;
 
 use super::paths::Hop;
 
+mod snap;
+pub(super) use snap::LinksSnap;
+
 /// Largest TTL distance between two answering hops still treated as one stretch of
 /// path for positioning.
 const MAX_LINK_GAP: u8 = 3;

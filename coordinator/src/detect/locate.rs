@@ -14,7 +14,6 @@ use crate::geo::{
 /// country).
 pub(super) type Located = Option<(Estimate, GeoPoint, Option<(String, String)>)>;
 
-/// A disc per vantage that has an RTT to `addr`: its best one.
 /// Beyond this uncertainty a predecessor's preferred point is a guess (it was seen only
 /// from vantages a continent or more away), so it adds no ring. Measured on the lab's
 /// stored runs: Beltelecom's Frankfurt ingress in `ecmp-belarus-2013` went from 1,302 km
@@ -23,9 +22,13 @@ pub(super) type Located = Option<(Estimate, GeoPoint, Option<(String, String)>)>
 /// 49 km -> 586 km).
 const RING_PRED_MAX_RADIUS_KM: f64 = 3000.0;
 
+/// A disc per vantage that has an RTT to `addr`: its best one, in vantage order. The
+/// estimate depends on the order of its discs; the hash map's order depends on how it
+/// was filled, which a detector loaded from a checkpoint fills differently.
 pub(super) fn vantage_discs(links: &Links, vantages: &[VantageInfo], addr: IpAddr) -> Vec<Disc> {
-    links
-        .best_rtts(addr)
+    let mut rtts: Vec<(u32, f64)> = links.best_rtts(addr).collect();
+    rtts.sort_unstable_by_key(|r| r.0);
+    rtts.into_iter()
         .filter_map(|(vid, rtt)| {
             let loc = vantages.get(vid as usize)?.loc?;
             Some(Disc::from_rtt(loc, rtt))

@@ -12,6 +12,7 @@
 //! Records that share an ingress are grouped into incidents (`incident.rs`).
 
 mod border;
+mod checkpoint;
 mod classify;
 mod episode;
 mod handoff;
@@ -25,6 +26,7 @@ mod view;
 
 use std::collections::HashMap;
 
+pub use checkpoint::CheckpointError;
 pub use map_view::{LocatedHop, MapView};
 pub use types::*;
 pub use view::render_text;

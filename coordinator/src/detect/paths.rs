@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+mod snap;
+pub(super) use snap::{AddrTable, PairSnap};
+
 /// A hop as the detector keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Hop {

@@ -239,6 +239,8 @@ pub struct Writer<'a> {
     asn: &'a dyn Fn(&str) -> Option<u32>,
     open: BTreeMap<String, (ArrowWriter<File>, Vec<v1::TraceRecord>)>,
     files: Vec<PathBuf>,
+    /// File name inside each date's directory.
+    part: String,
 }
 
 impl std::fmt::Debug for Writer<'_> {
@@ -258,7 +260,15 @@ impl<'a> Writer<'a> {
             asn,
             open: BTreeMap::new(),
             files: Vec::new(),
+            part: "part-0.parquet".into(),
         })
+    }
+
+    /// Names each date's file `NAME.parquet` instead of `part-0.parquet` (archives add
+    /// files to partitions that already have some).
+    pub fn with_part(mut self, name: &str) -> Self {
+        self.part = format!("{name}.parquet");
+        self
     }
 
     pub fn write(&mut self, t: v1::TraceRecord) -> Result<(), FormatError> {
@@ -266,7 +276,7 @@ impl<'a> Writer<'a> {
         if !self.open.contains_key(&date) {
             let part = self.dir.join(format!("date={date}"));
             std::fs::create_dir_all(&part)?;
-            let path = part.join("part-0.parquet");
+            let path = part.join(&self.part);
             let props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
                 .build();

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use tracemesh_proto::v1;
 
 pub mod access;
+pub mod checkpoint;
 pub mod keys;
 mod sled_store;
 pub mod token;
 
 pub use access::{IdentityRecord, RevocationRecord};
+pub use checkpoint::Checkpoint;
 pub use sled_store::SledStore;
 pub use token::{TokenRecord, TokenRejection, check_token};
 
@@ -90,6 +92,17 @@ impl AgentMeta {
             tags: m.tags.clone(),
         }
     }
+}
+
+/// What a retention sweep did ([`Store::expire_traces`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExpireCounts {
+    /// Traces handed to the archive.
+    pub archived: u64,
+    /// Traces deleted (archived first).
+    pub deleted: u64,
+    /// Index postings removed (time, vantage and destination indexes).
+    pub postings_deleted: u64,
 }
 
 /// Whether an ingest stored something new.
@@ -227,6 +240,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Makes everything written so far durable; callers flush before acknowledging.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// The ingest position (`store/checkpoint.rs`): every ingest group below it is
+    /// written whole.
+    fn ingest_position(&self) -> Result<u64, StoreError>;
+    /// Calls `f` with each trace stored by an ingest group in `from..to`, in no
+    /// particular order, until it returns false; the number of traces visited.
+    fn for_each_trace_in_groups(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(v1::TraceRecord) -> bool,
+    ) -> Result<u64, StoreError>;
+    /// Replaces the detector checkpoint (and makes it durable).
+    fn put_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;
+    fn get_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+    /// Stores a published diversion record (JSON) under `key`, replacing an older
+    /// version of the same episode.
+    fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError>;
+    /// Retention (`sled_store/retention.rs`): deletes the traces that started before
+    /// `before_ns` (rounded down to the index's 10 s buckets) and were stored by an
+    /// ingest group below `below_group`, about `chunk` at a time, each chunk handed to
+    /// `archive` first: an error from it stops the sweep with that chunk still stored.
+    fn expire_traces(
+        &self,
+        before_ns: i64,
+        below_group: u64,
+        chunk: usize,
+        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+    ) -> Result<ExpireCounts, StoreError>;
+    /// Calls `f` with each stored diversion record (key, JSON), in key order.
+    fn for_each_diversion_record(
+        &self,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

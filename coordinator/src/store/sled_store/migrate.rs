@@ -25,6 +25,8 @@ impl SledStore {
                 t.clear()?;
             }
             *next = 0;
+            // Group numbers start again: a detector checkpoint's position means nothing.
+            self.db.drop_tree(super::checkpoint::CHECKPOINT_TREE)?;
             let mut group = Vec::with_capacity(REINDEX_GROUP);
             let mut n = 0u64;
             for entry in self.traces.iter() {

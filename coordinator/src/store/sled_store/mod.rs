@@ -29,11 +29,13 @@ use super::{
 use dedup::{Prepared, prepare};
 
 mod access;
+mod checkpoint;
 mod dedup;
 #[cfg(test)]
 mod kill_tests;
 mod migrate;
 mod postings;
+mod retention;
 #[cfg(test)]
 mod test_support;
 
@@ -474,6 +476,51 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        Ok(())
+    }
+
+    fn ingest_position(&self) -> Result<u64, StoreError> {
+        Ok(*self.next_group.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    fn for_each_trace_in_groups(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(v1::TraceRecord) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.for_each_trace_in_groups_impl(from, to, f)
+    }
+    fn put_checkpoint(&self, cp: &super::Checkpoint) -> Result<(), StoreError> {
+        self.put_checkpoint_impl(cp)
+    }
+    fn get_checkpoint(&self) -> Result<Option<super::Checkpoint>, StoreError> {
+        self.get_checkpoint_impl()
+    }
+    fn expire_traces(
+        &self,
+        before_ns: i64,
+        below_group: u64,
+        chunk: usize,
+        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+    ) -> Result<super::ExpireCounts, StoreError> {
+        self.expire_traces_impl(before_ns, below_group, chunk, archive)
+    }
+    fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .open_tree(checkpoint::DIVERSIONS_TREE)?
+            .insert(key.as_bytes(), json)?;
+        Ok(())
+    }
+    fn for_each_diversion_record(
+        &self,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for entry in self.db.open_tree(checkpoint::DIVERSIONS_TREE)?.iter() {
+            let (k, v) = entry?;
+            if !f(&String::from_utf8_lossy(&k), &v) {
+                break;
+            }
+        }
         Ok(())
     }
 }

@@ -1,0 +1,296 @@
+//! Archives of expired traces (retention, `store/sled_store/retention.rs`): Parquet in
+//! the export's Hive layout, `DIR/date=YYYY-MM-DD/PART.parquet` (`formats/parquet.rs`,
+//! schema in `docs/formats.md`), so DuckDB or Spark read them as they read an export.
+//! Each chunk of a sweep is its own set of files, fsynced before the store deletes the
+//! traces; `read` gives them back as `TraceRecord`s for `diversions --archive`.
+
+use std::path::{Path, PathBuf};
+
+use tracemesh_proto::v1;
+
+use crate::formats::FormatError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("archive: {0}")]
+    Format(#[from] FormatError),
+    #[error("archive {path}: {detail}")]
+    Read { path: String, detail: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// One sweep's writer into an archive directory.
+#[derive(Debug)]
+pub struct Archive {
+    dir: PathBuf,
+    /// Distinguishes this sweep's files from earlier ones in the same partitions.
+    sweep: String,
+    chunks: u32,
+    files: u64,
+}
+
+impl Archive {
+    /// `sweep_ns`: when the sweep began (names its files).
+    pub fn new(dir: &Path, sweep_ns: i64) -> Result<Self, ArchiveError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        Ok(Archive {
+            dir: dir.to_path_buf(),
+            sweep: format!("{sweep_ns}"),
+            chunks: 0,
+            files: 0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Files written so far.
+    pub fn files(&self) -> u64 {
+        self.files
+    }
+
+    /// Writes one chunk and makes it durable (files and their directories fsynced):
+    /// after this returns the traces may leave the store.
+    pub fn write(&mut self, traces: &[v1::TraceRecord]) -> Result<Vec<PathBuf>, ArchiveError> {
+        if traces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let no_asn = |_: &str| None;
+        let part = format!("part-{}-{:05}", self.sweep, self.chunks);
+        self.chunks += 1;
+        let mut w = crate::formats::parquet::Writer::new(&self.dir, &no_asn)?.with_part(&part);
+        for t in traces {
+            w.write(t.clone())?;
+        }
+        let files = w.finish()?;
+        for f in &files {
+            std::fs::File::open(f)
+                .and_then(|h| h.sync_all())
+                .map_err(io(f))?;
+            if let Some(parent) = f.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        self.files += files.len() as u64;
+        Ok(files)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    std::fs::File::open(dir)
+        .and_then(|h| h.sync_all())
+        .map_err(io(dir))
+}
+
+/// Every `*.parquet` file under `dir` (the date partitions), sorted.
+pub fn files(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let p = e.map_err(io(&d))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_err(path: &Path, detail: impl ToString) -> ArchiveError {
+    ArchiveError::Read {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Calls `f` with every trace in the archive's Parquet files under `dir` (as
+/// `formats/parquet.rs` writes them: every field of a `TraceRecord` but the vantage's
+/// source tag and the hops' ASNs, which are derived); the number of traces.
+pub fn read(dir: &Path, f: &mut dyn FnMut(v1::TraceRecord)) -> Result<u64, ArchiveError> {
+    let mut n = 0;
+    for path in files(dir)? {
+        n += read_file(&path, f)?;
+    }
+    Ok(n)
+}
+
+/// One Parquet file of the archive's layout.
+pub fn read_file(path: &Path, f: &mut dyn FnMut(v1::TraceRecord)) -> Result<u64, ArchiveError> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| read_err(path, e))?;
+    let mut n = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| read_err(path, e))?;
+        for t in columns::traces(&batch).map_err(|e| read_err(path, e))? {
+            f(t);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Record batches of the export schema back into `TraceRecord`s.
+mod columns {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int32Type, Int64Type};
+    use arrow_array::{Array, RecordBatch, StructArray};
+    use tracemesh_proto::v1;
+
+    fn col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {
+        b.column_by_name(name)
+            .map(|c| c.as_ref())
+            .ok_or_else(|| format!("no column {name}"))
+    }
+
+    fn field<'a>(s: &'a StructArray, name: &str) -> Result<&'a dyn Array, String> {
+        s.column_by_name(name)
+            .map(|c| c.as_ref())
+            .ok_or_else(|| format!("no hop field {name}"))
+    }
+
+    fn u32_of(x: i64) -> u32 {
+        u32::try_from(x).unwrap_or(0)
+    }
+
+    fn u32_of_i32(x: i32) -> u32 {
+        u32::try_from(x).unwrap_or(0)
+    }
+
+    pub(super) fn traces(b: &RecordBatch) -> Result<Vec<v1::TraceRecord>, String> {
+        let campaign = col(b, "campaign")?
+            .as_string_opt::<i32>()
+            .ok_or("campaign")?;
+        let round = col(b, "round")?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or("round")?;
+        let vantage = col(b, "vantage")?.as_string_opt::<i32>().ok_or("vantage")?;
+        let dst = col(b, "dst")?.as_string_opt::<i32>().ok_or("dst")?;
+        let src = col(b, "src")?.as_string_opt::<i32>().ok_or("src")?;
+        let proto = col(b, "proto")?.as_string_opt::<i32>().ok_or("proto")?;
+        let stop = col(b, "stop_reason")?
+            .as_string_opt::<i32>()
+            .ok_or("stop_reason")?;
+        let start = col(b, "start")?
+            .as_primitive_opt::<Float64Type>()
+            .ok_or("start")?;
+        let probes_sent = col(b, "probes_sent")?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or("probes_sent")?;
+        let result_id = col(b, "result_id")?
+            .as_string_opt::<i32>()
+            .ok_or("result_id")?;
+        let received = col(b, "received_at")?
+            .as_primitive_opt::<Float64Type>()
+            .ok_or("received_at")?;
+        let hops = col(b, "hops")?.as_list_opt::<i32>().ok_or("hops")?;
+        let hs = hops.values().as_struct_opt().ok_or("hop struct")?;
+        let ttl = field(hs, "ttl")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("ttl")?;
+        let addr = field(hs, "addr")?.as_string_opt::<i32>().ok_or("addr")?;
+        let rtt = field(hs, "rtt_ms")?
+            .as_primitive_opt::<Float64Type>()
+            .ok_or("rtt_ms")?;
+        let icmp_type = field(hs, "icmp_type")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("icmp_type")?;
+        let icmp_code = field(hs, "icmp_code")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("icmp_code")?;
+        let reply_ttl = field(hs, "reply_ttl")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("reply_ttl")?;
+        let quoted_ttl = field(hs, "quoted_ttl")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("quoted_ttl")?;
+        let tcp_flags = field(hs, "tcp_flags")?
+            .as_string_opt::<i32>()
+            .ok_or("tcp_flags")?;
+        let probes = field(hs, "probes")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("probes")?;
+        let mpls = field(hs, "mpls")?.as_list_opt::<i32>().ok_or("mpls")?;
+        let ms = mpls.values().as_struct_opt().ok_or("mpls struct")?;
+        let label = field(ms, "label")?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or("label")?;
+        let tc = field(ms, "tc")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("tc")?;
+        let s_bit = field(ms, "s")?.as_boolean_opt().ok_or("s")?;
+        let mttl = field(ms, "ttl")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or("mpls ttl")?;
+        let opt_i32 =
+            |a: &arrow_array::Int32Array, i: usize| (!a.is_null(i)).then(|| u32_of_i32(a.value(i)));
+        let opt_str =
+            |a: &arrow_array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
+        let hop_offsets = hops.value_offsets();
+        let mpls_offsets = mpls.value_offsets();
+        let mut out = Vec::with_capacity(b.num_rows());
+        for r in 0..b.num_rows() {
+            let (h0, h1) = (hop_offsets[r] as usize, hop_offsets[r + 1] as usize);
+            let mut hv = Vec::with_capacity(h1 - h0);
+            for h in h0..h1 {
+                let (m0, m1) = (mpls_offsets[h] as usize, mpls_offsets[h + 1] as usize);
+                hv.push(v1::Hop {
+                    ttl: u32_of_i32(ttl.value(h)),
+                    addr: opt_str(addr, h),
+                    rtt_ms: (!rtt.is_null(h)).then(|| rtt.value(h)),
+                    icmp_type: opt_i32(icmp_type, h),
+                    icmp_code: opt_i32(icmp_code, h),
+                    reply_ttl: opt_i32(reply_ttl, h),
+                    quoted_ttl: opt_i32(quoted_ttl, h),
+                    tcp_flags: opt_str(tcp_flags, h),
+                    probes: u32_of_i32(probes.value(h)),
+                    mpls: (m0..m1)
+                        .map(|m| v1::MplsLabel {
+                            label: u32_of(label.value(m)),
+                            tc: u32_of_i32(tc.value(m)),
+                            s: s_bit.value(m),
+                            ttl: u32_of_i32(mttl.value(m)),
+                        })
+                        .collect(),
+                });
+            }
+            out.push(v1::TraceRecord {
+                result_id: result_id.value(r).to_owned(),
+                campaign_id: campaign.value(r).to_owned(),
+                round: u32_of(round.value(r)),
+                vantage: vantage.value(r).to_owned(),
+                dst: dst.value(r).to_owned(),
+                src: opt_str(src, r),
+                proto: v1::ProbeProtocol::from_str_name(proto.value(r))
+                    .unwrap_or(v1::ProbeProtocol::Unspecified) as i32,
+                stop_reason: v1::StopReason::from_str_name(stop.value(r))
+                    .unwrap_or(v1::StopReason::Unspecified) as i32,
+                start: start.value(r),
+                probes_sent: u32_of(probes_sent.value(r)),
+                hops: hv,
+                received_at_ns: (received.value(r) * 1e9) as i64,
+            });
+        }
+        Ok(out)
+    }
+}
