@@ -5,6 +5,7 @@
 // Helpers outside #[test] functions panic on purpose: a panic is how a test reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -1193,4 +1194,34 @@ async fn live_detection_streams_diversions_to_subscribers() {
     assert_eq!(d.rounds, 3);
     assert_eq!(d.ingress.unwrap().addr, "202.97.10.1");
     assert_eq!(d.handoff.unwrap().addr, "24.114.255.2");
+    // One agent alone: the stream says so, as `diversions` does.
+    assert!(!d.corroborated, "one vantage only: {}", d.vantage);
+
+    // A second vantage sees the same diversion: its record comes corroborated, and the
+    // first one is announced again, corroborated now.
+    let id = enrol(&coord.token(
+        "toronto",
+        &["--country", "CA", "--loc", "43.65,-79.38", "--asn", "812"],
+    ))
+    .await
+    .unwrap();
+    let mut s = Session::open(&id, &[]).await;
+    s.send(Up::TraceBatch(v1::TraceBatch {
+        results: diversion_scenario((now_ns() / 1_000_000_000 - 600) as f64),
+    }))
+    .await;
+    assert!(matches!(s.next().await, Down::Ack(_)));
+    let mut seen = HashMap::new();
+    while seen.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
+            .await
+            .expect("corroborated records announced in time")
+            .unwrap()
+            .unwrap();
+        seen.insert(d.vantage.clone(), d);
+    }
+    for v in ["ottawa", "toronto"] {
+        assert!(seen[v].corroborated, "{v}: {:?}", seen[v]);
+        assert_eq!(seen[v].ingress.as_ref().unwrap().addr, "202.97.10.1");
+    }
 }
