@@ -859,3 +859,102 @@ async fn upload_quota_and_batch_limit_give_clear_statuses() {
     let stored = coord.ok(&["traces", "--campaign", "c-q", "--json"]);
     assert_eq!(stored.lines().count(), 300);
 }
+
+/// `--max-streams 2`: a reader with two streams open is refused a third at once with
+/// ResourceExhausted, on the same connection and on a fresh one; an agent's uploads,
+/// another identity's subscription and the reader's own open streams carry on; closing
+/// a stream gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_over_the_cap_are_refused_clearly_and_stall_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(dir.path(), &["--max-streams", "2"]);
+    let bundle = coord.identity("reader", "greedy");
+    let id = enrol(&coord.token("ams-1")).await;
+    let mut admin = ConsumerServiceClient::new(coord.admin().await);
+    let created = admin
+        .create_campaign(v1::CreateCampaignRequest {
+            spec: Some(spec(&["192.0.2.1"])),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r = ConsumerServiceClient::new(coord.channel_for(&bundle).await);
+    let mut first = r
+        .subscribe_traces(v1::SubscribeTracesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut second = r
+        .subscribe_traces(v1::SubscribeTracesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let over = |e: tonic::Status| {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message().contains("2 open streams") && e.message().contains("--max-streams"),
+            "says why: {}",
+            e.message()
+        );
+    };
+    // Refused at once (a queued stream would time out here), whichever connection.
+    let in_time = Duration::from_secs(5);
+    let same = tokio::time::timeout(
+        in_time,
+        r.query_traces(v1::QueryTracesRequest {
+            campaign_id: Some(created.id.clone()),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("a clear answer, not a queued stream");
+    over(same.unwrap_err());
+    let mut r2 = ConsumerServiceClient::new(coord.channel_for(&bundle).await);
+    let fresh = tokio::time::timeout(
+        in_time,
+        r2.subscribe_diversions(v1::SubscribeDiversionsRequest::default()),
+    )
+    .await
+    .expect("a clear answer");
+    over(fresh.unwrap_err());
+    // Unary calls still pass beside the streams.
+    r.list_agents(v1::ListAgentsRequest {}).await.unwrap();
+
+    // Everyone else carries on: another identity subscribes, an agent's upload is acked,
+    // and the trace reaches every open stream.
+    let mut watcher = admin
+        .subscribe_traces(v1::SubscribeTracesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = Session::try_open(&id, &id.addr).await.unwrap();
+    let records: Vec<_> = (0..3)
+        .map(|i| record(&created.id, 0, &format!("192.0.2.{}", i + 1)))
+        .collect();
+    assert_eq!(s.upload(records).await.unwrap(), 3);
+    for sub in [&mut first, &mut second, &mut watcher] {
+        let got = tokio::time::timeout(in_time, sub.message())
+            .await
+            .expect("trace in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.vantage, "ams-1");
+    }
+
+    // Closing one gives its slot back (once the server has seen the reset).
+    drop(second);
+    let deadline = Instant::now() + in_time;
+    loop {
+        match r2
+            .subscribe_diversions(v1::SubscribeDiversionsRequest::default())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot not given back: {e:?}"),
+        }
+    }
+}
