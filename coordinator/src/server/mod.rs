@@ -26,6 +26,7 @@ pub mod auth;
 pub mod client;
 mod consumer_svc;
 pub mod ingest;
+pub mod issued;
 pub mod quota;
 pub mod revoke;
 pub mod state;
