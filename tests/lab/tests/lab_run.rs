@@ -24,6 +24,7 @@ fn a_small_scenario_runs_end_to_end_through_the_lab() {
         emu_threads: None,
         peeringdb: None,
         clock_skew: Vec::new(),
+        faults: None,
     })
     .expect("the lab runs");
     assert_eq!(lab["traces_stored"], lab["traces_expected"], "{lab}");
