@@ -5,7 +5,8 @@
 #
 # Generates a 50-vantage version-2 scenario lasting N minutes (default 30;
 # scenarios/generate_scale_v2.py: China Telecom diverts three vantages' traffic for a
-# while, one benign re-route), runs it undisturbed, then again while
+# while, one benign re-route), runs it under faults (first: its figures matter most), then
+# undisturbed; the faults:
 #   - the coordinator is killed and restarted every RESTART_EVERY s (default 180; kill -9
 #     and SIGTERM in turn),
 #   - one diverted vantage's agent (v1) is killed with -9 every 60 s, restarted 3 s later,
@@ -44,17 +45,17 @@ S="$OUT/scenario.toml"
 python3 scenarios/generate_scale_v2.py --targets "$TARGETS" --duration "$((MIN * 60))" --round "$ROUND" >"$S"
 echo "soak: $(grep -c '^\[\[vantage\]\]' "$S") vantages, $TARGETS targets, $MIN min, a round every $ROUND s"
 
-if [ "$REUSE" = 1 ] && [ -f "$OUT/base/diversions.json" ]; then
-  echo "soak: reusing the undisturbed run in $OUT/base"
-else
-  echo "soak: undisturbed run ($(date -u +%H:%M:%S))"
-  "$BIN/tracemesh-lab" run "$S" --out "$OUT/base" --rate 500 >"$OUT/base.lab.json"
-fi
 echo "soak: run under faults ($(date -u +%H:%M:%S))"
 "$BIN/tracemesh-lab" run "$S" --out "$OUT/faults" --rate 500 \
   --restart-coordinator-every "$RESTART_EVERY" \
   --kill-agent v1 --kill-every 60 \
   --flap-control v0 --flap-control v10 --flap-every 150 --flap-down 20 \
   --garbage-agent --rss-every 5 >"$OUT/faults.lab.json"
+if [ "$REUSE" = 1 ] && [ -f "$OUT/base/diversions.json" ]; then
+  echo "soak: reusing the undisturbed run in $OUT/base"
+else
+  echo "soak: undisturbed run ($(date -u +%H:%M:%S))"
+  "$BIN/tracemesh-lab" run "$S" --out "$OUT/base" --rate 500 >"$OUT/base.lab.json"
+fi
 echo "soak: done ($(date -u +%H:%M:%S)); garbage agent: $(tail -1 "$OUT/faults/logs/garbage.log" 2>/dev/null || echo '-')"
 python3 tests/soak/compare_lab.py "$S" "$OUT/base" "$OUT/faults"

@@ -512,6 +512,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let mut fault_log = Vec::new();
     let mut rss: Vec<(f64, u32, u64)> = Vec::new();
     let mut next_rss = t0;
+    let mut last_note: Option<Instant> = None;
     let mut progress = tracemesh_proto::progress::Progress::new("lab", Some(total_s as u64));
     loop {
         let now = unix_ns() as f64 / 1e9;
@@ -569,7 +570,9 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
             ),
         );
         // On a terminal the progress line says it; logs get it every 5 s.
-        if !progress.is_enabled() {
+        if !progress.is_enabled() && last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            last_note = Some(Instant::now());
             tracing::info!(
                 "t = {elapsed:.0} s of {:.0} s; emulator answered {} of {} packets",
                 rounds as f64 * round_s,
