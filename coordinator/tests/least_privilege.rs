@@ -889,6 +889,23 @@ async fn upload_quota_and_batch_limit_give_clear_statuses() {
     assert!(e.message().contains("quota"), "{e:?}");
     let stored = coord.ok(&["traces", "--campaign", &cq, "--json"]);
     assert_eq!(stored.lines().count(), 300);
+
+    // Refused uploads (a campaign never issued) are paced by the quota too: the burst
+    // goes at once, then a second per 100.
+    let id2 = enrol(&coord.token("flood-2")).await;
+    let mut s = Session::try_open(&id2, &coord.addr).await.unwrap();
+    let t = Instant::now();
+    for i in 0..4 {
+        let ack = s
+            .upload_acked(Up::TraceBatch(v1::TraceBatch {
+                results: batch("c-invented", i * 100, 100),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(ack.refused.len(), 1);
+    }
+    let paced = t.elapsed();
+    assert!(paced >= Duration::from_millis(1800), "paced {paced:?}");
 }
 
 /// `--max-streams 2`: a reader with two streams open is refused a third at once with

@@ -542,6 +542,12 @@ impl Session {
                 |r| r.result_id.clone(),
             )
             .await?;
+        // Refused results cost their sender's quota too: a flood of them is paced (and
+        // cut off) like any other, not decoded and refused for free.
+        if !screened.refused_ids.is_empty() {
+            self.pace(screened.refused_ids.len(), "refused trace")
+                .await?;
+        }
         let mut results: Vec<v1::TraceRecord> = screened
             .accepted
             .into_iter()
