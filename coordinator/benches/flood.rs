@@ -323,6 +323,12 @@ async fn phase(
             spec: Some(v1::CampaignSpec {
                 targets: vec!["192.0.2.1".into()],
                 agents: vec!["all".into()],
+                method: Some(v1::ProbeMethod {
+                    proto: v1::ProbeProtocol::Icmp as i32,
+                    attempts: 1,
+                    max_ttl: 8,
+                    ..Default::default()
+                }),
                 every_s: 3600,
                 rounds: 10,
                 ..Default::default()
