@@ -174,6 +174,10 @@ async fn open(id: &Identity) -> anyhow::Result<Agent> {
 async fn next_ack(rx: &mut tonic::Streaming<v1::CoordinatorMessage>) -> anyhow::Result<usize> {
     loop {
         match rx.message().await?.context("session closed")?.msg {
+            // Refused uploads would be acknowledged without being stored: not ingest.
+            Some(Down::Ack(a)) if !a.refused.is_empty() => {
+                bail!("uploads refused: {:?}", a.refused)
+            }
             Some(Down::Ack(a)) => return Ok(a.result_ids.len()),
             _ => continue,
         }
@@ -181,8 +185,13 @@ async fn next_ack(rx: &mut tonic::Streaming<v1::CoordinatorMessage>) -> anyhow::
 }
 
 /// One honest agent: a batch every tick, each timed from send to ack.
-async fn honest(mut a: Agent, id: u64, per_tick: u64, until: Instant) -> anyhow::Result<Vec<f64>> {
-    let campaign = format!("honest-{id}");
+async fn honest(
+    mut a: Agent,
+    id: u64,
+    campaign: String,
+    per_tick: u64,
+    until: Instant,
+) -> anyhow::Result<Vec<f64>> {
     let mut lat_ms = Vec::new();
     let mut next = Instant::now();
     let mut j = 0u64;
@@ -208,7 +217,12 @@ async fn honest(mut a: Agent, id: u64, per_tick: u64, until: Instant) -> anyhow:
 /// The flooder: batches of a tenth of a second at 10x the quota, sent without waiting
 /// for acks; reconnects (a new session) whenever the coordinator ends one. Returns
 /// (traces acknowledged, sessions ended by the coordinator).
-async fn flooder(id: Identity, per_tick: u64, until: Instant) -> anyhow::Result<(u64, u64)> {
+async fn flooder(
+    id: Identity,
+    campaign: String,
+    per_tick: u64,
+    until: Instant,
+) -> anyhow::Result<(u64, u64)> {
     let mut a = open(&id).await?;
     let (mut acked, mut ended, mut j) = (0u64, 0u64, 0u64);
     loop {
@@ -217,7 +231,7 @@ async fn flooder(id: Identity, per_tick: u64, until: Instant) -> anyhow::Result<
             loop {
                 tokio::time::sleep_until(next.into()).await;
                 next += TICK;
-                let results = batch("flood", j, per_tick);
+                let results = batch(&campaign, j, per_tick);
                 j += per_tick;
                 if a.tx
                     .send(up(Up::TraceBatch(v1::TraceBatch { results })))
@@ -302,6 +316,27 @@ async fn phase(
     let addr = std::fs::read_to_string(dir.path().join("coordinator.addr"))?;
     let bundle = std::fs::read_to_string(dir.path().join("admin.pem"))?;
     let mut admin = server::client::connect_admin(addr.trim(), &bundle).await?;
+    // Agents may upload only for campaigns issued to them: one for every agent, issued
+    // as each session opens.
+    let campaign = admin
+        .create_campaign(v1::CreateCampaignRequest {
+            spec: Some(v1::CampaignSpec {
+                targets: vec!["192.0.2.1".into()],
+                agents: vec!["all".into()],
+                method: Some(v1::ProbeMethod {
+                    proto: v1::ProbeProtocol::Icmp as i32,
+                    attempts: 1,
+                    max_ttl: 8,
+                    ..Default::default()
+                }),
+                every_s: 3600,
+                rounds: 10,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .id;
     let mut agents = Vec::new();
     for i in 0..honest_n {
         agents.push(enrol_and_open(&mut admin, &format!("honest-{i}")).await?.0);
@@ -315,11 +350,18 @@ async fn phase(
     // A second to warm up (the flooder spends its burst), then the measured span.
     let start = Instant::now() + Duration::from_secs(1);
     let until = start + Duration::from_secs(secs);
-    let flood_task = flood_id.map(|id| tokio::spawn(flooder(id, flood_per_tick, until)));
+    let flood_task =
+        flood_id.map(|id| tokio::spawn(flooder(id, campaign.clone(), flood_per_tick, until)));
     tokio::time::sleep_until(start.into()).await;
     let mut tasks = Vec::new();
     for (i, a) in agents.into_iter().enumerate() {
-        tasks.push(tokio::spawn(honest(a, i as u64, per_tick, until)));
+        tasks.push(tokio::spawn(honest(
+            a,
+            i as u64,
+            campaign.clone(),
+            per_tick,
+            until,
+        )));
     }
     let mut lat = Vec::new();
     for t in tasks {

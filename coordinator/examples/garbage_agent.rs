@@ -2,7 +2,10 @@
 //! keeps opening sessions and uploading garbage — empty messages, traces with invalid
 //! addresses, NaN times and thousands of hops, other vantages' names, batches over the
 //! limit, floods — reconnecting whenever the coordinator ends a session, until killed.
-//! It prints one line per minute: sessions, messages sent, how sessions ended.
+//! Half its junk claims invented campaigns (refused: never issued to it), half the
+//! campaigns the coordinator did push to it (checked, and stored under its own name when
+//! valid-looking). It prints one line per minute: sessions, messages sent, results
+//! refused, how sessions ended.
 //!
 //! `cargo run --example garbage_agent -- TOKEN`
 
@@ -17,10 +20,16 @@ use tracemesh_proto::token::EnrolToken;
 use tracemesh_proto::v1::agent_service_client::AgentServiceClient;
 use tracemesh_proto::v1::{self, agent_message::Msg as Up};
 
-fn garbage(i: u64) -> v1::AgentMessage {
+fn garbage(i: u64, issued: &[String]) -> v1::AgentMessage {
+    let campaign = match issued {
+        [] => format!("junk-{}", i % 7),
+        // Every kind of junk (`i % 6` below) in turn under both.
+        _ if (i / 6).is_multiple_of(2) => format!("junk-{}", i % 7),
+        c => c[(i / 12) as usize % c.len()].clone(),
+    };
     let rec = |dst: String, start: f64, hops: usize| v1::TraceRecord {
-        result_id: format!("junk/{i}/{dst}"),
-        campaign_id: format!("junk-{}", i % 7),
+        result_id: format!("{campaign}/{}/{dst}", i % 5),
+        campaign_id: campaign.clone(),
         round: (i % 5) as u32,
         // Never honoured: the coordinator takes the vantage from the certificate.
         vantage: "someone-else".into(),
@@ -83,12 +92,16 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_inner();
     let key_pem = key.serialize_pem();
-    let (mut sessions, mut sent, mut i) = (0u64, 0u64, 0u64);
+    let (mut sessions, mut sent, mut i, mut refused) = (0u64, 0u64, 0u64, 0u64);
+    // Campaigns pushed to it, across sessions.
+    let issued = std::sync::Mutex::new(Vec::<String>::new());
     let mut endings: BTreeMap<String, u64> = BTreeMap::new();
     let mut report = Instant::now();
     loop {
         if report.elapsed() >= Duration::from_secs(60) {
-            println!("garbage_agent: {sessions} sessions, {sent} messages, endings {endings:?}");
+            println!(
+                "garbage_agent: {sessions} sessions, {sent} messages, {refused} results refused, endings {endings:?}"
+            );
             report = Instant::now();
         }
         // The coordinator restarts during the soak: keep dialling.
@@ -126,7 +139,8 @@ async fn main() -> anyhow::Result<()> {
         let send = async {
             loop {
                 i += 1;
-                if tx.send(garbage(i)).await.is_err() {
+                let m = garbage(i, &issued.lock().unwrap_or_else(|p| p.into_inner()));
+                if tx.send(m).await.is_err() {
                     return;
                 }
                 sent += 1;
@@ -136,7 +150,18 @@ async fn main() -> anyhow::Result<()> {
         let recv = async {
             loop {
                 match rx.message().await {
-                    Ok(Some(_)) => continue,
+                    Ok(Some(m)) => match m.msg {
+                        Some(v1::coordinator_message::Msg::Campaign(c)) => {
+                            let mut held = issued.lock().unwrap_or_else(|p| p.into_inner());
+                            if !held.contains(&c.id) {
+                                held.push(c.id);
+                            }
+                        }
+                        Some(v1::coordinator_message::Msg::Ack(a)) => {
+                            refused += a.refused.iter().map(|r| u64::from(r.results)).sum::<u64>();
+                        }
+                        _ => {}
+                    },
                     Ok(None) => return "closed".to_string(),
                     Err(s) => return format!("{:?}", s.code()),
                 }

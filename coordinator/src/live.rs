@@ -19,7 +19,9 @@ use tracemesh_proto::v1;
 
 use crate::alias::auto::{AutoAlias, border_suspects};
 use crate::annotate::Annotator;
-use crate::detect::{Adversary, Detector, DiversionRecord, MdaTrace, Tables, Trace, VantageInfo};
+use crate::detect::{
+    Adversary, Detector, DiversionRecord, Incident, MdaTrace, Tables, Trace, VantageInfo,
+};
 use crate::geo::GeoPoint;
 use crate::server::Coordinator;
 use crate::store::{AgentMeta, StoreError};
@@ -43,9 +45,23 @@ fn vantage_of(m: &AgentMeta) -> VantageInfo {
     }
 }
 
+/// Whether `d`'s incident in `incidents` (the report it came from) was seen by more
+/// than one vantage.
+pub fn corroborated(d: &DiversionRecord, incidents: &[Incident]) -> bool {
+    incidents
+        .iter()
+        .find(|i| i.id == d.incident)
+        .is_some_and(|i| i.corroborated)
+}
+
 /// A record as `SubscribeDiversions` carries it; `mesh` are the mesh samples that say
-/// which direction of an agent pair it is.
-pub fn to_proto(d: &DiversionRecord, mesh: &[crate::mesh::MeshPoint]) -> v1::Diversion {
+/// which direction of an agent pair it is, `corroborated` whether its incident was seen
+/// by more than one vantage ([`corroborated`]).
+pub fn to_proto(
+    d: &DiversionRecord,
+    mesh: &[crate::mesh::MeshPoint],
+    corroborated: bool,
+) -> v1::Diversion {
     let ev = crate::mesh::evidence(mesh, &d.vantage, d.target, d.first_seen, d.last_seen);
     v1::Diversion {
         vantage: d.vantage.clone(),
@@ -74,6 +90,7 @@ pub fn to_proto(d: &DiversionRecord, mesh: &[crate::mesh::MeshPoint]) -> v1::Div
             .unwrap_or_default(),
         owd_step_ms: ev.as_ref().and_then(|e| e.owd_step_ms),
         reverse_owd_step_ms: ev.as_ref().and_then(|e| e.reverse_owd_step_ms),
+        corroborated,
     }
 }
 
@@ -123,20 +140,23 @@ fn now_s() -> f64 {
     crate::server::now_ns() as f64 / 1e9
 }
 
-/// The records whose content changed since `published`, updating it.
+/// The records whose content changed since `published`, updating it, each with whether
+/// its incident is corroborated (a record whose incident a second vantage now
+/// corroborates has changed: subscribers learn it is no longer one agent's word).
 /// (Compared without mesh evidence, which only names the direction: the records that
 /// changed then get it, from one read of the mesh samples.)
 fn changed<'a>(
     published: &mut HashMap<Key, v1::Diversion>,
-    report: &'a [DiversionRecord],
-) -> Vec<&'a DiversionRecord> {
+    report: &'a crate::detect::DiversionReport,
+) -> Vec<(&'a DiversionRecord, bool)> {
     let mut out = Vec::new();
-    for d in report {
+    for d in &report.diversions {
         let key = (d.vantage.clone(), d.target.to_string(), d.first_round);
-        let p = to_proto(d, &[]);
+        let corroborated = corroborated(d, &report.incidents);
+        let p = to_proto(d, &[], corroborated);
         if published.get(&key) != Some(&p) {
             published.insert(key, p);
-            out.push(d);
+            out.push((d, corroborated));
         }
     }
     out
@@ -146,11 +166,15 @@ fn changed<'a>(
 /// direction.
 async fn with_direction(
     c: &Arc<Coordinator>,
-    changed: Vec<&DiversionRecord>,
+    changed: Vec<(&DiversionRecord, bool)>,
 ) -> Vec<v1::Diversion> {
-    let owned: Vec<DiversionRecord> = changed.into_iter().cloned().collect();
+    let owned: Vec<DiversionRecord> = changed.iter().map(|(d, _)| (*d).clone()).collect();
     let mesh = mesh_points_for(c, &owned).await;
-    owned.iter().map(|d| to_proto(d, &mesh)).collect()
+    owned
+        .iter()
+        .zip(&changed)
+        .map(|(d, (_, corroborated))| to_proto(d, &mesh, *corroborated))
+        .collect()
 }
 
 /// Runs live detection on the coordinator's runtime until it shuts down: `tables` to
@@ -495,8 +519,9 @@ async fn run(
     let report = det.report(&annot, &gazetteer, now_s());
     crate::metrics::note_report(&report.diversions);
     publish_view(&c, &det, &report, &annot, &gazetteer);
-    let known = changed(&mut published, &report.diversions);
-    crate::live_checkpoint::store_records(c.store.as_ref(), &known);
+    let known = changed(&mut published, &report);
+    let records: Vec<&DiversionRecord> = known.iter().map(|(d, _)| *d).collect();
+    crate::live_checkpoint::store_records(c.store.as_ref(), &records);
     tracing::info!(known_diversions = published.len(), "live detection ready");
     let mut auto = load_probed(&c).await?;
     schedule_aliases(
@@ -524,8 +549,9 @@ async fn run(
                         let report = det.report(&annot, &gazetteer, now_s());
                         crate::metrics::note_report(&report.diversions);
                         publish_view(&c, &det, &report, &annot, &gazetteer);
-                        let fresh = changed(&mut published, &report.diversions);
-                        crate::live_checkpoint::store_records(c.store.as_ref(), &fresh);
+                        let fresh = changed(&mut published, &report);
+                        let records: Vec<&DiversionRecord> = fresh.iter().map(|(d, _)| *d).collect();
+                        crate::live_checkpoint::store_records(c.store.as_ref(), &records);
                         for d in with_direction(&c, fresh).await {
                             c.publish_diversion(d);
                         }
@@ -601,8 +627,9 @@ async fn run(
         let report = det.report(&annot, &gazetteer, now_s());
         crate::metrics::note_report(&report.diversions);
         publish_view(&c, &det, &report, &annot, &gazetteer);
-        let fresh = changed(&mut published, &report.diversions);
-        crate::live_checkpoint::store_records(c.store.as_ref(), &fresh);
+        let fresh = changed(&mut published, &report);
+        let records: Vec<&DiversionRecord> = fresh.iter().map(|(d, _)| *d).collect();
+        crate::live_checkpoint::store_records(c.store.as_ref(), &records);
         for d in with_direction(&c, fresh).await {
             tracing::info!(vantage = %d.vantage, target = %d.target, asn = d.adversary_asn, direction = %d.direction, "diversion");
             c.publish_diversion(d);

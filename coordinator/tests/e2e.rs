@@ -5,6 +5,7 @@
 // Helpers outside #[test] functions panic on purpose: a panic is how a test reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -89,6 +90,26 @@ impl Coordinator {
         let t = self.ok(&args);
         assert_eq!(t.lines().count(), 1, "token alone on stdout: {t:?}");
         t.trim().to_string()
+    }
+
+    /// A campaign for `agents` (a selector), running for the next ten minutes; its id.
+    /// Agents may upload only results of campaigns issued to them.
+    fn campaign(&self, agents: &str) -> String {
+        let out = self.ok(&[
+            "campaign",
+            "create",
+            "--targets",
+            "192.0.2.10",
+            "--agents",
+            agents,
+            "--every",
+            "60s",
+            "--rounds",
+            "10",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["id"].as_str().unwrap().to_string()
     }
 
     async fn admin(&self) -> ConsumerServiceClient<Channel> {
@@ -190,6 +211,17 @@ impl Session {
 
     async fn send(&self, m: Up) {
         self.tx.send(up(m)).await.unwrap();
+    }
+
+    /// The next Ack, past the campaign instructions the session is pushed.
+    async fn ack(&mut self) -> v1::Ack {
+        loop {
+            match self.next().await {
+                Down::Ack(a) => return a,
+                Down::Campaign(_) => continue,
+                other => panic!("expected Ack, got {other:?}"),
+            }
+        }
     }
 
     async fn next(&mut self) -> Down {
@@ -688,24 +720,25 @@ async fn subscribers_see_new_traces_once() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start(dir.path());
     let id = enrol(&coord.token("sea-1", &[])).await.unwrap();
+    let (c42, c7) = (coord.campaign("name:sea-1"), coord.campaign("name:sea-1"));
     let mut s = Session::open(&id, &[]).await;
     let mut sub = coord
         .admin()
         .await
         .subscribe_traces(v1::SubscribeTracesRequest {
-            campaign_id: Some("c42".into()),
+            campaign_id: Some(c42.clone()),
             vantage: None,
         })
         .await
         .unwrap()
         .into_inner();
-    let a = record("c42", 0, "192.0.2.1");
-    let b = record("c42", 1, "192.0.2.1");
-    let other = record("c7", 0, "192.0.2.1");
+    let a = record(&c42, 0, "192.0.2.1");
+    let b = record(&c42, 1, "192.0.2.1");
+    let other = record(&c7, 0, "192.0.2.1");
     for batch in [vec![a.clone()], vec![a.clone(), other], vec![b.clone()]] {
         s.send(Up::TraceBatch(v1::TraceBatch { results: batch }))
             .await;
-        assert!(matches!(s.next().await, Down::Ack(_)));
+        assert!(s.ack().await.refused.is_empty());
     }
     let mut seen = Vec::new();
     for _ in 0..2 {
@@ -883,6 +916,7 @@ async fn bulk_ingest_is_acked_stored_and_streamed_back() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start(dir.path());
     let id = enrol(&coord.token("fra-1", &[])).await.unwrap();
+    let bulk = coord.campaign("name:fra-1");
     let mut s = Session::open(&id, &[]).await;
     const BATCHES: u32 = 20;
     const PER_BATCH: u32 = 100;
@@ -891,24 +925,21 @@ async fn bulk_ingest_is_acked_stored_and_streamed_back() {
         let results: Vec<_> = (0..PER_BATCH)
             .map(|i| {
                 let n = b * PER_BATCH + i;
-                record("bulk", n / 250, &format!("10.{}.{}.1", n / 250, n % 250))
+                record(&bulk, n / 250, &format!("10.{}.{}.1", n / 250, n % 250))
             })
             .collect();
         s.send(Up::TraceBatch(v1::TraceBatch { results })).await;
-        match s.next().await {
-            Down::Ack(a) => assert_eq!(a.result_ids.len(), PER_BATCH as usize),
-            other => panic!("expected Ack, got {other:?}"),
-        }
+        assert_eq!(s.ack().await.result_ids.len(), PER_BATCH as usize);
     }
     let ingest = t.elapsed();
     let t = Instant::now();
-    let out = coord.ok(&["traces", "--campaign", "bulk", "--json"]);
+    let out = coord.ok(&["traces", "--campaign", &bulk, "--json"]);
     let lines = json_lines(&out);
     assert_eq!(lines.len(), (BATCHES * PER_BATCH) as usize);
     // Ordered by round, then destination within the round's key order.
     let rounds: Vec<u64> = lines.iter().map(|l| l["round"].as_u64().unwrap()).collect();
     assert!(rounds.windows(2).all(|w| w[0] <= w[1]));
-    let limited = coord.ok(&["traces", "--campaign", "bulk", "--limit", "7", "--json"]);
+    let limited = coord.ok(&["traces", "--campaign", &bulk, "--limit", "7", "--json"]);
     assert_eq!(limited.lines().count(), 7);
     eprintln!(
         "ingested {} traces in {} ms ({:.0}/s, acked per batch of {PER_BATCH}); queried back in {} ms",
@@ -924,9 +955,9 @@ const DIV_DST: &str = "211.192.1.10";
 /// Ottawa → Korea: three clean rounds via Telia, then three through China Telecom
 /// (AS4134), with rounds starting at `t0` (the detector reports as of now, so keep `t0`
 /// in the recent past).
-fn diversion_scenario(t0: f64) -> Vec<v1::TraceRecord> {
+fn diversion_scenario(campaign: &str, t0: f64) -> Vec<v1::TraceRecord> {
     let path = |round: u32, hops: &[(&str, f64)]| {
-        let mut r = record("div", round, DIV_DST);
+        let mut r = record(campaign, round, DIV_DST);
         r.start = t0 + f64::from(round) * 10.0;
         r.hops = hops
             .iter()
@@ -979,16 +1010,18 @@ async fn diversions_are_found_in_stored_traces() {
     ))
     .await
     .unwrap();
+    let div = coord.campaign("name:ottawa");
     let mut s = Session::open(&id, &[]).await;
     let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
-    let results = diversion_scenario(t0);
+    let results = diversion_scenario(&div, t0);
     s.send(Up::TraceBatch(v1::TraceBatch { results })).await;
-    assert!(matches!(s.next().await, Down::Ack(a) if a.result_ids.len() == 6));
+    let a = s.ack().await;
+    assert!(a.result_ids.len() == 6 && a.refused.is_empty(), "{a:?}");
 
     let out = coord.ok(&[
         "diversions",
         "--campaign",
-        "div",
+        &div,
         "--adversary",
         "AS4134",
         "--pfx2as",
@@ -1017,7 +1050,7 @@ async fn diversions_are_found_in_stored_traces() {
     let view = coord.ok(&[
         "diversions",
         "--campaign",
-        "div",
+        &div,
         "--adversary",
         "4134",
         "--pfx2as",
@@ -1040,7 +1073,7 @@ async fn diversions_are_found_in_stored_traces() {
     let traces = coord.ok(&[
         "traces",
         "--campaign",
-        "div",
+        &div,
         "--json",
         "--pfx2as",
         pfx2as.to_str().unwrap(),
@@ -1093,7 +1126,9 @@ async fn diversions_are_found_in_stored_traces() {
 /// was sent.
 async fn upload_diversion_while_subscribed(
     coord: &Coordinator,
-) -> (tonic::Streaming<v1::Diversion>, Instant) {
+) -> (tonic::Streaming<v1::Diversion>, Instant, String) {
+    // Every agent's, so a second vantage may upload for it too.
+    let div = coord.campaign("all");
     let id = enrol(&coord.token(
         "ottawa",
         &["--country", "CA", "--loc", "45.42,-75.70", "--asn", "812"],
@@ -1111,11 +1146,11 @@ async fn upload_diversion_while_subscribed(
     let t0 = (now_ns() / 1_000_000_000 - 600) as f64;
     let sent = Instant::now();
     s.send(Up::TraceBatch(v1::TraceBatch {
-        results: diversion_scenario(t0),
+        results: diversion_scenario(&div, t0),
     }))
     .await;
-    assert!(matches!(s.next().await, Down::Ack(_)));
-    (sub, sent)
+    assert!(s.ack().await.refused.is_empty());
+    (sub, sent, div)
 }
 
 /// `serve` re-reads its tables on SIGHUP: a diversion invisible with a table that does
@@ -1134,7 +1169,7 @@ async fn annotation_reload_on_sighup_reruns_detection() {
         dir.path(),
         &["--adversary", "4134", "--pfx2as", pfx2as.to_str().unwrap()],
     );
-    let (mut sub, _) = upload_diversion_while_subscribed(&coord).await;
+    let (mut sub, _, _) = upload_diversion_while_subscribed(&coord).await;
     // The live detector batches arrivals for 0.5 s; give it several times that.
     let quiet = tokio::time::timeout(Duration::from_secs(3), sub.message()).await;
     assert!(
@@ -1176,7 +1211,7 @@ async fn live_detection_streams_diversions_to_subscribers() {
         dir.path(),
         &["--adversary", "4134", "--pfx2as", pfx2as.to_str().unwrap()],
     );
-    let (mut sub, t) = upload_diversion_while_subscribed(&coord).await;
+    let (mut sub, t, div) = upload_diversion_while_subscribed(&coord).await;
     let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
         .await
         .expect("diversion announced in time")
@@ -1192,6 +1227,36 @@ async fn live_detection_streams_diversions_to_subscribers() {
     assert_eq!(d.rounds, 3);
     assert_eq!(d.ingress.unwrap().addr, "202.97.10.1");
     assert_eq!(d.handoff.unwrap().addr, "24.114.255.2");
+    // One agent alone: the stream says so, as `diversions` does.
+    assert!(!d.corroborated, "one vantage only: {}", d.vantage);
+
+    // A second vantage sees the same diversion: its record comes corroborated, and the
+    // first one is announced again, corroborated now.
+    let id = enrol(&coord.token(
+        "toronto",
+        &["--country", "CA", "--loc", "43.65,-79.38", "--asn", "812"],
+    ))
+    .await
+    .unwrap();
+    let mut s = Session::open(&id, &[]).await;
+    s.send(Up::TraceBatch(v1::TraceBatch {
+        results: diversion_scenario(&div, (now_ns() / 1_000_000_000 - 600) as f64),
+    }))
+    .await;
+    assert!(s.ack().await.refused.is_empty());
+    let mut seen = HashMap::new();
+    while seen.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
+            .await
+            .expect("corroborated records announced in time")
+            .unwrap()
+            .unwrap();
+        seen.insert(d.vantage.clone(), d);
+    }
+    for v in ["ottawa", "toronto"] {
+        assert!(seen[v].corroborated, "{v}: {:?}", seen[v]);
+        assert_eq!(seen[v].ingress.as_ref().unwrap().addr, "202.97.10.1");
+    }
 }
 
 /// `campaign create --mda`: the agent's instruction carries the MDA rounds; multipath

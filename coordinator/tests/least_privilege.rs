@@ -89,6 +89,26 @@ impl Coordinator {
             .to_string()
     }
 
+    /// A campaign for `agents` (a selector), running for the next ten minutes; its id.
+    /// Agents may upload only results of campaigns issued to them.
+    fn campaign(&self, agents: &str) -> String {
+        let out = self.ok(&[
+            "campaign",
+            "create",
+            "--targets",
+            "192.0.2.10",
+            "--agents",
+            agents,
+            "--every",
+            "60s",
+            "--rounds",
+            "10",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
     /// `tracemesh identity create`; returns the bundle's path.
     fn identity(&self, role: &str, name: &str) -> PathBuf {
         let out = self.data.join("ids");
@@ -218,10 +238,17 @@ impl Session {
 
     /// Sends a batch and returns the Ack's ids, or the status that ended the session.
     async fn upload(&mut self, results: Vec<v1::TraceRecord>) -> Result<usize, tonic::Status> {
-        self.send(Up::TraceBatch(v1::TraceBatch { results })).await;
+        self.upload_acked(Up::TraceBatch(v1::TraceBatch { results }))
+            .await
+            .map(|a| a.result_ids.len())
+    }
+
+    /// Sends an upload and returns its Ack, or the status that ended the session.
+    async fn upload_acked(&mut self, m: Up) -> Result<v1::Ack, tonic::Status> {
+        self.send(m).await;
         loop {
             match self.next().await? {
-                Down::Ack(a) => return Ok(a.result_ids.len()),
+                Down::Ack(a) => return Ok(a),
                 // Campaign pushes and the like may come first.
                 _ => continue,
             }
@@ -404,7 +431,7 @@ async fn reader_can_query_and_subscribe() {
         .into_inner();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut s = Session::try_open(&id, &id.addr).await.unwrap();
-    assert_eq!(s.upload(batch("c-read", 0, 3)).await.unwrap(), 3);
+    assert_eq!(s.upload(batch(&created.id, 0, 3)).await.unwrap(), 3);
     let got = tokio::time::timeout(Duration::from_secs(5), traces.message())
         .await
         .unwrap()
@@ -413,7 +440,7 @@ async fn reader_can_query_and_subscribe() {
     assert_eq!(got.vantage, "ams-1");
     let mut q = r
         .query_traces(v1::QueryTracesRequest {
-            campaign_id: Some("c-read".into()),
+            campaign_id: Some(created.id.clone()),
             ..Default::default()
         })
         .await
@@ -440,9 +467,11 @@ async fn reader_can_query_and_subscribe() {
             .len(),
         1
     );
-    r.get_campaign(v1::GetCampaignRequest { id: created.id })
-        .await
-        .unwrap();
+    r.get_campaign(v1::GetCampaignRequest {
+        id: created.id.clone(),
+    })
+    .await
+    .unwrap();
     r.query_aliases(v1::QueryAliasesRequest::default())
         .await
         .unwrap();
@@ -450,7 +479,7 @@ async fn reader_can_query_and_subscribe() {
     let out = Command::new(BIN)
         .args(["--coordinator", &f.coord.addr, "--identity"])
         .arg(f.coord.data.join("ids/dashboard.pem"))
-        .args(["traces", "--campaign", "c-read", "--json"])
+        .args(["traces", "--campaign", &created.id, "--json"])
         .output()
         .unwrap();
     assert!(
@@ -758,8 +787,9 @@ async fn revoked_agent_is_cut_off_at_once_and_after_restart_results_kept() {
     let dir = tempfile::tempdir().unwrap();
     let mut coord = Coordinator::start(dir.path(), &[]);
     let id = enrol(&coord.token("lost-1")).await;
+    let lost = coord.campaign("name:lost-1");
     let mut s = Session::try_open(&id, &coord.addr).await.unwrap();
-    assert_eq!(s.upload(batch("c-lost", 0, 5)).await.unwrap(), 5);
+    assert_eq!(s.upload(batch(&lost, 0, 5)).await.unwrap(), 5);
 
     let t = Instant::now();
     let out = coord.ok(&["agent", "revoke", "lost-1", "--json"]);
@@ -798,12 +828,12 @@ async fn revoked_agent_is_cut_off_at_once_and_after_restart_results_kept() {
         "still refused after restart"
     );
     // Its results stay.
-    let stored = coord.ok(&["traces", "--campaign", "c-lost", "--json"]);
+    let stored = coord.ok(&["traces", "--campaign", &lost, "--json"]);
     assert_eq!(stored.lines().count(), 5);
     // A fresh token re-enrols the name with a new certificate, which works.
     let again = enrol(&coord.token("lost-1")).await;
     let mut s = Session::try_open(&again, &coord.addr).await.unwrap();
-    assert_eq!(s.upload(batch("c-lost", 5, 1)).await.unwrap(), 1);
+    assert_eq!(s.upload(batch(&lost, 5, 1)).await.unwrap(), 1);
     // Unknown names are a clear error.
     let out = coord.cli(&["agent", "revoke", "nobody"]);
     assert!(!out.status.success());
@@ -828,14 +858,15 @@ async fn upload_quota_and_batch_limit_give_clear_statuses() {
         ],
     );
     let id = enrol(&coord.token("flood-1")).await;
+    let cq = coord.campaign("name:flood-1");
     let mut s = Session::try_open(&id, &coord.addr).await.unwrap();
-    let e = s.upload(batch("c-q", 0, 1001)).await.unwrap_err();
+    let e = s.upload(batch(&cq, 0, 1001)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("exceeds 1000"), "{e:?}");
 
     // A message over --max-message-mib is refused by the transport, before any decoding.
     let mut s = Session::try_open(&id, &coord.addr).await.unwrap();
-    let mut big = record("c-q", 0, "10.0.0.1");
+    let mut big = record(&cq, 0, "10.0.0.1");
     big.hops[0].tcp_flags = Some("x".repeat(2 << 20));
     eprintln!("big message: {} bytes", prost::Message::encoded_len(&big));
     let e = s.upload(vec![big]).await.unwrap_err();
@@ -847,15 +878,250 @@ async fn upload_quota_and_batch_limit_give_clear_statuses() {
 
     let mut s = Session::try_open(&id, &coord.addr).await.unwrap();
     // The burst goes at once; the next 100 are held back about a second.
-    assert_eq!(s.upload(batch("c-q", 0, 200)).await.unwrap(), 200);
+    assert_eq!(s.upload(batch(&cq, 0, 200)).await.unwrap(), 200);
     let t = Instant::now();
-    assert_eq!(s.upload(batch("c-q", 200, 100)).await.unwrap(), 100);
+    assert_eq!(s.upload(batch(&cq, 200, 100)).await.unwrap(), 100);
     let paced = t.elapsed();
     assert!(paced >= Duration::from_millis(800), "paced {paced:?}");
     // 600 more would need six seconds, beyond the pacing limit: refused, not stored.
-    let e = s.upload(batch("c-q", 300, 600)).await.unwrap_err();
+    let e = s.upload(batch(&cq, 300, 600)).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("quota"), "{e:?}");
-    let stored = coord.ok(&["traces", "--campaign", "c-q", "--json"]);
+    let stored = coord.ok(&["traces", "--campaign", &cq, "--json"]);
     assert_eq!(stored.lines().count(), 300);
+
+    // Refused uploads (a campaign never issued) are paced by the quota too: the burst
+    // goes at once, then a second per 100.
+    let id2 = enrol(&coord.token("flood-2")).await;
+    let mut s = Session::try_open(&id2, &coord.addr).await.unwrap();
+    let t = Instant::now();
+    for i in 0..4 {
+        let ack = s
+            .upload_acked(Up::TraceBatch(v1::TraceBatch {
+                results: batch("c-invented", i * 100, 100),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(ack.refused.len(), 1);
+    }
+    let paced = t.elapsed();
+    assert!(paced >= Duration::from_millis(1800), "paced {paced:?}");
+}
+
+/// `--max-streams 2`: a reader with two streams open is refused a third at once with
+/// ResourceExhausted, on the same connection and on a fresh one; an agent's uploads,
+/// another identity's subscription and the reader's own open streams carry on; closing
+/// a stream gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_over_the_cap_are_refused_clearly_and_stall_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(dir.path(), &["--max-streams", "2"]);
+    let bundle = coord.identity("reader", "greedy");
+    let id = enrol(&coord.token("ams-1")).await;
+    let mut admin = ConsumerServiceClient::new(coord.admin().await);
+    let created = admin
+        .create_campaign(v1::CreateCampaignRequest {
+            spec: Some(spec(&["192.0.2.1"])),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r = ConsumerServiceClient::new(coord.channel_for(&bundle).await);
+    let mut first = r
+        .subscribe_traces(v1::SubscribeTracesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut second = r
+        .subscribe_traces(v1::SubscribeTracesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let over = |e: tonic::Status| {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message().contains("2 open streams") && e.message().contains("--max-streams"),
+            "says why: {}",
+            e.message()
+        );
+    };
+    // Refused at once (a queued stream would time out here), whichever connection.
+    let in_time = Duration::from_secs(5);
+    let same = tokio::time::timeout(
+        in_time,
+        r.query_traces(v1::QueryTracesRequest {
+            campaign_id: Some(created.id.clone()),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("a clear answer, not a queued stream");
+    over(same.unwrap_err());
+    let mut r2 = ConsumerServiceClient::new(coord.channel_for(&bundle).await);
+    let fresh = tokio::time::timeout(
+        in_time,
+        r2.subscribe_diversions(v1::SubscribeDiversionsRequest::default()),
+    )
+    .await
+    .expect("a clear answer");
+    over(fresh.unwrap_err());
+    // Unary calls still pass beside the streams.
+    r.list_agents(v1::ListAgentsRequest {}).await.unwrap();
+
+    // Everyone else carries on: another identity subscribes, an agent's upload is acked,
+    // and the trace reaches every open stream.
+    let mut watcher = admin
+        .subscribe_traces(v1::SubscribeTracesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = Session::try_open(&id, &id.addr).await.unwrap();
+    let records: Vec<_> = (0..3)
+        .map(|i| record(&created.id, 0, &format!("192.0.2.{}", i + 1)))
+        .collect();
+    assert_eq!(s.upload(records).await.unwrap(), 3);
+    for sub in [&mut first, &mut second, &mut watcher] {
+        let got = tokio::time::timeout(in_time, sub.message())
+            .await
+            .expect("trace in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.vantage, "ams-1");
+    }
+
+    // Closing one gives its slot back (once the server has seen the reset).
+    drop(second);
+    let deadline = Instant::now() + in_time;
+    loop {
+        match r2
+            .subscribe_diversions(v1::SubscribeDiversionsRequest::default())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot not given back: {e:?}"),
+        }
+    }
+}
+
+/// Uploads only for campaigns issued to the agent: an invented campaign and someone
+/// else's are acknowledged as refused (so a spool drops them instead of re-sending them
+/// forever) and nothing of them is stored; late results of a cancelled campaign are
+/// kept; issuance survives a kill -9 right after a campaign is pushed, and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_only_for_campaigns_issued_to_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coord = Coordinator::start(dir.path(), &[]);
+    let a1 = enrol(&coord.token("a1")).await;
+    let a2 = enrol(&coord.token("a2")).await;
+    let c = coord.campaign("name:a1");
+    let mut s1 = Session::try_open(&a1, &coord.addr).await.unwrap();
+    let mut s2 = Session::try_open(&a2, &coord.addr).await.unwrap();
+
+    let mut mixed = batch(&c, 0, 3);
+    mixed.extend(batch("c-invented", 0, 2));
+    let ack = s1
+        .upload_acked(Up::TraceBatch(v1::TraceBatch { results: mixed }))
+        .await
+        .unwrap();
+    assert_eq!(ack.result_ids.len(), 5, "refused ones are acknowledged too");
+    assert_eq!(ack.refused.len(), 1, "{ack:?}");
+    let r = &ack.refused[0];
+    assert_eq!((r.campaign_id.as_str(), r.results), ("c-invented", 2));
+    assert!(r.reason.contains("does not exist"), "{}", r.reason);
+    // Someone else's campaign.
+    let ack = s2
+        .upload_acked(Up::TraceBatch(v1::TraceBatch {
+            results: batch(&c, 10, 2),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ack.result_ids.len(), 2);
+    assert_eq!(ack.refused.len(), 1);
+    assert!(
+        ack.refused[0]
+            .reason
+            .contains("never issued to agent \"a2\""),
+        "{}",
+        ack.refused[0].reason
+    );
+    // Alias results and mesh samples are held to the same rule.
+    let ack = s2
+        .upload_acked(Up::AliasBatch(v1::AliasBatch {
+            results: vec![v1::AliasResult {
+                result_id: format!("{c}/0/alias"),
+                campaign_id: c.clone(),
+                ..Default::default()
+            }],
+        }))
+        .await
+        .unwrap();
+    assert_eq!((ack.result_ids.len(), ack.refused.len()), (1, 1));
+    let ack = s2
+        .upload_acked(Up::MeshBatch(v1::MeshBatch {
+            samples: vec![v1::MeshSample {
+                result_id: "c-invented/0/a1".into(),
+                campaign_id: "c-invented".into(),
+                ..Default::default()
+            }],
+        }))
+        .await
+        .unwrap();
+    assert_eq!((ack.result_ids.len(), ack.refused.len()), (1, 1));
+    let stored = coord.ok(&["traces", "--campaign", &c, "--json"]);
+    assert_eq!(stored.lines().count(), 3);
+    assert!(stored.lines().all(|l| l.contains("\"vantage\":\"a1\"")));
+    let invented = coord.ok(&["traces", "--campaign", "c-invented", "--json"]);
+    assert_eq!(invented.lines().count(), 0);
+
+    // Cancelled while results were in flight: they are still the agent's to deliver.
+    coord.ok(&["campaign", "cancel", &c]);
+    let ack = s1
+        .upload_acked(Up::TraceBatch(v1::TraceBatch {
+            results: batch(&c, 3, 2),
+        }))
+        .await
+        .unwrap();
+    assert!(ack.refused.is_empty(), "{ack:?}");
+
+    // Pushed to a live session and the coordinator killed at once: the issuance was
+    // stored before the push, so after the restart the agent's results are taken.
+    let d = coord.campaign("name:a1");
+    loop {
+        match s1.next().await.unwrap() {
+            Down::Campaign(i) if i.id == d => break,
+            _ => continue,
+        }
+    }
+    coord.stop();
+    drop((s1, s2));
+    let coord = Coordinator::start(dir.path(), &[]);
+    let mut s1 = Session::try_open(&a1, &coord.addr).await.unwrap();
+    let mut resend = batch(&c, 0, 3);
+    resend.extend(batch(&d, 0, 2));
+    let ack = s1
+        .upload_acked(Up::TraceBatch(v1::TraceBatch { results: resend }))
+        .await
+        .unwrap();
+    assert_eq!(ack.result_ids.len(), 5);
+    assert!(ack.refused.is_empty(), "{ack:?}");
+    let mut s2 = Session::try_open(&a2, &coord.addr).await.unwrap();
+    let ack = s2
+        .upload_acked(Up::TraceBatch(v1::TraceBatch {
+            results: batch(&d, 0, 1),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ack.refused.len(), 1, "still not a2's after the restart");
+    let stored = coord.ok(&["traces", "--campaign", &c, "--json"]);
+    assert_eq!(
+        stored.lines().count(),
+        5,
+        "no duplicates, late results kept"
+    );
+    let stored = coord.ok(&["traces", "--campaign", &d, "--json"]);
+    assert_eq!(stored.lines().count(), 2);
 }

@@ -248,6 +248,50 @@ fn chromium_draws_two_thousand_diverted_pairs_offline() {
     assert_eq!(figures["foreign_requests"], 0);
 }
 
+/// One vantage alone: the incident is marked not corroborated in the page's data, and a
+/// real browser shows it so (`check_report.py` counts the marks against the incidents
+/// seen by one vantage); two vantages: no mark.
+#[test]
+#[ignore = "needs chromium (apt-get install chromium) and python3"]
+fn chromium_marks_single_vantage_incidents_not_corroborated() {
+    assert!(
+        chromium().is_some(),
+        "this test needs chromium on the PATH (apt-get install chromium)"
+    );
+    let a = annotator();
+    let g = Gazetteer::builtin();
+    for (vantages, marks) in [(1, 1), (2, 0)] {
+        let (det, n) = detector(vantages, 2);
+        let report = det.report(&a, &g, T0 + 1e6);
+        assert_eq!(report.incidents.len(), 1);
+        let view = det.map_view(&report, &a, &g, n, T0 + 1e6);
+        let html = render_html(&view, "corroboration").unwrap();
+        let data = embedded(&html, "tm-data");
+        assert_eq!(data["incidents"][0]["corroborated"], vantages > 1);
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("report.html");
+        std::fs::write(&page, &html).unwrap();
+        let json = dir.path().join("diversions.json");
+        std::fs::write(&json, serde_json::to_string(&report).unwrap()).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/report/check_report.py");
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&page)
+            .arg("--diversions")
+            .arg(&json)
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "check_report failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let figures: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(figures["uncorroborated"], marks, "{vantages} vantage(s)");
+    }
+}
+
 async fn http_get(addr: std::net::SocketAddr, target: &str, extra: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

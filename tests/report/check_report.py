@@ -149,7 +149,8 @@ def expected(diversions_path):
     with open(diversions_path) as f:
         d = json.load(f)
     pairs = {(r["vantage"], r["target"]) for r in d.get("diversions", [])}
-    return len(pairs), len(d.get("incidents", []))
+    single = sum(1 for i in d.get("incidents", []) if not i.get("corroborated", False))
+    return len(pairs), len(d.get("incidents", [])), single
 
 
 DOM_PROBE = """(() => {
@@ -165,6 +166,7 @@ DOM_PROBE = """(() => {
     handoff_markers: document.querySelectorAll('#map path.handoff').length,
     vantages: document.querySelectorAll('#map circle.vantage').length,
     incidents: document.querySelectorAll('section.incident').length,
+    uncorroborated: document.querySelectorAll('section.incident .uncorroborated').length,
     timeline_bars: document.querySelectorAll('svg.timeline-svg rect.bar').length,
     hop_tables: document.querySelectorAll('table.hops').length,
     land: (document.querySelector('#map path.land')?.getAttribute('d') || '').length,
@@ -187,7 +189,7 @@ def main():
     else:
         report = os.path.abspath(a.report)
         url = origin = "file://" + report
-    want_pairs, want_incidents = expected(a.diversions)
+    want_pairs, want_incidents, want_single = expected(a.diversions)
 
     profile = tempfile.mkdtemp(prefix="tm-report-chromium-")
     args = [
@@ -319,6 +321,10 @@ def main():
                             f"{want_pairs} diverted pairs in diversions.json")
         if probe["ingress_markers"] != want_incidents:
             failures.append(f"{probe['ingress_markers']} ingress markers, {want_incidents} incidents")
+        # One-vantage incidents say so on the page, as the text view does.
+        if probe["uncorroborated"] != want_single:
+            failures.append(f"{probe['uncorroborated']} incidents marked not corroborated, "
+                            f"{want_single} seen by one vantage only")
         if probe["land"] < 1000:
             failures.append("no world map drawn")
         if blank["colours"] < 8 or blank["non_background_share"] < 0.05:
@@ -334,6 +340,7 @@ def main():
             "console_errors": len(console),
             "expected_pairs": want_pairs,
             "expected_incidents": want_incidents,
+            "expected_uncorroborated": want_single,
             **probe,
             "screenshot": blank,
             "ok": not failures,

@@ -508,6 +508,11 @@ impl SessionCore {
                 self.plan_rounds(now, out);
             }
             Down::Ack(a) => {
+                // Refused results are acknowledged too: the coordinator will never store
+                // them, so they leave the spool, with a line saying what was lost and why.
+                for r in &a.refused {
+                    tracing::warn!(campaign = %r.campaign_id, results = r.results, reason = %r.reason, "coordinator refused results; dropped from the spool");
+                }
                 for id in &a.result_ids {
                     self.unacked.ack(id);
                 }

@@ -332,6 +332,8 @@
     sec.append(el('p', {}, 'seen ' + utc(inc.first_seen) + ' .. ' + utc(inc.last_seen) +
       (recs.some((x) => x.active) ? ' (still active)' : '')));
     sec.append(el('p', {}, inc.vantages.length + ' vantage(s): ' + list(inc.vantages, 30)));
+    // One agent alone (broken, or lying) can make such an incident appear.
+    if (!inc.corroborated) sec.append(el('p', { class: 'uncorroborated' }, 'not corroborated: seen by one vantage only (' + inc.vantages.join(', ') + ')'));
     sec.append(el('p', {}, inc.targets.length + ' target(s): ' + list(inc.targets, 30)));
     if (inc.handoffs.length) sec.append(el('p', {}, 'hand-off(s): ' + list(inc.handoffs, 30)));
     const tl = el('details', { class: 'timeline' }, el('summary', {}, 'Timeline: which pairs were diverted in which rounds'));

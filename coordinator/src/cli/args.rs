@@ -198,7 +198,8 @@ pub struct LimitArgs {
     /// Largest gRPC message a client may send, MiB.
     #[arg(long, default_value_t = 32, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_message_mib: u32,
-    /// Concurrent HTTP/2 streams per client connection.
+    /// Open query, export and subscription streams per client identity, over all its
+    /// connections; one more is refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
     /// Live campaigns per operator identity (0 = no cap; admins are not capped).

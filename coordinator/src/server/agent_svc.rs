@@ -12,6 +12,7 @@ use tracemesh_proto::token::EnrolToken;
 use tracemesh_proto::v1::{self, agent_message::Msg as Up, coordinator_message::Msg as Down};
 
 use super::auth::authorize;
+use super::issued;
 use super::state::{Coordinator, now_ns};
 use crate::ca::{CaError, Role, cert_fingerprint};
 use crate::store::{AgentRecord, IngestOutcome, StoreError, TokenRejection};
@@ -160,6 +161,7 @@ impl v1::agent_service_server::AgentService for AgentSvc {
                 tx,
                 meta: agent.meta,
                 remote_ip,
+                issued: HashSet::new(),
             };
             let end = tokio::select! {
                 r = s.run(inbound) => r,
@@ -207,9 +209,53 @@ struct Session {
     /// Where the session comes from: the mesh address of an agent that advertises only
     /// a port.
     remote_ip: Option<std::net::IpAddr>,
+    /// Campaigns found issued to this agent (`issued.rs`): issuance is never taken back,
+    /// so each is looked up once per session.
+    issued: HashSet<String>,
 }
 
 impl Session {
+    /// Splits uploaded results into those of campaigns issued to this agent and the
+    /// refused rest (`issued.rs`).
+    async fn screen<R: Send + 'static>(
+        &mut self,
+        items: Vec<R>,
+        campaign_of: fn(&R) -> &str,
+        id_of: fn(&R) -> String,
+    ) -> Result<issued::Screened<R>, Status> {
+        let check = issued::to_check(items.iter().map(campaign_of), &self.issued);
+        let mut reasons = std::collections::BTreeMap::new();
+        if !check.is_empty() {
+            let name = self.name.clone();
+            let verdicts = self
+                .c
+                .blocking(move |s| {
+                    let mut out = Vec::with_capacity(check.len());
+                    for id in check {
+                        let why = issued::refusal(&id, s.get_campaign(&id)?.as_ref(), &name);
+                        out.push((id, why));
+                    }
+                    Ok(out)
+                })
+                .await?;
+            for (id, why) in verdicts {
+                match why {
+                    Some(why) => {
+                        reasons.insert(id, why);
+                    }
+                    None => {
+                        self.issued.insert(id);
+                    }
+                }
+            }
+        }
+        let screened = issued::screen(items, campaign_of, id_of, &reasons);
+        for r in &screened.refusals {
+            tracing::warn!(agent = %self.name, campaign = %r.campaign_id, results = r.results, reason = %r.reason, "upload refused");
+        }
+        Ok(screened)
+    }
+
     async fn send(&self, msg: Down) -> Result<(), Status> {
         self.tx
             .send(down(msg))
@@ -324,20 +370,24 @@ impl Session {
                 .await?;
             }
         }
-        let mut pushed = Vec::new();
-        for c in self.c.campaigns_for(&self.meta, now).map_err(internal)? {
-            if held.contains(c.id.as_str()) {
-                continue;
-            }
-            self.send(Down::Campaign(crate::campaign::instruction(&c, &self.name)))
-                .await?;
-            pushed.push(c.id);
-        }
-        for id in pushed {
+        let to_push: Vec<v1::Campaign> = self
+            .c
+            .campaigns_for(&self.meta, now)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|c| !held.contains(c.id.as_str()))
+            .collect();
+        // Recorded before it is sent: an agent never holds a campaign the store does not
+        // list it for, whose results would then be refused (`issued.rs`).
+        for c in &to_push {
             self.c
-                .record_pushed(&id, std::slice::from_ref(&self.name))
+                .record_pushed(&c.id, std::slice::from_ref(&self.name))
                 .await
                 .map_err(internal)?;
+        }
+        for c in to_push {
+            self.send(Down::Campaign(crate::campaign::instruction(&c, &self.name)))
+                .await?;
         }
         Ok(())
     }
@@ -350,11 +400,18 @@ impl Session {
         now: i64,
     ) -> Result<(), Status> {
         self.pace(results.len(), "alias").await?;
+        let screened = self
+            .screen(
+                results,
+                |r: &v1::AliasResult| r.campaign_id.as_str(),
+                |r| r.result_id.clone(),
+            )
+            .await?;
         let name = self.name.clone();
-        let (acked, fresh) = self
+        let (mut acked, fresh) = self
             .store_each(
                 "alias result",
-                results,
+                screened.accepted,
                 |s, r| s.put_alias_result(r),
                 move |r: &mut v1::AliasResult| {
                     // The vantage is who the certificate says, never what the agent claims.
@@ -368,7 +425,12 @@ impl Session {
             self.c.alias_results_stored();
         }
         tracing::info!(vantage = %self.name, acked = acked.len(), new = fresh.len(), "ingested alias results");
-        self.send(Down::Ack(v1::Ack { result_ids: acked })).await
+        acked.extend(screened.refused_ids);
+        self.send(Down::Ack(v1::Ack {
+            result_ids: acked,
+            refused: screened.refusals,
+        }))
+        .await
     }
 
     /// Stores mesh samples (keyed by campaign, round, sender and this agent, the
@@ -376,11 +438,18 @@ impl Session {
     async fn ingest_mesh(&mut self, samples: Vec<v1::MeshSample>, now: i64) -> Result<(), Status> {
         // Charged to the agent's upload quota like traces and alias results.
         self.pace(samples.len(), "mesh").await?;
+        let screened = self
+            .screen(
+                samples,
+                |m: &v1::MeshSample| m.campaign_id.as_str(),
+                |m| m.result_id.clone(),
+            )
+            .await?;
         let name = self.name.clone();
-        let (acked, fresh) = self
+        let (mut acked, fresh) = self
             .store_each(
                 "mesh sample",
-                samples,
+                screened.accepted,
                 |s, m| s.put_mesh_sample(m),
                 move |m: &mut v1::MeshSample| {
                     // The receiver is who the certificate says, never what the agent claims.
@@ -391,7 +460,12 @@ impl Session {
             )
             .await?;
         tracing::debug!(agent = %self.name, acked = acked.len(), new = fresh.len(), "ingested mesh samples");
-        self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
+        acked.extend(screened.refused_ids);
+        self.send(Down::Ack(v1::Ack {
+            result_ids: acked,
+            refused: screened.refusals,
+        }))
+        .await?;
         for m in fresh {
             self.c.publish_mesh(m);
         }
@@ -402,11 +476,18 @@ impl Session {
     /// acknowledges them once flushed; new ones go to live detection.
     async fn ingest_mda(&mut self, results: Vec<v1::MdaResult>, now: i64) -> Result<(), Status> {
         self.pace(results.len(), "mda").await?;
+        let screened = self
+            .screen(
+                results,
+                |r: &v1::MdaResult| r.campaign_id.as_str(),
+                |r| r.result_id.clone(),
+            )
+            .await?;
         let name = self.name.clone();
-        let (acked, fresh) = self
+        let (mut acked, fresh) = self
             .store_each(
                 "mda result",
-                results,
+                screened.accepted,
                 |s, r| s.put_mda_result(r),
                 move |r: &mut v1::MdaResult| {
                     r.vantage = name.clone();
@@ -416,7 +497,12 @@ impl Session {
             )
             .await?;
         tracing::info!(vantage = %self.name, acked = acked.len(), new = fresh.len(), "ingested mda results");
-        self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
+        acked.extend(screened.refused_ids);
+        self.send(Down::Ack(v1::Ack {
+            result_ids: acked,
+            refused: screened.refusals,
+        }))
+        .await?;
         for r in fresh {
             self.c.publish_mda(r);
         }
@@ -487,7 +573,21 @@ impl Session {
         } else {
             usize::MAX
         };
-        let mut results: Vec<v1::TraceRecord> = results
+        let screened = self
+            .screen(
+                results,
+                |r: &v1::TraceRecord| r.campaign_id.as_str(),
+                |r| r.result_id.clone(),
+            )
+            .await?;
+        // Refused results cost their sender's quota too: a flood of them is paced (and
+        // cut off) like any other, not decoded and refused for free.
+        if !screened.refused_ids.is_empty() {
+            self.pace(screened.refused_ids.len(), "refused trace")
+                .await?;
+        }
+        let mut results: Vec<v1::TraceRecord> = screened
+            .accepted
             .into_iter()
             .map(|mut r| {
                 // The vantage is who the certificate says, never what the agent claims.
@@ -524,7 +624,12 @@ impl Session {
             }
         }
         tracing::debug!(vantage = %self.name, acked = acked.len(), new = fresh.len(), "ingested batch");
-        self.send(Down::Ack(v1::Ack { result_ids: acked })).await?;
+        acked.extend(screened.refused_ids);
+        self.send(Down::Ack(v1::Ack {
+            result_ids: acked,
+            refused: screened.refusals,
+        }))
+        .await?;
         for t in fresh {
             self.c.publish_trace(t);
         }

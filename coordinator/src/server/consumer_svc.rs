@@ -18,6 +18,7 @@ use super::agent_svc::secret_hash;
 use super::auth::{authorize, authorize_role};
 use super::revoke::{end_if_revoked, peer_fingerprint};
 use super::state::{Coordinator, now_ns};
+use super::streams::{OpenStreams, StreamPermit, holding};
 use crate::ca::{Role, valid_name};
 use crate::campaign;
 use crate::formats;
@@ -71,11 +72,19 @@ impl std::io::Write for ChunkSink {
 #[derive(Debug, Clone)]
 pub struct ConsumerSvc {
     c: Arc<Coordinator>,
+    /// Open query, export and subscription streams per identity (`--max-streams`).
+    streams: Arc<OpenStreams>,
 }
 
 impl ConsumerSvc {
     pub fn new(c: Arc<Coordinator>) -> Self {
-        ConsumerSvc { c }
+        let streams = OpenStreams::new(c.limits.max_streams as usize);
+        ConsumerSvc { c, streams }
+    }
+
+    /// A stream slot for the caller of `req` (named `who`), or ResourceExhausted.
+    fn stream_slot<T>(&self, req: &Request<T>, who: &str) -> Result<StreamPermit, Status> {
+        self.streams.admit(&peer_fingerprint(req), who)
     }
 
     /// Refuses a campaign that would take operator `by` over its caps on live campaigns
@@ -356,7 +365,8 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::QueryTracesRequest>,
     ) -> Result<Response<Self::QueryTracesStream>, Status> {
-        authorize(&req, Role::Reader)?;
+        let who = authorize(&req, Role::Reader)?;
+        let slot = self.stream_slot(&req, &who)?;
         let fp = peer_fingerprint(&req);
         let r = req.into_inner();
         let q = TraceQuery {
@@ -378,10 +388,9 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
                 let _ = tx.blocking_send(Err(Status::internal(super::client::error_chain(&e))));
             }
         });
-        Ok(Response::new(end_if_revoked(
-            ReceiverStream::new(rx),
-            &self.c,
-            fp,
+        Ok(Response::new(holding(
+            end_if_revoked(ReceiverStream::new(rx), &self.c, fp),
+            slot,
         )))
     }
 
@@ -391,7 +400,8 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::ExportTracesRequest>,
     ) -> Result<Response<Self::ExportTracesStream>, Status> {
-        authorize(&req, Role::Admin)?;
+        let who = authorize(&req, Role::Admin)?;
+        let slot = self.stream_slot(&req, &who)?;
         let r = req.into_inner();
         if !formats::STREAM_FORMATS.contains(&r.format.as_str()) {
             return Err(Status::invalid_argument(format!(
@@ -444,7 +454,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
                 let _ = tx.blocking_send(Err(Status::internal(e)));
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(holding(ReceiverStream::new(rx), slot)))
     }
 
     type SubscribeTracesStream = BoxStream<v1::TraceRecord>;
@@ -453,7 +463,8 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::SubscribeTracesRequest>,
     ) -> Result<Response<Self::SubscribeTracesStream>, Status> {
-        authorize(&req, Role::Reader)?;
+        let who = authorize(&req, Role::Reader)?;
+        let slot = self.stream_slot(&req, &who)?;
         let fp = peer_fingerprint(&req);
         let r = req.into_inner();
         let rx = BroadcastStream::new(self.c.subscribe_traces());
@@ -471,7 +482,10 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
             };
             futures::future::ready(keep)
         });
-        Ok(Response::new(end_if_revoked(out, &self.c, fp)))
+        Ok(Response::new(holding(
+            end_if_revoked(out, &self.c, fp),
+            slot,
+        )))
     }
 
     type SubscribeDiversionsStream = BoxStream<v1::Diversion>;
@@ -480,7 +494,8 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::SubscribeDiversionsRequest>,
     ) -> Result<Response<Self::SubscribeDiversionsStream>, Status> {
-        authorize(&req, Role::Reader)?;
+        let who = authorize(&req, Role::Reader)?;
+        let slot = self.stream_slot(&req, &who)?;
         let fp = peer_fingerprint(&req);
         let vantage = req.into_inner().vantage;
         let rx = BroadcastStream::new(self.c.subscribe_diversions());
@@ -495,7 +510,10 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
                 )))),
             })
         });
-        Ok(Response::new(end_if_revoked(out, &self.c, fp)))
+        Ok(Response::new(holding(
+            end_if_revoked(out, &self.c, fp),
+            slot,
+        )))
     }
 
     async fn query_aliases(
@@ -585,7 +603,8 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         &self,
         req: Request<v1::SubscribeMeshRequest>,
     ) -> Result<Response<Self::SubscribeMeshStream>, Status> {
-        authorize(&req, Role::Admin)?;
+        let who = authorize(&req, Role::Admin)?;
+        let slot = self.stream_slot(&req, &who)?;
         let campaign = req.into_inner().campaign_id;
         let rx = BroadcastStream::new(self.c.subscribe_mesh());
         let out = rx
@@ -603,7 +622,7 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
                 })
             })
             .take_until(self.c.shutdown_signal());
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(holding(out, slot)))
     }
 }
 

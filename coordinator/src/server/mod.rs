@@ -26,9 +26,11 @@ pub mod auth;
 pub mod client;
 mod consumer_svc;
 pub mod ingest;
+pub mod issued;
 pub mod quota;
 pub mod revoke;
 pub mod state;
+pub mod streams;
 
 pub use quota::Limits;
 pub use state::{Coordinator, now_ns};
@@ -38,6 +40,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message an agent may send (a TraceBatch); agents should batch below it.
 pub const MAX_AGENT_MESSAGE: usize = 32 << 20;
+/// HTTP/2 streams a connection may have open beyond `--max-streams` (see `streams.rs`).
+const STREAM_HEADROOM: u32 = 16;
 
 /// The data directory's layout, in one place so `serve` and the CLI agree.
 #[derive(Debug, Clone)]
@@ -243,7 +247,10 @@ where
     let serve = Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .max_concurrent_streams(limits.max_streams)
+        // Room above the per-identity stream cap (`streams.rs`, the clear refusal) for
+        // the unary calls beside a client's streams: a conforming client queues what
+        // goes over this, so it must not be the limit that bites first.
+        .max_concurrent_streams(limits.max_streams.saturating_add(STREAM_HEADROOM))
         .layer(tonic::service::InterceptorLayer::new(revoke::interceptor(
             coordinator.revocations.clone(),
         )))

@@ -1,6 +1,6 @@
 //! Limits on what one party may ask of the coordinator, so a hostile or broken client
 //! gets a clear status and everyone else carries on: per-agent upload rate and batch
-//! size, gRPC message size and concurrent streams per connection, and per-operator caps
+//! size, gRPC message size and open streams per identity, and per-operator caps
 //! on live campaigns and their targets. The arithmetic is pure (`now` in, decision out).
 
 use std::time::Duration;
@@ -17,7 +17,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// Largest gRPC message a client may send, bytes.
     pub max_message_bytes: usize,
-    /// Concurrent HTTP/2 streams per connection.
+    /// Open consumer streams per client identity (`streams.rs`); each connection's
+    /// HTTP/2 limit is this plus some headroom for unary calls.
     pub max_streams: u32,
     /// Live (not cancelled, not finished) campaigns per operator identity (0 = no cap).
     pub operator_campaigns: usize,

@@ -323,6 +323,11 @@ impl Coordinator {
                 targets.push((name, live.tx));
             }
         }
+        // Recorded (and flushed) before anything is sent: an agent never holds a campaign
+        // the store does not list it for, or its results would be refused after a crash
+        // (`issued.rs`). One that misses the send gets it again when it reconnects.
+        let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
+        self.record_pushed(&c.id, &names).await?;
         let mut sent = Vec::new();
         for (name, tx) in targets {
             let msg = v1::CoordinatorMessage {
@@ -336,7 +341,6 @@ impl Coordinator {
                 tracing::warn!(agent = %name, campaign = %c.id, "agent not reading its session; it will get the campaign when it reconnects");
             }
         }
-        self.record_pushed(&c.id, &sent).await?;
         Ok(sent)
     }
 
@@ -360,6 +364,7 @@ impl Coordinator {
             if c.pushed_to.len() != before {
                 c.pushed_to.sort();
                 self.store.put_campaign(&c)?;
+                self.store.flush()?;
             }
         }
         Ok(())

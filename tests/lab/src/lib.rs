@@ -8,6 +8,7 @@
 //! - [`run`]: `tracemesh-lab run`, the whole lab with the real coordinator and agents.
 
 pub mod due;
+pub mod faults;
 pub mod mesh;
 pub mod net;
 pub mod respond;

@@ -77,6 +77,31 @@ enum Cmd {
         /// without them).
         #[arg(long, conflicts_with_all = ["mda_every", "mda_confidence"])]
         no_mda: bool,
+        /// Soak: kill and restart the coordinator every S seconds of the campaign
+        /// (kill -9 and SIGTERM in turn).
+        #[arg(long, value_name = "S")]
+        restart_coordinator_every: Option<f64>,
+        /// Soak: kill this vantage's agent with -9 every --kill-every seconds and restart
+        /// it 3 s later from its state.
+        #[arg(long, value_name = "NAME")]
+        kill_agent: Option<String>,
+        #[arg(long, value_name = "S", default_value_t = 60.0)]
+        kill_every: f64,
+        /// Soak: take this vantage's control link (agent to coordinator) down every
+        /// --flap-every seconds for --flap-down seconds (repeatable; staggered).
+        #[arg(long = "flap-control", value_name = "NAME")]
+        flap_control: Vec<String>,
+        #[arg(long, value_name = "S", default_value_t = 120.0)]
+        flap_every: f64,
+        #[arg(long, value_name = "S", default_value_t = 15.0)]
+        flap_down: f64,
+        /// Soak: an agent uploading garbage (the `garbage_agent` example, built beside
+        /// the binaries) runs with the real ones.
+        #[arg(long)]
+        garbage_agent: bool,
+        /// With any fault: sample the coordinator's RSS every S seconds (lab.json).
+        #[arg(long, value_name = "S", default_value_t = 5.0)]
+        rss_every: f64,
     },
     /// Check a mesh run's one-way delays (OUT/mesh.jsonl) against FORMAT.md's one-way
     /// rule; exits non-zero when fewer than --min-share are within --tolerance-ms.
@@ -294,6 +319,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             mda_every,
             mda_confidence,
             no_mda,
+            restart_coordinator_every,
+            kill_agent,
+            kill_every,
+            flap_control,
+            flap_every,
+            flap_down,
+            garbage_agent,
+            rss_every,
         } => {
             let text = std::fs::read_to_string(&scenario)
                 .with_context(|| format!("reading {}", scenario.display()))?;
@@ -314,6 +347,21 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if no_mda {
                 mda = None;
             }
+            let faults = (restart_coordinator_every.is_some()
+                || kill_agent.is_some()
+                || !flap_control.is_empty()
+                || garbage_agent)
+                .then_some(tracemesh_lab::faults::FaultPlan {
+                    restart_every_s: restart_coordinator_every,
+                    victim: kill_agent,
+                    kill_every_s: kill_every,
+                    restart_after_s: 3.0,
+                    flap: flap_control,
+                    flap_every_s: flap_every,
+                    flap_down_s: flap_down,
+                    garbage: garbage_agent,
+                    rss_every_s: rss_every,
+                });
             let rate = match rate {
                 Some(r) => r,
                 None => run::default_rate(World::load(&scenario)?.s.vantages.len()),
@@ -326,6 +374,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 peeringdb,
                 clock_skew,
                 mda,
+                faults,
             })?;
             out!("{}", serde_json::to_string_pretty(&lab)?);
             eprintln!(

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::net::{COORDINATOR_ADDR, Emulator, Topology, default_threads, in_netns, unix_ns};
+use crate::faults::{Action, FaultPlan, schedule};
+use crate::net::{COORDINATOR_ADDR, Emulator, Topology, default_threads, in_netns, ip, unix_ns};
 use crate::scenario::World;
 
 /// Set by SIGINT/SIGTERM: the run stops and tears down.
@@ -74,8 +75,41 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// Ends the process now: kill -9 when `hard`, else SIGTERM and a short wait (as on
+    /// drop).
+    fn stop(&mut self, hard: bool) {
+        if hard {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        } else {
+            drop(Proc(self.0.take()));
+        }
+    }
+}
+
+fn spawn_logged(cmd: Command, log: &Path) -> Result<Proc> {
     let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    spawn_to(cmd, f)
+}
+
+/// [`spawn_logged`], appending: a process restarted by the soak keeps one log.
+fn spawn_logged_append(cmd: Command, log: &Path) -> Result<Proc> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    spawn_to(cmd, f)
+}
+
+fn spawn_to(mut cmd: Command, f: std::fs::File) -> Result<Proc> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(f.try_clone()?)
@@ -142,6 +176,35 @@ pub struct RunOptions {
     /// Multipath rounds in the campaign (`campaign create --mda`): every Nth round and
     /// the confidence; `None` without. See [`mda_directive`].
     pub mda: Option<LabMda>,
+    /// Faults to inject during the campaign (the soak, `faults.rs`).
+    pub faults: Option<FaultPlan>,
+}
+
+/// The name the soak's garbage agent enrols under.
+const GARBAGE: &str = "garbage";
+
+/// How many of `lines` (`traces --json`) come from the soak's garbage agent: its junk may
+/// be stored, under its own name, in the campaign the coordinator pushed to it too.
+fn garbage_traces(lines: &str) -> usize {
+    lines
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["vantage"].as_str() == Some(GARBAGE))
+        })
+        .count()
+}
+
+/// The coordinator's resident set, KiB (0 when it cannot be read).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A campaign's multipath rounds, as the lab asks for them.
@@ -275,11 +338,6 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let emu = Emulator::spawn_with(world.clone(), &topo, emu_threads)?;
 
     let listen = format!("{COORDINATOR_ADDR}:7443");
-    let mut serve = in_netns(&topo.control, &coordinator_bin);
-    serve
-        .args(["serve", "--data"])
-        .arg(&data)
-        .args(["--listen", &listen]);
     // Annotation inputs and adversaries, as a user would pass them.
     let mut detect_args: Vec<String> = world
         .s
@@ -291,29 +349,70 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         detect_args.push("--peeringdb".into());
         detect_args.push(p.display().to_string());
     }
-    serve
-        .arg("--pfx2as")
-        .arg(&pfx)
-        .arg("--asnames")
-        .arg(&names)
-        .args(&detect_args);
-    let _coordinator = spawn_logged(serve, &out.join("logs/coordinator.log"))?;
+    let serve_cmd = || {
+        let mut serve = in_netns(&topo.control, &coordinator_bin);
+        serve
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--listen", &listen])
+            .arg("--pfx2as")
+            .arg(&pfx)
+            .arg("--asnames")
+            .arg(&names)
+            .args(&detect_args);
+        serve
+    };
+    let coordinator_log = out.join("logs/coordinator.log");
+    let mut coordinator = spawn_logged(serve_cmd(), &coordinator_log)?;
     let cli = |args: &[&str]| {
         let mut c = in_netns(&topo.control, &coordinator_bin);
         c.arg("--data").arg(&data).args(args);
         c
     };
-    let started = Instant::now();
-    while output(cli(&["agents", "--json"])).is_err() {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "the coordinator did not come up; see {}",
-                out.join("logs/coordinator.log").display()
-            );
+    let wait_up = || -> Result<Duration> {
+        let started = Instant::now();
+        while output(cli(&["agents", "--json"])).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "the coordinator did not come up; see {}",
+                    coordinator_log.display()
+                );
+            }
+            sleep_interruptible(Duration::from_millis(200))?;
         }
-        sleep_interruptible(Duration::from_millis(200))?;
-    }
+        Ok(started.elapsed())
+    };
+    wait_up()?;
 
+    // A vantage's agent; the token only the first time (then its state holds the
+    // enrolment).
+    let agent_cmd = |i: usize, token: Option<&str>| {
+        let v = &world.s.vantages[i];
+        let mut run = in_netns(&topo.vantages[i], &agent_bin);
+        run.args(["run", "--state"])
+            .arg(out.join("agents").join(&v.name))
+            .args(["--coordinator", &listen, "--rate", &opts.rate.to_string()]);
+        if let Some(t) = token {
+            run.args(["--token", t]);
+        }
+        // The scenario's destinations are the agent's to probe, whatever range they are in.
+        for t in &world.s.targets {
+            run.args(["--allow", &t.prefix.to_string()]);
+        }
+        for w in &world.s.vantages {
+            run.args(["--allow", &ipnet::IpNet::from(w.addr).to_string()]);
+        }
+        if world.mesh() {
+            // Agents measure each other across the emulated internet: the endpoint sits
+            // on the vantage's address there, not on the control network.
+            run.args(["--mesh-listen", &format!("{}:{LAB_MESH_PORT}", v.addr)]);
+        }
+        if let Some((_, ms)) = opts.clock_skew.iter().find(|(n, _)| *n == v.name) {
+            run.arg(format!("--test-clock-skew-ms={ms}"));
+        }
+        run
+    };
+    let agent_log = |i: usize| out.join(format!("logs/agent-{}.log", world.s.vantages[i].name));
     let mut agents = Vec::new();
     for (i, v) in world.s.vantages.iter().enumerate() {
         let mut args: Vec<String> = vec![
@@ -339,36 +438,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         }
         let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
         let token = output(cli(&args_ref))?.trim().to_string();
-        let mut run = in_netns(&topo.vantages[i], &agent_bin);
-        run.args(["run", "--state"])
-            .arg(out.join("agents").join(&v.name))
-            .args([
-                "--token",
-                &token,
-                "--coordinator",
-                &listen,
-                "--rate",
-                &opts.rate.to_string(),
-            ]);
-        // The scenario's destinations are the agent's to probe, whatever range they are in.
-        for t in &world.s.targets {
-            run.args(["--allow", &t.prefix.to_string()]);
-        }
-        for w in &world.s.vantages {
-            run.args(["--allow", &ipnet::IpNet::from(w.addr).to_string()]);
-        }
-        if world.mesh() {
-            // Agents measure each other across the emulated internet: the endpoint sits
-            // on the vantage's address there, not on the control network.
-            run.args(["--mesh-listen", &format!("{}:{LAB_MESH_PORT}", v.addr)]);
-        }
-        if let Some((_, ms)) = opts.clock_skew.iter().find(|(n, _)| *n == v.name) {
-            run.arg(format!("--test-clock-skew-ms={ms}"));
-        }
-        agents.push(spawn_logged(
-            run,
-            &out.join(format!("logs/agent-{}.log", v.name)),
-        )?);
+        agents.push(spawn_logged(agent_cmd(i, Some(&token)), &agent_log(i))?);
     }
     let want = world.s.vantages.len();
     let started = Instant::now();
@@ -394,6 +464,31 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         sleep_interruptible(Duration::from_millis(200))?;
     }
     tracing::info!(agents = want, "every agent connected");
+    let faults = opts.faults.clone().unwrap_or_default();
+    // A hostile agent beside the real ones (after they are counted: it is not one of
+    // the scenario's vantages): enrolled like them, uploading garbage until the end.
+    let _garbage = if faults.garbage {
+        let bin = need_bin(&bins, "examples/garbage_agent")?;
+        let token = output(cli(&["token", "create", "--name", GARBAGE]))?
+            .trim()
+            .to_string();
+        let mut c = in_netns(&topo.control, &bin);
+        c.arg(token);
+        Some(spawn_logged(c, &out.join("logs/garbage.log"))?)
+    } else {
+        None
+    };
+    let vantage_index = |name: &str| -> Result<usize> {
+        world
+            .s
+            .vantages
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| anyhow!("no vantage {name:?} in the scenario"))
+    };
+    for name in faults.victim.iter().chain(&faults.flap) {
+        vantage_index(name)?;
+    }
 
     let round_s = world.s.round_s;
     if round_s.fract() != 0.0 || round_s < 1.0 {
@@ -468,11 +563,59 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let sched_before = emu.stats.sched_times();
     let steal_before = steal_s();
     let total_s = (end + 5.0 - t0).max(0.0);
+    // Faults stop two rounds (at least 20 s) before the end, so the last results land.
+    let plan = schedule(&faults, end - t0, (2.0 * round_s).max(20.0));
+    let mut next_fault = 0;
+    let mut fault_log = Vec::new();
+    let mut rss: Vec<(f64, u32, u64)> = Vec::new();
+    let mut next_rss = t0;
+    let mut last_note: Option<Instant> = None;
     let mut progress = tracemesh_proto::progress::Progress::new("lab", Some(total_s as u64));
     loop {
         let now = unix_ns() as f64 / 1e9;
         if now >= end + 5.0 {
             break;
+        }
+        while let Some((at, action)) = plan.get(next_fault).filter(|(at, _)| t0 + at <= now) {
+            next_fault += 1;
+            let mut entry = serde_json::json!({"t": (now - t0), "planned_t": at, "fault": action});
+            match action {
+                Action::RestartCoordinator { hard } => {
+                    coordinator.stop(*hard);
+                    coordinator = spawn_logged_append(serve_cmd(), &coordinator_log)?;
+                    entry["up_after_s"] = wait_up()?.as_secs_f64().into();
+                }
+                Action::KillAgent(name) => agents[vantage_index(name)?].stop(true),
+                Action::StartAgent(name) => {
+                    let i = vantage_index(name)?;
+                    agents[i] = spawn_logged_append(agent_cmd(i, None), &agent_log(i))?;
+                }
+                Action::LinkDown(name) | Action::LinkUp(name) => {
+                    let i = vantage_index(name)?;
+                    let state = if matches!(action, Action::LinkDown(_)) {
+                        "down"
+                    } else {
+                        "up"
+                    };
+                    ip(&[
+                        "-n",
+                        &topo.vantages[i],
+                        "link",
+                        "set",
+                        &topo.control_links[i],
+                        state,
+                    ])
+                    .map_err(|e| anyhow!("link {state} for {name}: {e}"))?;
+                }
+            }
+            tracing::info!(fault = ?action, t = now - t0, "fault injected");
+            fault_log.push(entry);
+        }
+        if faults.rss_every_s > 0.0 && now >= next_rss {
+            next_rss = now + faults.rss_every_s;
+            if let Some(pid) = coordinator.pid() {
+                rss.push((now - t0, pid, rss_kib(pid)));
+            }
         }
         let elapsed = (now - t0).max(0.0);
         progress.set(
@@ -484,7 +627,9 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
             ),
         );
         // On a terminal the progress line says it; logs get it every 5 s.
-        if !progress.is_enabled() {
+        if !progress.is_enabled() && last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            last_note = Some(Instant::now());
             tracing::info!(
                 "t = {elapsed:.0} s of {:.0} s; emulator answered {} of {} packets",
                 rounds as f64 * round_s,
@@ -492,8 +637,12 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
                 emu.stats.packets_in.load(Ordering::Relaxed)
             );
         }
-        // Shorter steps when a terminal shows the progress.
-        let step = if progress.is_enabled() { 1.0 } else { 5.0 };
+        // Shorter steps when a terminal shows the progress, or faults are due.
+        let step = if progress.is_enabled() || opts.faults.is_some() {
+            1.0
+        } else {
+            5.0
+        };
         sleep_interruptible(Duration::from_secs_f64((end + 5.0 - now).clamp(0.1, step)))?;
     }
     progress.finish();
@@ -510,17 +659,33 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         for id in &campaigns {
             lines.push_str(&output(cli(&["traces", "--campaign", id, "--json"]))?);
         }
-        let n = lines.lines().count();
+        let junk = if faults.garbage {
+            garbage_traces(&lines)
+        } else {
+            0
+        };
+        let n = lines.lines().count() - junk;
+        // After faults, spools drain after reconnecting backoffs: give them longer.
+        let (quiet, limit) = if opts.faults.is_some() {
+            (30, 120)
+        } else {
+            (10, 30)
+        };
         if n >= expected
-            || (n == last && started.elapsed() > Duration::from_secs(10))
-            || started.elapsed() > Duration::from_secs(30)
+            || (n == last && started.elapsed() > Duration::from_secs(quiet))
+            || started.elapsed() > Duration::from_secs(limit)
         {
             break;
         }
         last = n;
         sleep_interruptible(Duration::from_secs(1))?;
     }
-    let stored = lines.lines().count();
+    let junk = if faults.garbage {
+        garbage_traces(&lines)
+    } else {
+        0
+    };
+    let stored = lines.lines().count() - junk;
     let mut mesh_samples: Option<(usize, usize)> = None;
     std::fs::write(out.join("traces.jsonl"), &lines)?;
     // Multipath traces follow their round's traces: wait for every one of every MDA
@@ -637,11 +802,23 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         lab["mesh_samples_expected"] = want.into();
         lab["mesh_samples_stored"] = got.into();
     }
+    if opts.faults.is_some() {
+        lab["faults"] = fault_log.into();
+        lab["victim"] = faults.victim.clone().into();
+        lab["flapped"] = faults.flap.clone().into();
+        lab["garbage_agent"] = faults.garbage.into();
+        lab["garbage_traces_stored"] = junk.into();
+        lab["coordinator_rss_kib"] = rss
+            .iter()
+            .map(|(t, pid, kib)| serde_json::json!([(t * 10.0).round() / 10.0, pid, kib]))
+            .collect::<Vec<_>>()
+            .into();
+    }
     let mut f = std::fs::File::create(out.join("lab.json"))?;
     f.write_all(serde_json::to_string_pretty(&lab)?.as_bytes())?;
     f.write_all(b"\n")?;
     drop(agents);
-    drop(_coordinator);
+    drop(coordinator);
     emu.stop();
     drop(topo);
     Ok(lab)

@@ -25,6 +25,7 @@ fn a_small_scenario_runs_end_to_end_through_the_lab() {
         peeringdb: None,
         clock_skew: Vec::new(),
         mda: None,
+        faults: None,
     })
     .expect("the lab runs");
     assert_eq!(lab["traces_stored"], lab["traces_expected"], "{lab}");

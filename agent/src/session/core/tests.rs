@@ -277,6 +277,7 @@ fn results_are_spooled_before_they_are_sent_and_acks_delete_them() {
         now,
         Input::Message(Down::Ack(pb::Ack {
             result_ids: vec!["c/0/192.0.2.1".into(), "unknown".into()],
+            ..Default::default()
         })),
     );
     assert_eq!(
@@ -313,6 +314,45 @@ fn results_are_spooled_before_they_are_sent_and_acks_delete_them() {
     assert_eq!(hello.state.as_ref().unwrap().spooled_results, 1);
     let fx = core.handle(now, Input::Opened);
     assert_eq!(batches(&fx), [["c/0/192.0.2.2"]]);
+}
+
+/// Results the coordinator refuses (a campaign it never issued to this agent) come back
+/// acknowledged with the refusal: they leave the spool and are not sent again.
+#[test]
+fn refused_results_leave_the_spool_and_are_not_resent() {
+    let now = t0();
+    let mut core = SessionCore::new(Held::default(), vec![], now);
+    connect(&mut core, now);
+    let fx = core.handle(
+        now,
+        Input::RoundDone {
+            campaign_id: "gone".into(),
+            round: 2,
+            results: vec![result("192.0.2.3")],
+        },
+    );
+    let fx = core.handle(now, Input::Spooled(spooled(&fx)));
+    assert_eq!(batches(&fx), [["gone/2/192.0.2.3"]]);
+    let fx = core.handle(
+        now,
+        Input::Message(Down::Ack(pb::Ack {
+            result_ids: vec!["gone/2/192.0.2.3".into()],
+            refused: vec![pb::Refusal {
+                campaign_id: "gone".into(),
+                reason: "campaign \"gone\" was never issued to this agent".into(),
+                results: 1,
+            }],
+        })),
+    );
+    assert_eq!(fx[0], Effect::SpoolAck(vec!["gone/2/192.0.2.3".into()]));
+    assert_eq!(core.pending(), 0);
+    // A new session has nothing of it to send.
+    core.handle(now, Input::Disconnected(None));
+    let (now, fx) = tick(&mut core, now);
+    assert!(fx.contains(&Effect::Connect));
+    core.handle(now, Input::Dialled);
+    let fx = core.handle(now, Input::Opened);
+    assert!(batches(&fx).is_empty(), "{fx:?}");
 }
 
 #[test]
@@ -681,6 +721,7 @@ fn an_alias_round_fires_on_time_and_its_result_is_spooled_sent_and_acked_like_tr
         now,
         Input::Message(Down::Ack(pb::Ack {
             result_ids: vec!["a1/0/alias".into()],
+            ..Default::default()
         })),
     );
     assert_eq!(fx[0], Effect::SpoolAck(vec!["a1/0/alias".into()]));
@@ -755,6 +796,7 @@ fn mesh_samples_go_up_once_durable_and_again_until_acknowledged() {
         now,
         Input::Message(Down::Ack(pb::Ack {
             result_ids: vec!["m1/2/mesh/a".into(), "m1/2/mesh/b".into()],
+            ..Default::default()
         })),
     );
     assert_eq!(core.pending(), 0);
@@ -806,6 +848,7 @@ fn mda_results_go_up_once_durable_and_again_until_acknowledged() {
         now,
         Input::Message(Down::Ack(pb::Ack {
             result_ids: want[0].iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         })),
     );
     assert_eq!(core.pending(), 0);

@@ -12,6 +12,9 @@ pub struct Topology {
     pub control: String,
     /// One per scenario vantage, in scenario order.
     pub vantages: Vec<String>,
+    /// Each vantage's end of its control link (to the coordinator's bridge), in its
+    /// namespace: what the soak takes down and up.
+    pub control_links: Vec<String>,
     pub tuns: Vec<File>,
     created: Vec<String>,
 }
@@ -47,6 +50,7 @@ impl Topology {
         let mut topo = Topology {
             control: format!("{base}-ctl"),
             vantages: Vec::new(),
+            control_links: Vec::new(),
             tuns: Vec::new(),
             created: Vec::new(),
         };
@@ -92,6 +96,7 @@ impl Topology {
             let caddr = format!("198.18.{}.{}/16", 1 + i / 250, 2 + i % 250);
             ip(&["-n", &ns, "addr", "add", &caddr, "dev", &a])?;
             ip(&["-n", &ns, "link", "set", &a, "up"])?;
+            topo.control_links.push(a.clone());
             ip(&["-n", &ctl, "link", "set", &b, "master", "br0"])?;
             ip(&["-n", &ctl, "link", "set", &b, "up"])?;
             // The emulated internet: everything else goes into the TUN.
