@@ -1401,6 +1401,8 @@ async fn live_and_cli_detection_take_multipath_branches_as_normal() {
     ))
     .await
     .unwrap();
+    // Agents may upload only results of campaigns issued to them.
+    let div = coord.campaign("name:ottawa");
     let mut sub = coord
         .admin()
         .await
@@ -1416,8 +1418,8 @@ async fn live_and_cli_detection_take_multipath_branches_as_normal() {
         ..Default::default()
     };
     let mda = v1::MdaResult {
-        result_id: tracemesh_proto::mda_result_id("div", 0, DIV_DST),
-        campaign_id: "div".into(),
+        result_id: tracemesh_proto::mda_result_id(&div, 0, DIV_DST),
+        campaign_id: div.clone(),
         dst: DIV_DST.into(),
         start: t0 + 1.0,
         hops: [
@@ -1437,9 +1439,9 @@ async fn live_and_cli_detection_take_multipath_branches_as_normal() {
     };
     s.send(Up::MdaBatch(v1::MdaBatch { results: vec![mda] }))
         .await;
-    assert!(matches!(s.next().await, Down::Ack(a) if a.result_ids.len() == 1));
+    assert_eq!(s.ack().await.result_ids.len(), 1);
     let path = |round: u32, hops: &[(&str, f64)]| {
-        let mut r = record("div", round, DIV_DST);
+        let mut r = record(&div, round, DIV_DST);
         r.start = t0 + f64::from(round) * 10.0;
         r.hops = hops
             .iter()
@@ -1484,7 +1486,7 @@ async fn live_and_cli_detection_take_multipath_branches_as_normal() {
         )
     }));
     s.send(Up::TraceBatch(v1::TraceBatch { results })).await;
-    assert!(matches!(s.next().await, Down::Ack(a) if a.result_ids.len() == 6));
+    assert_eq!(s.ack().await.result_ids.len(), 6);
     let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
         .await
         .expect("diversion announced in time")
