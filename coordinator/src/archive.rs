@@ -153,8 +153,8 @@ pub fn read_file(path: &Path, f: &mut dyn FnMut(v1::TraceRecord)) -> Result<u64,
 /// Record batches of the export schema back into `TraceRecord`s.
 mod columns {
     use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float64Type, Int32Type, Int64Type};
-    use arrow_array::{Array, RecordBatch, StructArray};
+    use arrow_array::types::{ArrowPrimitiveType, Float64Type, Int32Type, Int64Type};
+    use arrow_array::{Array, PrimitiveArray, RecordBatch, StringArray, StructArray};
     use tracemesh_proto::v1;
 
     fn col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {
@@ -177,71 +177,48 @@ mod columns {
         u32::try_from(x).unwrap_or(0)
     }
 
+    /// A column as strings, or `what` as the error.
+    fn strs<'a>(a: &'a dyn Array, what: &str) -> Result<&'a StringArray, String> {
+        a.as_string_opt::<i32>().ok_or_else(|| what.to_owned())
+    }
+
+    /// A column as `T` values, or `what` as the error.
+    fn prims<'a, T: ArrowPrimitiveType>(
+        a: &'a dyn Array,
+        what: &str,
+    ) -> Result<&'a PrimitiveArray<T>, String> {
+        a.as_primitive_opt::<T>().ok_or_else(|| what.to_owned())
+    }
+
     pub(super) fn traces(b: &RecordBatch) -> Result<Vec<v1::TraceRecord>, String> {
-        let campaign = col(b, "campaign")?
-            .as_string_opt::<i32>()
-            .ok_or("campaign")?;
-        let round = col(b, "round")?
-            .as_primitive_opt::<Int64Type>()
-            .ok_or("round")?;
-        let vantage = col(b, "vantage")?.as_string_opt::<i32>().ok_or("vantage")?;
-        let dst = col(b, "dst")?.as_string_opt::<i32>().ok_or("dst")?;
-        let src = col(b, "src")?.as_string_opt::<i32>().ok_or("src")?;
-        let proto = col(b, "proto")?.as_string_opt::<i32>().ok_or("proto")?;
-        let stop = col(b, "stop_reason")?
-            .as_string_opt::<i32>()
-            .ok_or("stop_reason")?;
-        let start = col(b, "start")?
-            .as_primitive_opt::<Float64Type>()
-            .ok_or("start")?;
-        let probes_sent = col(b, "probes_sent")?
-            .as_primitive_opt::<Int64Type>()
-            .ok_or("probes_sent")?;
-        let result_id = col(b, "result_id")?
-            .as_string_opt::<i32>()
-            .ok_or("result_id")?;
-        let received = col(b, "received_at")?
-            .as_primitive_opt::<Float64Type>()
-            .ok_or("received_at")?;
+        let campaign = strs(col(b, "campaign")?, "campaign")?;
+        let round = prims::<Int64Type>(col(b, "round")?, "round")?;
+        let vantage = strs(col(b, "vantage")?, "vantage")?;
+        let dst = strs(col(b, "dst")?, "dst")?;
+        let src = strs(col(b, "src")?, "src")?;
+        let proto = strs(col(b, "proto")?, "proto")?;
+        let stop = strs(col(b, "stop_reason")?, "stop_reason")?;
+        let start = prims::<Float64Type>(col(b, "start")?, "start")?;
+        let probes_sent = prims::<Int64Type>(col(b, "probes_sent")?, "probes_sent")?;
+        let result_id = strs(col(b, "result_id")?, "result_id")?;
+        let received = prims::<Float64Type>(col(b, "received_at")?, "received_at")?;
         let hops = col(b, "hops")?.as_list_opt::<i32>().ok_or("hops")?;
         let hs = hops.values().as_struct_opt().ok_or("hop struct")?;
-        let ttl = field(hs, "ttl")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("ttl")?;
-        let addr = field(hs, "addr")?.as_string_opt::<i32>().ok_or("addr")?;
-        let rtt = field(hs, "rtt_ms")?
-            .as_primitive_opt::<Float64Type>()
-            .ok_or("rtt_ms")?;
-        let icmp_type = field(hs, "icmp_type")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("icmp_type")?;
-        let icmp_code = field(hs, "icmp_code")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("icmp_code")?;
-        let reply_ttl = field(hs, "reply_ttl")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("reply_ttl")?;
-        let quoted_ttl = field(hs, "quoted_ttl")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("quoted_ttl")?;
-        let tcp_flags = field(hs, "tcp_flags")?
-            .as_string_opt::<i32>()
-            .ok_or("tcp_flags")?;
-        let probes = field(hs, "probes")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("probes")?;
+        let ttl = prims::<Int32Type>(field(hs, "ttl")?, "ttl")?;
+        let addr = strs(field(hs, "addr")?, "addr")?;
+        let rtt = prims::<Float64Type>(field(hs, "rtt_ms")?, "rtt_ms")?;
+        let icmp_type = prims::<Int32Type>(field(hs, "icmp_type")?, "icmp_type")?;
+        let icmp_code = prims::<Int32Type>(field(hs, "icmp_code")?, "icmp_code")?;
+        let reply_ttl = prims::<Int32Type>(field(hs, "reply_ttl")?, "reply_ttl")?;
+        let quoted_ttl = prims::<Int32Type>(field(hs, "quoted_ttl")?, "quoted_ttl")?;
+        let tcp_flags = strs(field(hs, "tcp_flags")?, "tcp_flags")?;
+        let probes = prims::<Int32Type>(field(hs, "probes")?, "probes")?;
         let mpls = field(hs, "mpls")?.as_list_opt::<i32>().ok_or("mpls")?;
         let ms = mpls.values().as_struct_opt().ok_or("mpls struct")?;
-        let label = field(ms, "label")?
-            .as_primitive_opt::<Int64Type>()
-            .ok_or("label")?;
-        let tc = field(ms, "tc")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("tc")?;
+        let label = prims::<Int64Type>(field(ms, "label")?, "label")?;
+        let tc = prims::<Int32Type>(field(ms, "tc")?, "tc")?;
         let s_bit = field(ms, "s")?.as_boolean_opt().ok_or("s")?;
-        let mttl = field(ms, "ttl")?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or("mpls ttl")?;
+        let mttl = prims::<Int32Type>(field(ms, "ttl")?, "mpls ttl")?;
         let opt_i32 =
             |a: &arrow_array::Int32Array, i: usize| (!a.is_null(i)).then(|| u32_of_i32(a.value(i)));
         let opt_str =

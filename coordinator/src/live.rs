@@ -226,9 +226,6 @@ async fn replay(
         for a in store.list_agents()? {
             det.set_vantage(vantage_of(&a.meta));
         }
-        if loaded.from_checkpoint {
-            feed_mda(store.as_ref(), &mut det, &annot)?;
-        }
         Ok((det, loaded.position))
     })
     .await
@@ -283,7 +280,7 @@ pub fn replay_all(
 /// balancers is normal. Learning a branch twice changes nothing, and MDA rounds are
 /// few, so a detector loaded from a checkpoint takes them all again rather than only
 /// those stored after it (they are not in the trace groups the checkpoint counts).
-fn feed_mda(
+pub(crate) fn feed_mda(
     store: &dyn crate::store::Store,
     det: &mut Detector,
     annot: &Annotator,

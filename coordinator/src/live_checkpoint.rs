@@ -138,6 +138,7 @@ pub fn load_blocking(
     };
     let to = store.ingest_position()?;
     let replayed = feed_groups(store, &mut det, annot, from, to)?;
+    crate::live::feed_mda(store, &mut det, annot)?;
     tracing::info!(
         from,
         to,

@@ -6,7 +6,10 @@
 // Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use tracemesh::annotate::{Annotator, Origin, split_name_country};
+mod common;
+
+use common::annotator;
+use tracemesh::annotate::Annotator;
 use tracemesh::detect::{Adversary, Detector};
 use tracemesh::geo::Gazetteer;
 use tracemesh::live::replay_all;
@@ -17,20 +20,6 @@ use tracemesh_proto::v1;
 const T0: f64 = 1_700_000_000.0;
 const DST: &str = "211.192.1.10";
 const FP: &str = "asns=4134;cc=;annot=test";
-
-fn annotator() -> Annotator {
-    let mut a = Annotator::new();
-    for (p, asn, name) in [
-        ("24.114.0.0/16", 812, "ROGERS, CA"),
-        ("62.115.0.0/16", 1299, "TELIANET, SE"),
-        ("211.192.0.0/13", 4766, "KT, KR"),
-        ("202.97.0.0/16", 4134, "CHINANET, CN"),
-    ] {
-        a.insert_prefix(p.parse().unwrap(), Origin::Single(asn));
-        a.set_as_info(asn, split_name_country(name));
-    }
-    a
-}
 
 const VANTAGES: [(&str, f64, f64); 3] = [
     ("ottawa", 45.42, -75.70),
@@ -278,4 +267,102 @@ fn another_annotation_or_a_damaged_checkpoint_means_a_full_replay() {
         })
         .unwrap();
     assert!(!load(&store, &annot, FP).from_checkpoint);
+}
+
+/// Ottawa → KT through a load balancer at TTL 2 (10.5.0.1 or 10.6.0.1, unannounced like
+/// the hand-off 10.7.0.1), as `detect_logic.rs` has it, stored one ingest group a round.
+fn ingest_diamond(store: &SledStore, rounds: std::ops::Range<u32>, branch: &str, div: bool) {
+    for round in rounds {
+        let mut hops = vec![("24.114.255.1", 0.4), (branch, 2.0), ("10.7.0.1", 5.7)];
+        if div {
+            hops.extend([
+                ("202.97.10.1", 5.8),
+                ("202.97.10.5", 66.0),
+                ("211.192.255.1", 200.0),
+                (DST, 200.4),
+            ]);
+        } else {
+            hops.extend([
+                ("62.115.10.1", 13.0),
+                ("211.192.255.1", 150.0),
+                (DST, 150.4),
+            ]);
+        }
+        let rec = v1::TraceRecord {
+            result_id: format!("c1/{round}/{DST}"),
+            campaign_id: "c1".into(),
+            round,
+            vantage: "ottawa".into(),
+            dst: DST.into(),
+            start: T0 + f64::from(round) * 900.0,
+            probes_sent: hops.len() as u32,
+            hops: hops
+                .iter()
+                .enumerate()
+                .map(|(i, (a, r))| v1::Hop {
+                    ttl: i as u32 + 1,
+                    addr: Some((*a).to_owned()),
+                    rtt_ms: Some(*r),
+                    icmp_type: Some(11),
+                    probes: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        for o in store.ingest_many(&[rec]).unwrap() {
+            o.unwrap();
+        }
+    }
+    store.flush().unwrap();
+}
+
+#[test]
+fn a_multipath_trace_stored_after_the_checkpoint_is_taken_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let annot = annotator();
+    let store = open_with_agents(dir.path());
+    ingest_diamond(&store, 0..3, "10.5.0.1", false);
+    let first = load(&store, &annot, FP);
+    save_blocking(&store, first.det, &annot, first.position, FP).unwrap();
+    // After the save: round 0's multipath trace (both branches), then the diverted
+    // rounds on the branch no Paris round took.
+    let iface = |a: &str| v1::MdaInterface {
+        addr: a.into(),
+        flows: 8,
+        ..Default::default()
+    };
+    let hops = [
+        (1, vec!["24.114.255.1"]),
+        (2, vec!["10.5.0.1", "10.6.0.1"]),
+        (3, vec!["10.7.0.1"]),
+        (4, vec!["62.115.10.1"]),
+    ];
+    store
+        .put_mda_result(&v1::MdaResult {
+            result_id: tracemesh_proto::mda_result_id("c1", 0, DST),
+            campaign_id: "c1".into(),
+            vantage: "ottawa".into(),
+            dst: DST.into(),
+            start: T0 + 1.0,
+            hops: hops
+                .into_iter()
+                .map(|(ttl, addrs)| v1::MdaHop {
+                    ttl,
+                    interfaces: addrs.into_iter().map(iface).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+    ingest_diamond(&store, 3..6, "10.6.0.1", true);
+    let restarted = load(&store, &annot, FP);
+    assert!(restarted.from_checkpoint);
+    let r = restarted
+        .det
+        .report(&annot, &Gazetteer::builtin(), T0 + 1e6);
+    assert_eq!(r.diversions.len(), 1, "{:#?}", r.diversions);
+    // Without the multipath trace the unseen branch 10.6.0.1 would be named the ingress.
+    assert_eq!(r.diversions[0].ingress.addr.to_string(), "202.97.10.1");
 }

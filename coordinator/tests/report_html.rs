@@ -5,12 +5,14 @@
 // Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
+use common::annotator;
 use serde_json::Value;
-use tracemesh::annotate::{Annotator, Origin, split_name_country};
 use tracemesh::detect::{Adversary, Detector, Trace, TraceHop, VantageInfo};
 use tracemesh::geo::{Gazetteer, GeoPoint};
 use tracemesh::report::render_html;
@@ -19,21 +21,6 @@ const T0: f64 = 1_700_000_000.0;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// Rogers (CA) → Telia → KT (KR), with China Telecom (CN) as the adversary.
-fn annotator() -> Annotator {
-    let mut a = Annotator::new();
-    for (p, asn, name) in [
-        ("24.114.0.0/16", 812, "ROGERS, CA"),
-        ("62.115.0.0/16", 1299, "TELIANET, SE"),
-        ("211.192.0.0/13", 4766, "KT, KR"),
-        ("202.97.0.0/16", 4134, "CHINANET, CN"),
-    ] {
-        a.insert_prefix(p.parse().unwrap(), Origin::Single(asn));
-        a.set_as_info(asn, split_name_country(name));
-    }
-    a
 }
 
 fn trace(round: u64, vantage: &str, dst: IpAddr, hops: &[(&str, f64)]) -> Trace {

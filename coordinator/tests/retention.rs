@@ -6,7 +6,10 @@
 // Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use tracemesh::annotate::{Annotator, Origin, split_name_country};
+mod common;
+
+use common::annotator;
+use tracemesh::annotate::Annotator;
 use tracemesh::detect::{Adversary, Detector, Trace};
 use tracemesh::geo::Gazetteer;
 use tracemesh::store::{Checkpoint, SledStore, Store, TraceQuery};
@@ -17,20 +20,6 @@ const DST: [&str; 2] = ["211.192.1.10", "211.192.7.20"];
 const VANTAGES: [&str; 3] = ["ottawa", "toronto", "montreal"];
 /// Rounds every 6 hours over 40 days.
 const ROUNDS: u32 = 160;
-
-fn annotator() -> Annotator {
-    let mut a = Annotator::new();
-    for (p, asn, name) in [
-        ("24.114.0.0/16", 812, "ROGERS, CA"),
-        ("62.115.0.0/16", 1299, "TELIANET, SE"),
-        ("211.192.0.0/13", 4766, "KT, KR"),
-        ("202.97.0.0/16", 4134, "CHINANET, CN"),
-    ] {
-        a.insert_prefix(p.parse().unwrap(), Origin::Single(asn));
-        a.set_as_info(asn, split_name_country(name));
-    }
-    a
-}
 
 fn now() -> f64 {
     tracemesh::server::now_ns() as f64 / 1e9

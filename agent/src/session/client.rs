@@ -704,17 +704,7 @@ async fn run_round(
     let nanos = unix_ns() as u64;
     // A fresh cookie per round: concurrent rounds share the host's raw sockets.
     let cookie = (nanos as u16) ^ ((nanos >> 16) as u16) ^ (round as u16).rotate_left(7);
-    let mut engine = Engine::new(
-        EngineConfig {
-            rate_pps: cfg.rate_pps,
-            per_dst_pps: cfg.per_dst_pps,
-            window: 4096,
-            cookie,
-            denylist: DenyList::with_allowed(cfg.allow.iter().copied()),
-        },
-        Instant::now(),
-        wall,
-    );
+    let mut engine = Engine::new(round_engine_config(cfg, cookie), Instant::now(), wall);
     let params = TraceParams {
         proto: campaign.proto,
         first_ttl: 1,
@@ -725,18 +715,7 @@ async fn run_round(
     };
     let mut needs = Needs::default();
     let mut results: Vec<TraceResult> = Vec::new();
-    for t in &campaign.targets {
-        let Ok(dst) = t.parse::<IpAddr>() else {
-            tracing::warn!(target = %t, "not an address; skipped");
-            continue;
-        };
-        let src = match driver::source_for(dst) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%dst, error = %e, "no route; skipped");
-                continue;
-            }
-        };
+    for (dst, src) in routed_campaign_targets(&campaign.targets) {
         match engine.add(TraceRequest { dst, src, params }) {
             Ok(()) => needs.add(dst, campaign.proto),
             Err(RequestError::Denied(d)) => {
@@ -782,6 +761,35 @@ async fn run_round(
     Ok(results)
 }
 
+/// The engine settings of a round, trace or multipath: the agent's caps and deny-list,
+/// and the round's own cookie.
+fn round_engine_config(cfg: &RunConfig, cookie: u16) -> EngineConfig {
+    EngineConfig {
+        rate_pps: cfg.rate_pps,
+        per_dst_pps: cfg.per_dst_pps,
+        window: 4096,
+        cookie,
+        denylist: DenyList::with_allowed(cfg.allow.iter().copied()),
+    }
+}
+
+/// A campaign's targets with the source address each is reached from; a target that is
+/// not an address or has no route is logged and skipped.
+fn routed_campaign_targets(targets: &[String]) -> Vec<(IpAddr, IpAddr)> {
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let Ok(dst) = t.parse::<IpAddr>() else {
+            tracing::warn!(target = %t, "not an address; skipped");
+            continue;
+        };
+        match driver::source_for(dst) {
+            Ok(src) => out.push((dst, src)),
+            Err(e) => tracing::warn!(%dst, error = %e, "no route; skipped"),
+        }
+    }
+    out
+}
+
 /// The multipath half of an MDA round: MDA-Lite to every target under the agent's rate
 /// caps and deny-list (the same as the round's traces), one result per target.
 async fn run_mda_round(
@@ -796,17 +804,7 @@ async fn run_mda_round(
     let nanos = unix_ns() as u64;
     // Its own cookie: the next round's traces may share the raw sockets meanwhile.
     let cookie = (nanos as u16) ^ ((nanos >> 16) as u16) ^ (round as u16).rotate_left(11) ^ 0x3c3c;
-    let mut engine = MdaEngine::new(
-        EngineConfig {
-            rate_pps: cfg.rate_pps,
-            per_dst_pps: cfg.per_dst_pps,
-            window: 4096,
-            cookie,
-            denylist: DenyList::with_allowed(cfg.allow.iter().copied()),
-        },
-        Instant::now(),
-        wall,
-    );
+    let mut engine = MdaEngine::new(round_engine_config(cfg, cookie), Instant::now(), wall);
     let params = MdaParams {
         proto: campaign.proto,
         confidence: mda.confidence,
@@ -819,17 +817,7 @@ async fn run_mda_round(
     };
     let mut needs = Needs::default();
     let mut results = Vec::new();
-    for t in &campaign.targets {
-        let Ok(dst) = t.parse::<IpAddr>() else {
-            continue;
-        };
-        let src = match driver::source_for(dst) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%dst, error = %e, "no route; skipped");
-                continue;
-            }
-        };
+    for (dst, src) in routed_campaign_targets(&campaign.targets) {
         match engine.add(MdaRequest { dst, src, params }) {
             Ok(()) => needs.add(dst, campaign.proto),
             Err(RequestError::Denied(d)) => {

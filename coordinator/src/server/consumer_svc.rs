@@ -525,14 +525,10 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         let campaign = q.campaign_id.clone();
         let results = self
             .c
-            .blocking(move |s| {
-                let mut out = Vec::new();
-                s.for_each_alias_result(campaign.as_deref(), &mut |r| {
-                    out.push(r);
-                    true
-                })?;
-                Ok(out)
-            })
+            .collect(
+                move |s, f| s.for_each_alias_result(campaign.as_deref(), f),
+                |_| true,
+            )
             .await?;
         let aliases = crate::alias::merge(&results);
         Ok(Response::new(v1::QueryAliasesResponse {
@@ -552,16 +548,10 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         let campaign = q.campaign_id.clone();
         let samples = self
             .c
-            .blocking(move |s| {
-                let mut out = Vec::new();
-                s.for_each_mesh_sample(campaign.as_deref(), &mut |m| {
-                    if mesh_matches(&q, &m) {
-                        out.push(m);
-                    }
-                    true
-                })?;
-                Ok(out)
-            })
+            .collect(
+                move |s, f| s.for_each_mesh_sample(campaign.as_deref(), f),
+                move |m| mesh_matches(&q, m),
+            )
             .await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(
             samples.into_iter().map(Ok),
@@ -579,18 +569,13 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         let campaign = q.campaign_id.clone();
         let results = self
             .c
-            .blocking(move |s| {
-                let mut out = Vec::new();
-                s.for_each_mda_result(campaign.as_deref(), &mut |r| {
-                    if q.vantage.as_ref().is_none_or(|v| *v == r.vantage)
+            .collect(
+                move |s, f| s.for_each_mda_result(campaign.as_deref(), f),
+                move |r: &v1::MdaResult| {
+                    q.vantage.as_ref().is_none_or(|v| *v == r.vantage)
                         && q.dst.as_ref().is_none_or(|d| *d == r.dst)
-                    {
-                        out.push(r);
-                    }
-                    true
-                })?;
-                Ok(out)
-            })
+                },
+            )
             .await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(
             results.into_iter().map(Ok),

@@ -116,6 +116,28 @@ impl Coordinator {
             })
     }
 
+    /// What a store scan (`for_each_*`) gives and `keep` accepts, read on a blocking
+    /// thread.
+    pub async fn collect<T: Send + 'static>(
+        &self,
+        scan: impl FnOnce(&dyn Store, &mut dyn FnMut(T) -> bool) -> Result<(), StoreError>
+        + Send
+        + 'static,
+        keep: impl Fn(&T) -> bool + Send + 'static,
+    ) -> Result<Vec<T>, Status> {
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            scan(s, &mut |t| {
+                if keep(&t) {
+                    out.push(t);
+                }
+                true
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// Changes each time new alias results have been stored.
     pub fn alias_generation(&self) -> u64 {
         self.alias_generation.load(Ordering::Acquire)
