@@ -23,10 +23,14 @@ any two runs; listed in the figures);
 incidents the same (adversary, ingress, vantages, corroboration). Ingress positions and
 cities come from RTTs, which differ between any two runs, and are not compared.
 Control-link flaps cut an agent off its coordinator, not its probes off the network:
-they must change nothing.
+they must change nothing. Probe-path flaps (`--flap-probe`) leave a vantage's traces
+answered only by its first hop while they last: the traces are still stored (counted as
+above), and that vantage's records may lose exactly rounds that overlapped a cut (a
+round seen only as far as the first hop is no evidence either way), never gain one.
 
-Prints the coordinator's RSS curve (one sample a minute, and each process's first and
-last) and one JSON line of figures; exits 1 when a check fails.
+Prints the coordinator's RSS curve (one sample a minute with the store's size, each
+process's spread) and one JSON line of figures; the RSS must be flat: the median of the
+run's last third within RSS_GROWTH_MAX of the first third's. Exits 1 when a check fails.
 """
 
 import argparse
@@ -39,6 +43,9 @@ import tomllib
 # A killed agent is down this long at most (restarted 3 s later, then its start-up and
 # session): a round that starts meanwhile is skipped.
 DOWN_S = 10
+# The coordinator's RSS is flat when the median of the run's last third is within this
+# factor of the first third's.
+RSS_GROWTH_MAX = 1.15
 
 
 def load_lines(path):
@@ -109,11 +116,39 @@ def main():
 
     base = json.load(open(f"{a.base}/diversions.json"))
     faulted = json.load(open(f"{a.faults}/diversions.json"))
-    b = {record_key(r) for r in base["diversions"] if r["vantage"] != victim}
-    f = {record_key(r) for r in faulted["diversions"] if r["vantage"] in vantages and r["vantage"] != victim}
     # A round that straddles an event's start or end may or may not see it for a given
     # target: which of its traces go out before the instant is timing, in any two runs.
     edges = {int(e[k] // round_s) for e in scen.get("event", []) for k in ("start_s", "end_s")}
+    # Rounds of each probe-flapped vantage that overlapped a cut of its probe path.
+    cut_rounds = collections.defaultdict(set)
+    down_at = {}
+    for x in lab.get("faults", []):
+        act, who = x["fault"]["action"], x["fault"].get("target")
+        if act == "probe_path_down":
+            down_at[who] = x["t"]
+        elif act == "probe_path_up" and who in down_at:
+            lo, hi = down_at.pop(who), x["t"]
+            cut_rounds[who] |= {r for r in range(rounds) if lo - round_s < r * round_s <= hi}
+    flapped = set(lab.get("probe_paths_flapped", []))
+    def spans(rep, v):
+        out = collections.defaultdict(set)
+        for r in rep["diversions"]:
+            if r["vantage"] == v:
+                out[record_key(r)[:5]] |= set(range(r["first_round"], r["last_round"] + 1))
+        return out
+    probe_cut_rounds_lost = 0
+    for v in sorted(flapped - {victim}):
+        sb, sf = spans(base, v), spans(faulted, v)
+        for k in set(sb) | set(sf):
+            gained = sf.get(k, set()) - sb.get(k, set())
+            lost = sb.get(k, set()) - sf.get(k, set())
+            if gained - edges or lost - cut_rounds[v] - edges:
+                failures.append(f"probe-flapped {v}'s record {k}: rounds gained {sorted(gained)[:5]}, "
+                                f"lost outside its cuts {sorted(lost - cut_rounds[v])[:5]}")
+            probe_cut_rounds_lost += len(lost & cut_rounds[v])
+    b = {record_key(r) for r in base["diversions"] if r["vantage"] != victim and r["vantage"] not in flapped}
+    f = {record_key(r) for r in faulted["diversions"]
+         if r["vantage"] in vantages and r["vantage"] != victim and r["vantage"] not in flapped}
     def at_edge(rb, rf):
         df, dl = rf[5] - rb[5], rf[6] - rb[6]
         return (abs(df) <= 1 and abs(dl) <= 1 and rf[7] - rb[7] == dl - df
@@ -148,20 +183,35 @@ def main():
     if inc(base) != inc(faulted):
         failures.append(f"incidents differ: {inc(base)} vs {inc(faulted)}")
 
-    # The coordinator's RSS: one sample a minute, and each process's first and last.
-    rss = lab.get("coordinator_rss_kib", [])
+    # The coordinator's RSS: one sample a minute, each process's spread, and whether it
+    # grows: the median of the last third of the run against the first third's (samples
+    # swing with each round's burst of uploads, and every restart starts afresh, so single
+    # samples say little). The store's size on disk is listed beside it.
+    rss = [x if len(x) == 4 else [*x, 0] for x in lab.get("coordinator_rss_kib", [])]
     by_pid = collections.OrderedDict()
-    for t, pid, kib in rss:
+    for t, pid, kib, _ in rss:
         by_pid.setdefault(pid, []).append((t, kib))
-    print("coordinator RSS (t s, pid, MiB):")
+    print("coordinator RSS (t s, pid, MiB, store MiB):")
     last_min = -1
-    for t, pid, kib in rss:
+    for t, pid, kib, store in rss:
         if int(t // 60) != last_min:
             last_min = int(t // 60)
-            print(f"  {t:7.0f} {pid:>8} {kib / 1024:7.1f}")
+            print(f"  {t:7.0f} {pid:>8} {kib / 1024:7.1f} {store / 1024:7.1f}")
     for pid, s in by_pid.items():
-        print(f"  process {pid}: {s[0][1] / 1024:.1f} MiB at {s[0][0]:.0f} s -> {s[-1][1] / 1024:.1f} MiB at {s[-1][0]:.0f} s"
-              f" (max {max(k for _, k in s) / 1024:.1f})")
+        ks = sorted(k for _, k in s)
+        print(f"  process {pid}: {s[0][0]:5.0f}-{s[-1][0]:5.0f} s: first {s[0][1] / 1024:.1f}, "
+              f"median {ks[len(ks) // 2] / 1024:.1f}, max {ks[-1] / 1024:.1f} MiB")
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] / 1024 if xs else 0.0
+    span = max((t for t, *_ in rss), default=0.0)
+    first = median([k for t, _, k, _ in rss if t < span / 3])
+    last = median([k for t, _, k, _ in rss if t >= 2 * span / 3])
+    growth = last / first if first else 0.0
+    print(f"  median RSS: first third {first:.1f} MiB, last third {last:.1f} MiB (x{growth:.2f}); "
+          f"store {rss[0][3] / 1024 if rss else 0:.1f} -> {rss[-1][3] / 1024 if rss else 0:.1f} MiB")
+    if rss and growth > RSS_GROWTH_MAX:
+        failures.append(f"coordinator RSS grew: median {first:.1f} MiB in the first third, {last:.1f} MiB in the last (x{growth:.2f} > x{RSS_GROWTH_MAX})")
     figures = {
         "vantages": len(vantages),
         "rounds": rounds,
@@ -175,11 +225,17 @@ def main():
         "garbage_traces_stored_under_its_name": sum(len(s) for s in per.get("garbage", {}).values()),
         "coordinator_restarts": sum(1 for x in lab.get("faults", []) if x["fault"]["action"] == "restart_coordinator"),
         "link_flaps": sum(1 for x in lab.get("faults", []) if x["fault"]["action"] == "link_down"),
+        "probe_path_flaps": sum(1 for x in lab.get("faults", []) if x["fault"]["action"] == "probe_path_down"),
+        "probe_flapped_record_rounds_lost": probe_cut_rounds_lost,
         "diversion_records": {"undisturbed": len(base["diversions"]), "faulted": len(faulted["diversions"])},
         "victim_record_rounds_lost": victim_rounds_lost,
         "records_moved_a_round_at_an_event_edge": [[list(x) for x in m] for m in edge_moves],
         "incidents": len(faulted.get("incidents", [])),
-        "rss_mib_max": round(max((k for _, _, k in rss), default=0) / 1024, 1),
+        "rss_mib_max": round(max((k for _, _, k, _ in rss), default=0) / 1024, 1),
+        "rss_mib_median_first_third": round(first, 1),
+        "rss_mib_median_last_third": round(last, 1),
+        "rss_growth": round(growth, 3),
+        "store_mib_end": round(rss[-1][3] / 1024, 1) if rss else None,
         "ok": not failures,
         "failures": failures,
     }

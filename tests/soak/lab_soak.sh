@@ -2,6 +2,7 @@
 # The soak at lab scale, run by hand (root: the lab's namespaces), bounded in time:
 #
 #   tests/soak/lab_soak.sh [--minutes N] [--round S] [--targets N] [--out DIR] [--reuse-base]
+#                          [--parallel]
 #
 # Generates a 50-vantage version-2 scenario lasting N minutes (default 30;
 # scenarios/generate_scale_v2.py: China Telecom diverts three vantages' traffic for a
@@ -11,11 +12,14 @@
 #     and SIGTERM in turn),
 #   - one diverted vantage's agent (v1) is killed with -9 every 60 s, restarted 3 s later,
 #   - two vantages' control links (v0, diverted, and v10) go down for 20 s every 150 s,
+#   - two vantages' probe paths (v2, diverted, and v30) are cut beyond their first hop
+#     for 20 s every 150 s (the emulator drops their probes there: an upstream link down),
 #   - a garbage agent (coordinator/examples/garbage_agent.rs) uploads junk all along,
 # sampling the coordinator's RSS every 5 s. Then tests/soak/compare_lab.py checks traces
 # stored == expected (the killed agent's missed rounds accounted for), none twice, and
 # detection unchanged against the undisturbed run, and prints the RSS curve.
-# The two runs take 2 x N minutes and a few more; each lab run is the one CI runs at
+# The two runs take 2 x N minutes and a few more (N and a few with --parallel, which runs
+# them side by side: each lab has its own namespaces, and both see the same load); each lab run is the one CI runs at
 # scale, longer. Not in CI.
 #
 # Needs release binaries: `cargo build --release -p tracemesh -p tracemesh-agent
@@ -23,7 +27,7 @@
 # (TRACEMESH_BIN, default target/release; the lab finds them beside tracemesh-lab).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MIN=30 ROUND=30 TARGETS=40 OUT=out/lab-soak REUSE=0
+MIN=30 ROUND=30 TARGETS=40 OUT=out/lab-soak REUSE=0 PARALLEL=0
 RESTART_EVERY=${RESTART_EVERY:-180}
 while [ $# -gt 0 ]; do
   case $1 in
@@ -32,6 +36,7 @@ while [ $# -gt 0 ]; do
     --targets) TARGETS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --reuse-base) REUSE=1; shift ;;
+    --parallel) PARALLEL=1; shift ;;
     *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -45,17 +50,33 @@ S="$OUT/scenario.toml"
 python3 scenarios/generate_scale_v2.py --targets "$TARGETS" --duration "$((MIN * 60))" --round "$ROUND" >"$S"
 echo "soak: $(grep -c '^\[\[vantage\]\]' "$S") vantages, $TARGETS targets, $MIN min, a round every $ROUND s"
 
-echo "soak: run under faults ($(date -u +%H:%M:%S))"
-"$BIN/tracemesh-lab" run "$S" --out "$OUT/faults" --rate 500 \
-  --restart-coordinator-every "$RESTART_EVERY" \
-  --kill-agent v1 --kill-every 60 \
-  --flap-control v0 --flap-control v10 --flap-every 150 --flap-down 20 \
-  --garbage-agent --rss-every 5 >"$OUT/faults.lab.json"
-if [ "$REUSE" = 1 ] && [ -f "$OUT/base/diversions.json" ]; then
-  echo "soak: reusing the undisturbed run in $OUT/base"
-else
-  echo "soak: undisturbed run ($(date -u +%H:%M:%S))"
+faulted() {
+  "$BIN/tracemesh-lab" run "$S" --out "$OUT/faults" --rate 500 \
+    --restart-coordinator-every "$RESTART_EVERY" \
+    --kill-agent v1 --kill-every 60 \
+    --flap-control v0 --flap-control v10 --flap-probe v2 --flap-probe v30 \
+    --flap-every 150 --flap-down 20 \
+    --garbage-agent --rss-every 5 >"$OUT/faults.lab.json"
+}
+undisturbed() {
   "$BIN/tracemesh-lab" run "$S" --out "$OUT/base" --rate 500 >"$OUT/base.lab.json"
+}
+if [ "$REUSE" = 1 ] && [ -f "$OUT/base/diversions.json" ]; then
+  echo "soak: run under faults ($(date -u +%H:%M:%S)); reusing the undisturbed run in $OUT/base"
+  faulted
+elif [ "$PARALLEL" = 1 ]; then
+  echo "soak: run under faults and undisturbed run side by side ($(date -u +%H:%M:%S))"
+  faulted & fp=$!
+  undisturbed & bp=$!
+  rc=0
+  wait $fp || rc=$?
+  wait $bp || rc=$?
+  [ "$rc" = 0 ] || { echo "error: a lab run failed (rc=$rc); see $OUT/*/logs" >&2; exit 1; }
+else
+  echo "soak: run under faults ($(date -u +%H:%M:%S))"
+  faulted
+  echo "soak: undisturbed run ($(date -u +%H:%M:%S))"
+  undisturbed
 fi
 echo "soak: done ($(date -u +%H:%M:%S)); garbage agent: $(tail -1 "$OUT/faults/logs/garbage.log" 2>/dev/null || echo '-')"
 python3 tests/soak/compare_lab.py "$S" "$OUT/base" "$OUT/faults"

@@ -2,7 +2,9 @@
 //! ...`, `tests/soak/lab_soak.sh`): the coordinator killed and restarted on a schedule
 //! (kill -9 and SIGTERM in turn), one agent killed with -9 repeatedly and restarted a few
 //! seconds later from its state directory, vantages' control links (agent to
-//! coordinator) taken down and up, and a garbage-uploading agent beside the real ones.
+//! coordinator) taken down and up, vantages' probe paths cut beyond their first hop and
+//! restored (an upstream link flapping: the access router still answers, nothing further
+//! does), and a garbage-uploading agent beside the real ones.
 //! The schedule is pure (a plan and the span in, timed actions out); `run.rs` carries it
 //! out and logs what it did.
 
@@ -19,6 +21,8 @@ pub struct FaultPlan {
     pub restart_after_s: f64,
     /// Vantages whose control link goes down every `flap_every_s` for `flap_down_s`.
     pub flap: Vec<String>,
+    /// Vantages whose probe path is cut beyond the first hop on the same period.
+    pub flap_probe: Vec<String>,
     pub flap_every_s: f64,
     pub flap_down_s: f64,
     /// Run `examples/garbage_agent` beside the real agents.
@@ -38,6 +42,9 @@ pub enum Action {
     StartAgent(String),
     LinkDown(String),
     LinkUp(String),
+    /// The emulator drops the vantage's probes beyond its first hop, or stops doing so.
+    ProbePathDown(String),
+    ProbePathUp(String),
 }
 
 /// Every action of `plan` within `span_s` seconds of the start, in time order. Faults
@@ -68,13 +75,24 @@ pub fn schedule(plan: &FaultPlan, span_s: f64, settle_s: f64) -> Vec<(f64, Actio
         }
     }
     if plan.flap_every_s > 0.0 {
-        let n = plan.flap.len().max(1) as f64;
-        for (i, v) in plan.flap.iter().enumerate() {
+        let flaps: Vec<(Action, Action)> = plan
+            .flap
+            .iter()
+            .map(|v| (Action::LinkDown(v.clone()), Action::LinkUp(v.clone())))
+            .chain(plan.flap_probe.iter().map(|v| {
+                (
+                    Action::ProbePathDown(v.clone()),
+                    Action::ProbePathUp(v.clone()),
+                )
+            }))
+            .collect();
+        let n = flaps.len().max(1) as f64;
+        for (i, (down, up)) in flaps.into_iter().enumerate() {
             // Staggered over the period: never all vantages cut off at once.
             let mut t = plan.flap_every_s * (i as f64 + 0.5) / n;
             while t < last {
-                out.push((t, Action::LinkDown(v.clone())));
-                out.push((t + plan.flap_down_s, Action::LinkUp(v.clone())));
+                out.push((t, down.clone()));
+                out.push((t + plan.flap_down_s, up.clone()));
                 t += plan.flap_every_s;
             }
         }
@@ -95,6 +113,7 @@ mod tests {
             kill_every_s: 40.0,
             restart_after_s: 3.0,
             flap: vec!["v2".into(), "v3".into()],
+            flap_probe: vec!["v4".into()],
             flap_every_s: 100.0,
             flap_down_s: 10.0,
             ..FaultPlan::default()
@@ -119,22 +138,24 @@ mod tests {
             let undo = match a {
                 Action::KillAgent(v) => Action::StartAgent(v.clone()),
                 Action::LinkDown(v) => Action::LinkUp(v.clone()),
+                Action::ProbePathDown(v) => Action::ProbePathUp(v.clone()),
                 _ => continue,
             };
             assert!(s.iter().any(|(u, b)| *b == undo && u > t), "{a:?} at {t}");
         }
         let downs: Vec<_> = s
             .iter()
-            .filter(|(_, a)| matches!(a, Action::LinkDown(_)))
-            .map(|(t, a)| (*t, a.clone()))
+            .filter(|(_, a)| matches!(a, Action::LinkDown(_) | Action::ProbePathDown(_)))
+            .map(|(t, a)| (t.round() as u32, a.clone()))
             .collect();
         assert_eq!(
             downs,
             [
-                (25.0, Action::LinkDown("v2".into())),
-                (75.0, Action::LinkDown("v3".into())),
-                (125.0, Action::LinkDown("v2".into())),
-                (175.0, Action::LinkDown("v3".into())),
+                (17, Action::LinkDown("v2".into())),
+                (50, Action::LinkDown("v3".into())),
+                (83, Action::ProbePathDown("v4".into())),
+                (117, Action::LinkDown("v2".into())),
+                (150, Action::LinkDown("v3".into())),
             ]
         );
         assert!(s.windows(2).all(|w| w[0].0 <= w[1].0));

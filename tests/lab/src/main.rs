@@ -22,6 +22,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once at start; boxing `Run`'s options would only make its match harder to read.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Validate a scenario and print its expected paths.
@@ -91,6 +93,11 @@ enum Cmd {
         /// --flap-every seconds for --flap-down seconds (repeatable; staggered).
         #[arg(long = "flap-control", value_name = "NAME")]
         flap_control: Vec<String>,
+        /// Soak: cut this vantage's probe path beyond its first hop (the emulator drops
+        /// its probes there, as when its upstream link is down) on the same period
+        /// (repeatable; staggered with the control links).
+        #[arg(long = "flap-probe", value_name = "NAME")]
+        flap_probe: Vec<String>,
         #[arg(long, value_name = "S", default_value_t = 120.0)]
         flap_every: f64,
         #[arg(long, value_name = "S", default_value_t = 15.0)]
@@ -323,6 +330,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             kill_agent,
             kill_every,
             flap_control,
+            flap_probe,
             flap_every,
             flap_down,
             garbage_agent,
@@ -350,6 +358,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let faults = (restart_coordinator_every.is_some()
                 || kill_agent.is_some()
                 || !flap_control.is_empty()
+                || !flap_probe.is_empty()
                 || garbage_agent)
                 .then_some(tracemesh_lab::faults::FaultPlan {
                     restart_every_s: restart_coordinator_every,
@@ -357,6 +366,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     kill_every_s: kill_every,
                     restart_after_s: 3.0,
                     flap: flap_control,
+                    flap_probe,
                     flap_every_s: flap_every,
                     flap_down_s: flap_down,
                     garbage: garbage_agent,

@@ -196,6 +196,20 @@ fn garbage_traces(lines: &str) -> usize {
 }
 
 /// The coordinator's resident set, KiB (0 when it cannot be read).
+/// Bytes of the files under `dir` (the coordinator's store): what the RSS is set against.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -486,7 +500,12 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
             .position(|v| v.name == name)
             .ok_or_else(|| anyhow!("no vantage {name:?} in the scenario"))
     };
-    for name in faults.victim.iter().chain(&faults.flap) {
+    for name in faults
+        .victim
+        .iter()
+        .chain(&faults.flap)
+        .chain(&faults.flap_probe)
+    {
         vantage_index(name)?;
     }
 
@@ -567,7 +586,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let plan = schedule(&faults, end - t0, (2.0 * round_s).max(20.0));
     let mut next_fault = 0;
     let mut fault_log = Vec::new();
-    let mut rss: Vec<(f64, u32, u64)> = Vec::new();
+    let mut rss: Vec<(f64, u32, u64, u64)> = Vec::new();
     let mut next_rss = t0;
     let mut last_note: Option<Instant> = None;
     let mut progress = tracemesh_proto::progress::Progress::new("lab", Some(total_s as u64));
@@ -607,6 +626,10 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
                     ])
                     .map_err(|e| anyhow!("link {state} for {name}: {e}"))?;
                 }
+                Action::ProbePathDown(name) | Action::ProbePathUp(name) => {
+                    let i = vantage_index(name)?;
+                    emu.set_probe_path(i, matches!(action, Action::ProbePathUp(_)));
+                }
             }
             tracing::info!(fault = ?action, t = now - t0, "fault injected");
             fault_log.push(entry);
@@ -614,7 +637,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         if faults.rss_every_s > 0.0 && now >= next_rss {
             next_rss = now + faults.rss_every_s;
             if let Some(pid) = coordinator.pid() {
-                rss.push((now - t0, pid, rss_kib(pid)));
+                rss.push((now - t0, pid, rss_kib(pid), dir_bytes(&data) >> 10));
             }
         }
         let elapsed = (now - t0).max(0.0);
@@ -806,11 +829,14 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
         lab["faults"] = fault_log.into();
         lab["victim"] = faults.victim.clone().into();
         lab["flapped"] = faults.flap.clone().into();
+        lab["probe_paths_flapped"] = faults.flap_probe.clone().into();
         lab["garbage_agent"] = faults.garbage.into();
         lab["garbage_traces_stored"] = junk.into();
         lab["coordinator_rss_kib"] = rss
             .iter()
-            .map(|(t, pid, kib)| serde_json::json!([(t * 10.0).round() / 10.0, pid, kib]))
+            .map(|(t, pid, kib, store_kib)| {
+                serde_json::json!([(t * 10.0).round() / 10.0, pid, kib, store_kib])
+            })
             .collect::<Vec<_>>()
             .into();
     }

@@ -48,6 +48,8 @@ pub struct EmuStats {
     pub packets_in: AtomicU64,
     pub answers: AtomicU64,
     pub dropped: AtomicU64,
+    /// Probes dropped beyond a vantage's first hop while its probe path was cut.
+    pub cut: AtomicU64,
     /// How late each answer left against its intended instant (ns). The intended instant
     /// counts from when the emulator read the probe, so this is the emulator's own error;
     /// time a probe waits in its TUN's queue before being read is not in it (the lab's
@@ -70,6 +72,7 @@ impl Default for EmuStats {
             packets_in: AtomicU64::new(0),
             answers: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
             late: Histogram::default(),
             packets_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
             answers_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
@@ -123,6 +126,7 @@ impl EmuStats {
             "packets_in": self.packets_in.load(Ordering::Relaxed),
             "answers": answers,
             "dropped": self.dropped.load(Ordering::Relaxed),
+            "cut": self.cut.load(Ordering::Relaxed),
             "mean_send_late_us": l.mean / 1e3,
             "p50_send_late_us": us(l.p50),
             "p90_send_late_us": us(l.p90),
@@ -161,6 +165,8 @@ struct Shard {
     stop: Arc<AtomicBool>,
     stats: Arc<EmuStats>,
     t0_unix_ns: Arc<AtomicU64>,
+    /// Per vantage: its probe path is cut beyond the first hop (a soak fault).
+    cut: Arc<Vec<AtomicBool>>,
     /// Shared by all threads, so their timelines line up.
     origin: Instant,
 }
@@ -245,6 +251,12 @@ impl Shard {
         let s = &self.stats;
         s.packets_in.fetch_add(1, Ordering::Relaxed);
         s.packets_timeline.record(at);
+        if self.cut.get(v).is_some_and(|c| c.load(Ordering::Relaxed))
+            && ip_ttl(pkt).is_some_and(|ttl| ttl > 1)
+        {
+            s.cut.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let t_s = (at_unix as f64 - self.t0_unix_ns.load(Ordering::Relaxed) as f64) / 1e9;
         match responder.handle(v, pkt, t_s) {
             Ok(emits) => {
@@ -292,7 +304,17 @@ pub struct Emulator {
     pub stats: Arc<EmuStats>,
     /// Unix time (ns) of scenario second 0; before it is set, time counts from start.
     t0_unix_ns: Arc<AtomicU64>,
+    cut: Arc<Vec<AtomicBool>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A packet's TTL (IPv4) or hop limit (IPv6).
+fn ip_ttl(pkt: &[u8]) -> Option<u8> {
+    match pkt.first()? >> 4 {
+        4 => pkt.get(8).copied(),
+        6 => pkt.get(7).copied(),
+        _ => None,
+    }
 }
 
 /// Emulator threads by default: one per core (the bursts at round starts are what they
@@ -320,6 +342,8 @@ impl Emulator {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(EmuStats::default());
         let t0_unix_ns = Arc::new(AtomicU64::new(unix_ns()));
+        let cut: Arc<Vec<AtomicBool>> =
+            Arc::new(topo.tuns.iter().map(|_| AtomicBool::new(false)).collect());
         let writers = topo
             .tuns
             .iter()
@@ -342,6 +366,7 @@ impl Emulator {
                 stop: stop.clone(),
                 stats: stats.clone(),
                 t0_unix_ns: t0_unix_ns.clone(),
+                cut: cut.clone(),
                 origin,
             };
             let handle = std::thread::Builder::new()
@@ -354,6 +379,7 @@ impl Emulator {
             stop,
             stats,
             t0_unix_ns,
+            cut,
             threads: handles,
         })
     }
@@ -362,6 +388,14 @@ impl Emulator {
     pub fn set_t0(&self, unix_s: f64) {
         self.t0_unix_ns
             .store((unix_s * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// Cuts vantage `v`'s probe path beyond its first hop (its access router still
+    /// answers, as when the link behind it is down), or restores it.
+    pub fn set_probe_path(&self, v: usize, up: bool) {
+        if let Some(c) = self.cut.get(v) {
+            c.store(!up, Ordering::Relaxed);
+        }
     }
 
     /// Stops the threads and waits for them (each looks at its stop flag at least every
@@ -383,6 +417,21 @@ impl Drop for Emulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_is_read_from_either_family() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[8] = 7;
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[7] = 3;
+        assert_eq!(ip_ttl(&v4), Some(7));
+        assert_eq!(ip_ttl(&v6), Some(3));
+        assert_eq!(ip_ttl(&[0x45]), None);
+        assert_eq!(ip_ttl(&[]), None);
+        assert_eq!(ip_ttl(&[0x10; 40]), None);
+    }
 
     #[test]
     fn schedstat_lines_parse() {
