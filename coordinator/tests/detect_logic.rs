@@ -654,6 +654,89 @@ fn a_round_with_its_adversary_hops_silent_stays_in_the_episode() {
 }
 
 #[test]
+fn a_shorter_route_after_the_diversion_does_not_pass_for_its_silent_adversary_hops() {
+    // Seen in the lab soak: the last diverted round had its third hop silent; once the
+    // diversion ended the pair took a shorter route whose second hop rate-limits, whose
+    // third is a router the diverted round had silent there, and whose destination
+    // answered at TTL 4, where the diverted round showed China Telecom. The
+    // destination's TTL is no silence: the episode ends with the diversion.
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
+    ts.push(trace(
+        6,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("24.114.255.2"), 5.7),
+            (None, 0.0),
+            (Some("202.97.10.5"), 66.0),
+            (Some(DST), 200.4),
+        ],
+    ));
+    let shorter = |r| {
+        trace(
+            r,
+            "ottawa",
+            DST,
+            &[
+                (Some("24.114.255.1"), 0.4),
+                (None, 0.0),
+                (Some("62.115.20.1"), 13.0),
+                (Some(DST), 150.4),
+            ],
+        )
+    };
+    ts.extend((7..12).map(shorter));
+    let rep = run(&ts);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    let d = &rep.diversions[0];
+    assert_eq!((d.first_round, d.last_round, d.rounds), (3, 6, 4), "{d:#?}");
+}
+
+#[test]
+fn the_normal_route_back_with_a_rate_limiting_hop_ends_the_episode() {
+    // Also from the soak: the last diverted round straddled the diversion's end (China
+    // Telecom at TTL 2, TTL 3 silent, the normal route from TTL 4). Afterwards the normal
+    // route's second router rate-limits: silent at TTL 2, where the diverted round had
+    // its only adversary hop. Its TTL 3 answers as the normal route did before the
+    // episode, where the diverted round was silent: the pair is back on it.
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
+    ts.push(trace(
+        6,
+        "ottawa",
+        DST,
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (Some("202.97.10.1"), 5.8),
+            (None, 0.0),
+            (Some("211.192.255.1"), 150.0),
+            (Some(DST), 150.4),
+        ],
+    ));
+    let back = |r| {
+        trace(
+            r,
+            "ottawa",
+            DST,
+            &[
+                (Some("24.114.255.1"), 0.4),
+                (None, 0.0),
+                (Some("62.115.10.1"), 13.0),
+                (Some("211.192.255.1"), 150.0),
+                (Some(DST), 150.4),
+            ],
+        )
+    };
+    ts.extend((7..12).map(back));
+    let rep = run(&ts);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    let d = &rep.diversions[0];
+    assert_eq!((d.first_round, d.last_round, d.rounds), (3, 6, 4), "{d:#?}");
+}
+
+#[test]
 fn alias_groups_decide_whose_router_a_border_address_is() {
     let adversary = Adversary::from_asns([4134]);
     let (annot, gaz) = (annotator(), Gazetteer::builtin());

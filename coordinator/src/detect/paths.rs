@@ -531,13 +531,21 @@ impl PairState {
             // A round whose adversary hops were all silent (rate-limited, say) but which
             // otherwise followed the diverted route is still diverted: silence is not a
             // path change.
+            // Unless a route the pair followed before the episode explains the round
+            // better: it answered, where the diverted round was silent, as that route
+            // does (a router that rate-limits on the way back, say).
             if !diverted
                 && open
                 && let (Some(prev), Some(i)) = (last_diverted, seg.run)
             {
-                diverted = silence_hides_diversion(&self.runs[i].path, prev, |t, a, b| {
-                    self.siblings(t, a, b)
-                });
+                let path = &self.runs[i].path;
+                let siblings = |t: u8, a: IpAddr, b: IpAddr| self.siblings(t, a, b);
+                let began = episodes.last().and_then(|e| e.first()).map(|s| s.first);
+                diverted = silence_hides_diversion(path, prev, siblings)
+                    && !self.known.iter().any(|k| {
+                        began.is_some_and(|b| k.first_round < b)
+                            && route_explains(&k.path, path, prev, siblings)
+                    });
             }
             if seg.run.is_none()
                 && let Some(o) = self.diverted.get(&seg.first)
@@ -702,20 +710,23 @@ impl PairState {
 }
 
 /// Whether a clean-looking `path` is the diverted route of `div` with every adversary
-/// hop silent: it answered nowhere `div` did not (TTL by TTL), and was silent wherever
-/// `div` showed adversary space.
+/// hop silent: it answered nowhere `div` did not (TTL by TTL), and was probed and silent
+/// wherever `div` showed adversary space.
 /// A hop on another branch of a load balancer than `div`'s (`siblings`) still agrees.
+/// A TTL the path has no entry for is not silence: the trace ended before it (the
+/// destination answered there, since its own hop is not in the path), so a shorter route
+/// taken once the diversion is over never passes for it.
 fn silence_hides_diversion(
     path: &PathHops,
     div: &DivertedObs,
     siblings: impl Fn(u8, IpAddr, IpAddr) -> bool,
 ) -> bool {
-    let at = |ttl: u8| path.iter().find(|(t, _)| *t == ttl).and_then(|(_, a)| *a);
+    let entry = |ttl: u8| path.iter().find(|(t, _)| *t == ttl).map(|(_, a)| *a);
     let adversary_silent = div
         .hops
         .iter()
         .filter(|h| h.adversary.is_some())
-        .all(|h| at(h.ttl).is_none());
+        .all(|h| entry(h.ttl) == Some(None));
     let rest_agrees = path.iter().all(|(t, a)| {
         a.is_none()
             || div.hops.iter().find(|h| h.ttl == *t).is_some_and(|h| {
@@ -725,6 +736,38 @@ fn silence_hides_diversion(
             })
     });
     div.hops.iter().any(|h| h.adversary.is_some()) && adversary_silent && rest_agrees
+}
+
+/// Whether the clean route `known` explains `path` at least as well as the diverted
+/// round `div` does: the same TTLs in both (so the destination answered at the same
+/// TTL), no address that differs (silence agrees with anything), and at least one
+/// answer `known` shares where `div` was silent or had ended.
+fn route_explains(
+    known: &PathHops,
+    path: &PathHops,
+    div: &DivertedObs,
+    siblings: impl Fn(u8, IpAddr, IpAddr) -> bool,
+) -> bool {
+    if known.len() != path.len() {
+        return false;
+    }
+    let fits = known.iter().zip(path.iter()).all(|((u, b), (t, a))| {
+        t == u
+            && match (a, b) {
+                (Some(x), Some(y)) => x == y || siblings(*t, *x, *y),
+                _ => true,
+            }
+    });
+    let div_silent = |ttl: u8| {
+        div.hops
+            .iter()
+            .find(|h| h.ttl == ttl)
+            .is_none_or(|h| h.addr.is_none())
+    };
+    fits && known
+        .iter()
+        .zip(path.iter())
+        .any(|((_, b), (t, a))| a.is_some() && a == b && div_silent(*t))
 }
 
 /// Names the silent TTLs of `path` from `older` where `older` agrees on the hop before.
