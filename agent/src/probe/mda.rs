@@ -468,32 +468,49 @@ impl Mda {
 
         // 1. Hop-level discovery.
         let tried = self.at(h).map_or(0, BTreeMap::len);
-        let kinds: Vec<AnswerKind> = self
+        let answers: Vec<&Answer> = self
             .at(h)
             .into_iter()
             .flatten()
             .filter_map(|(_, r)| match r {
-                Reach::Answered { answer, .. } => Some(answer.kind),
+                Reach::Answered { answer, .. } => Some(answer),
                 _ => None,
             })
             .collect();
         // Flows that answered from the end of the path (the destination, or a refusal)
         // end there: nothing else sits at that distance on those paths.
-        let at_end = !kinds.is_empty() && !kinds.contains(&AnswerKind::Intermediate);
+        let at_end =
+            !answers.is_empty() && answers.iter().all(|a| a.kind != AnswerKind::Intermediate);
+        // The destination answered as itself: a host with the one address we probe,
+        // which every flow ends at. Like tracelb, the trace takes it that every path
+        // ends at this distance (equal-length branches, what per-flow balancers build)
+        // and links each forwarding interface of the previous hop to it in `result`,
+        // rather than spending one probe per such interface. The `n_k` rule is not
+        // weakened by this: it never ran at the end hop (a destination host has no
+        // successors to find), and every hop before it kept its own `n_k`.
+        let dst_itself = at_end
+            && answers
+                .iter()
+                .any(|a| a.kind == AnswerKind::Destination && a.addr == self.dst);
         let prev_width = if first {
             1
         } else {
             self.forwarding(h - 1).len().max(1)
         };
-        let need = if h == 1 {
+        let need = if h == 1 || tried == 0 {
             // TTL 1 is the vantage's own gateway: its default route has one next hop.
+            // Elsewhere one flow first, to learn whether this is the end of the path
+            // (then one answer may settle the hop) before spending `n_k`.
             1
-        } else if tried == 0 {
-            // First one flow per interface of the previous hop (links need them anyway),
-            // to learn whether this is the end of the path before spending `n_k`.
-            prev_width.min(stopping_point(0, conf))
-        } else if at_end {
+        } else if dst_itself {
             0
+        } else if at_end {
+            // An end that answers from another address (a host sourcing its errors from
+            // the interface the probe came in on, as Linux does over IPv6 for an address
+            // it only routes) may show one address per way in: one flow through each
+            // interface of the previous hop (which also gives their links), or `n_k`
+            // flows when that is fewer, which is the hop-level rule itself.
+            prev_width.min(stopping_point(self.vertices(h).len(), conf))
         } else {
             stopping_point(self.vertices(h).len(), conf)
         };
@@ -501,12 +518,22 @@ impl Mda {
             let mut want = need - tried;
             let mut batch = Vec::new();
             if !first {
-                // Previous hop's flows, round-robin over its interfaces, silent ones last.
+                // Previous hop's flows, round-robin over its interfaces (those with the
+                // fewest flows tried here first, so batches keep them even), silent
+                // ones last.
                 let prev = self.forwarding(h - 1);
-                let mut groups: Vec<VecDeque<u16>> = prev
+                let mut groups: Vec<(usize, VecDeque<u16>)> = prev
                     .values()
-                    .map(|fs| fs.iter().copied().filter(|&f| !self.probed(h, f)).collect())
+                    .map(|fs| {
+                        let done = fs.iter().filter(|&&f| self.probed(h, f)).count();
+                        (
+                            done,
+                            fs.iter().copied().filter(|&f| !self.probed(h, f)).collect(),
+                        )
+                    })
                     .collect();
+                groups.sort_by_key(|g| g.0);
+                let mut groups: Vec<VecDeque<u16>> = groups.into_iter().map(|g| g.1).collect();
                 let stars: VecDeque<u16> = self
                     .continuing(h - 1)
                     .into_iter()
@@ -530,7 +557,14 @@ impl Mda {
                 return batch;
             }
         }
-        if first {
+        if first || dst_itself {
+            return Vec::new();
+        }
+        // One address at the end after that: either every interface of the previous
+        // hop sent a flow to it, or `n_k` flows ruled out a second address at this
+        // distance; either way every path through the previous hop ends at it, and
+        // `result` links them without more probes.
+        if at_end && self.vertices(h).len() == 1 {
             return Vec::new();
         }
 
@@ -721,6 +755,24 @@ impl Mda {
                     ttl: a.ttl,
                     from: only.addr,
                     to: i.addr,
+                });
+            }
+        }
+        // A last hop with one address, where every answer ended the path (the
+        // destination, or a refusal): every forwarding interface of the hop before
+        // ends there, whether or not a flow showed it (`wanted` stops such a hop after
+        // one flow when the destination answered as itself, else after one flow per
+        // previous interface or `n_k` flows).
+        if matches!(self.stop, Some(MdaStop::Completed | MdaStop::Unreachable))
+            && let [.., before, last] = hops.as_slice()
+            && before.ttl + 1 == last.ttl
+            && let [end] = last.interfaces.as_slice()
+        {
+            for &from in self.forwarding(before.ttl).keys() {
+                links.insert(MdaLink {
+                    ttl: before.ttl,
+                    from,
+                    to: end.addr,
                 });
             }
         }

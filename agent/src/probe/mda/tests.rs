@@ -305,3 +305,69 @@ fn late_and_unknown_answers_do_not_break_the_trace() {
     assert_eq!(r.hops[0].interfaces.len(), 1);
     assert_eq!(r.hops[0].interfaces[0].rtt_ms, 1500.0);
 }
+
+#[test]
+fn branches_ending_at_the_destination_cost_one_probe_there_and_keep_their_links() {
+    // 1 → {b0..b3} → dst: the destination answers as itself, so one flow settles its
+    // hop and every branch links to it.
+    let net = Net::from_layers(vec![
+        vec![(ip(1, 1), vec![0, 1, 2, 3])],
+        (0..4).map(|i| (ip(2, i), vec![0])).collect(),
+        vec![(DST, vec![])],
+    ]);
+    let r = run(&net, params(95));
+    assert_eq!(r.stop_reason, MdaStop::Completed);
+    let (i, l) = found(&r);
+    assert_eq!(i, net.interfaces());
+    assert_eq!(l, net.links());
+    assert_eq!(r.hops.last().unwrap().probes, 1);
+    assert_eq!(r.probes_sent, 1 + stopping_point(4, 95) as u32 + 1);
+}
+
+#[test]
+fn an_end_answering_from_each_way_in_gets_a_flow_per_branch() {
+    // The last hop answers as the end of the path but not as the destination's own
+    // address (Linux over IPv6 for an address it only routes): one address per way
+    // in, so one flow through each branch finds them all.
+    let net = Net::from_layers(vec![
+        vec![(ip(1, 1), vec![0, 1])],
+        vec![(ip(2, 0), vec![0]), (ip(2, 1), vec![1])],
+        vec![(ip(9, 0), vec![]), (ip(9, 1), vec![])],
+    ]);
+    let r = run(&net, params(95));
+    assert_eq!(r.stop_reason, MdaStop::Completed);
+    let (i, l) = found(&r);
+    assert_eq!(i, net.interfaces());
+    assert_eq!(l, net.links());
+    assert_eq!(r.hops.last().unwrap().probes, 2);
+}
+
+#[test]
+fn a_router_at_the_first_probe_of_a_hop_still_gets_its_n_k() {
+    // The first flow at a hop answers from a router: the hop is not the end, and the
+    // lite rule spends its n_k there as before.
+    let r = run(&diamond(2), params(95));
+    let n2 = stopping_point(2, 95) as u32;
+    let n1 = stopping_point(1, 95) as u32;
+    // TTL 1, the fan-out router (n_1), both branches (n_2), the fan-in router (one
+    // address here: n_1, flows reused), the destination (one).
+    let per_ttl: Vec<u32> = r.hops.iter().map(|h| h.probes).collect();
+    assert_eq!(per_ttl, [1, n1, n2, n1, 1], "{per_ttl:?}");
+}
+
+#[test]
+fn a_wide_end_with_one_other_address_costs_n_1_and_keeps_its_links() {
+    // Eight branches ending at one address that is not the destination's: n_1 flows
+    // (fewer than one per branch) rule out a second address; every branch links to it.
+    let net = Net::from_layers(vec![
+        vec![(ip(1, 1), (0..8).collect())],
+        (0..8).map(|i| (ip(2, i), vec![0])).collect(),
+        vec![(ip(9, 0), vec![])],
+    ]);
+    let r = run(&net, params(95));
+    assert_eq!(r.stop_reason, MdaStop::Completed);
+    let (i, l) = found(&r);
+    assert_eq!(i, net.interfaces());
+    assert_eq!(l, net.links());
+    assert_eq!(r.hops.last().unwrap().probes, stopping_point(1, 95) as u32);
+}
