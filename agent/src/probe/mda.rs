@@ -481,35 +481,26 @@ impl Mda {
         // end there: nothing else sits at that distance on those paths.
         let at_end =
             !answers.is_empty() && answers.iter().all(|a| a.kind != AnswerKind::Intermediate);
-        // The destination answered as itself: a host with the one address we probe,
-        // which every flow ends at. Like tracelb, the trace takes it that every path
-        // ends at this distance (equal-length branches, what per-flow balancers build)
-        // and links each forwarding interface of the previous hop to it in `result`,
-        // rather than spending one probe per such interface. The `n_k` rule is not
-        // weakened by this: it never ran at the end hop (a destination host has no
-        // successors to find), and every hop before it kept its own `n_k`.
-        let dst_itself = at_end
-            && answers
-                .iter()
-                .any(|a| a.kind == AnswerKind::Destination && a.addr == self.dst);
         let prev_width = if first {
             1
         } else {
             self.forwarding(h - 1).len().max(1)
         };
-        let need = if h == 1 || tried == 0 {
+        let need = if h == 1 {
             // TTL 1 is the vantage's own gateway: its default route has one next hop.
-            // Elsewhere one flow first, to learn whether this is the end of the path
-            // (then one answer may settle the hop) before spending `n_k`.
             1
-        } else if dst_itself {
-            0
+        } else if tried == 0 {
+            // First one flow per interface of the previous hop (links need them anyway),
+            // to learn whether this is the end of the path before spending `n_k`.
+            prev_width.min(stopping_point(0, conf))
         } else if at_end {
-            // An end that answers from another address (a host sourcing its errors from
-            // the interface the probe came in on, as Linux does over IPv6 for an address
-            // it only routes) may show one address per way in: one flow through each
-            // interface of the previous hop (which also gives their links), or `n_k`
-            // flows when that is fewer, which is the hop-level rule itself.
+            // The end of the path: one flow through each interface of the previous
+            // hop, or `n_k` flows when that is fewer (the hop-level rule itself). Not
+            // one flow and done, as tracelb does once the destination answers: branches
+            // of unequal length put a router at this distance on the other branches
+            // (the lab has them), which only a flow through them shows. Linux over IPv6
+            // also answers for an address it only routes from the interface the probe
+            // came in on: one address per way in, which these flows find.
             prev_width.min(stopping_point(self.vertices(h).len(), conf))
         } else {
             stopping_point(self.vertices(h).len(), conf)
@@ -557,14 +548,23 @@ impl Mda {
                 return batch;
             }
         }
-        if first || dst_itself {
+        if first {
             return Vec::new();
         }
-        // One address at the end after that: either every interface of the previous
-        // hop sent a flow to it, or `n_k` flows ruled out a second address at this
-        // distance; either way every path through the previous hop ends at it, and
-        // `result` links them without more probes.
-        if at_end && self.vertices(h).len() == 1 {
+        // One address at the end after that, and either every interface of the
+        // previous hop sent an answered flow to it or `n_k` flows ruled out a second
+        // address at this distance: every path through the previous hop ends there,
+        // and `result` links them without more probes (link completion would spend one
+        // per interface, which is what `n_k` spared).
+        let ends = self.vertices(h);
+        if at_end
+            && ends.len() == 1
+            && (tried >= stopping_point(1, conf)
+                || self
+                    .forwarding(h - 1)
+                    .values()
+                    .all(|fs| fs.iter().any(|&f| self.addr_at(h, f).is_some())))
+        {
             return Vec::new();
         }
 
@@ -760,9 +760,9 @@ impl Mda {
         }
         // A last hop with one address, where every answer ended the path (the
         // destination, or a refusal): every forwarding interface of the hop before
-        // ends there, whether or not a flow showed it (`wanted` stops such a hop after
-        // one flow when the destination answered as itself, else after one flow per
-        // previous interface or `n_k` flows).
+        // ends there, whether or not a flow showed it (`wanted` ends such a hop once a
+        // flow through each of them answered, or `n_k` flows ruled out a second
+        // address there).
         if matches!(self.stop, Some(MdaStop::Completed | MdaStop::Unreachable))
             && let [.., before, last] = hops.as_slice()
             && before.ttl + 1 == last.ttl

@@ -41,7 +41,11 @@ impl Net {
         for layer in 0..usize::from(ttl) {
             let (addr, succ) = self.layers.get(layer)?.get(node)?.clone();
             if layer + 1 == usize::from(ttl) {
-                return Some((addr, layer + 1 == self.layers.len()));
+                return Some((addr, layer + 1 == self.layers.len() || addr == DST));
+            }
+            if addr == DST {
+                // Reached early: a larger TTL still ends there.
+                return Some((addr, true));
             }
             if succ.is_empty() {
                 return None;
@@ -307,9 +311,8 @@ fn late_and_unknown_answers_do_not_break_the_trace() {
 }
 
 #[test]
-fn branches_ending_at_the_destination_cost_one_probe_there_and_keep_their_links() {
-    // 1 → {b0..b3} → dst: the destination answers as itself, so one flow settles its
-    // hop and every branch links to it.
+fn branches_ending_at_the_destination_cost_one_flow_each_there_and_keep_their_links() {
+    // 1 → {b0..b3} → dst: one flow through each branch settles the destination's hop.
     let net = Net::from_layers(vec![
         vec![(ip(1, 1), vec![0, 1, 2, 3])],
         (0..4).map(|i| (ip(2, i), vec![0])).collect(),
@@ -320,8 +323,31 @@ fn branches_ending_at_the_destination_cost_one_probe_there_and_keep_their_links(
     let (i, l) = found(&r);
     assert_eq!(i, net.interfaces());
     assert_eq!(l, net.links());
-    assert_eq!(r.hops.last().unwrap().probes, 1);
-    assert_eq!(r.probes_sent, 1 + stopping_point(4, 95) as u32 + 1);
+    assert_eq!(r.hops.last().unwrap().probes, 4);
+    assert_eq!(r.probes_sent, 1 + stopping_point(4, 95) as u32 + 4);
+}
+
+#[test]
+fn a_branch_one_hop_longer_than_the_other_is_found_past_the_destinations_hop() {
+    // 1 → {b0, b1}; one branch reaches the destination at TTL 3, the other crosses one
+    // more router. Both ways round, so a rule that ends the hop at the first answer from
+    // the destination (tracelb's) fails one of them.
+    for early in 0..2usize {
+        let late = 1 - early;
+        let mut branches = vec![(ip(2, 0), vec![0]), (ip(2, 1), vec![0])];
+        branches[late].1 = vec![1];
+        let net = Net::from_layers(vec![
+            vec![(ip(1, 1), vec![0, 1])],
+            branches,
+            vec![(DST, vec![]), (ip(3, 1), vec![0])],
+            vec![(DST, vec![])],
+        ]);
+        let r = run(&net, params(95));
+        assert_eq!(r.stop_reason, MdaStop::Completed, "early branch {early}");
+        let (i, l) = found(&r);
+        assert_eq!(i, net.interfaces(), "early branch {early}");
+        assert_eq!(l, net.links(), "early branch {early}");
+    }
 }
 
 #[test]
@@ -343,9 +369,7 @@ fn an_end_answering_from_each_way_in_gets_a_flow_per_branch() {
 }
 
 #[test]
-fn a_router_at_the_first_probe_of_a_hop_still_gets_its_n_k() {
-    // The first flow at a hop answers from a router: the hop is not the end, and the
-    // lite rule spends its n_k there as before.
+fn a_diamond_costs_n_k_at_each_of_its_hops_and_one_flow_per_way_into_the_end() {
     let r = run(&diamond(2), params(95));
     let n2 = stopping_point(2, 95) as u32;
     let n1 = stopping_point(1, 95) as u32;
