@@ -21,7 +21,11 @@
 //!    with two successors means a meshed diamond, and node control from then on.
 //!
 //! The trace ends when every answer at a hop came from the destination (or refused), after
-//! `gap_limit` silent hops, at `max_ttl`, or when the probe budget is spent.
+//! `gap_limit` silent hops, at `max_ttl`, or when the probe budget is spent. That last hop
+//! gets one flow through each interface of the hop before it, or `n_k` flows when fewer
+//! (a branch one hop longer puts a router there; tracelb's stop at the first answer from
+//! the destination misses it), and the hop's single address, if single, is linked to
+//! every one of them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
