@@ -8,7 +8,9 @@
 //!
 //! Environment: TM_BENCH_CONFIDENCE (95), TM_BENCH_TOPOLOGIES (2,4,8,nested),
 //! TM_BENCH_FAMILIES (4,6), TM_BENCH_DESTS (1: destinations per network; the hash, hence
-//! the flows' branches, differs per destination).
+//! the flows' branches, differs per destination), TM_BENCH_COOKIE (unset: a random engine
+//! cookie per run, so our source ports, hence branches and meshing-test probes, vary from
+//! run to run as tracelb's do; a number pins ours).
 //!
 //! Without its prerequisites it skips, except under CI (`CI` set), where it fails.
 //! It fails when ours misses an interface or link that tracelb found.
@@ -49,6 +51,9 @@ fn main() -> ExitCode {
     let topologies: String = env_or("TM_BENCH_TOPOLOGIES", "2,4,8,nested".to_string());
     let families: String = env_or("TM_BENCH_FAMILIES", "4,6".to_string());
     let dests: usize = env_or("TM_BENCH_DESTS", 1).clamp(1, 100);
+    let cookie: Option<u16> = std::env::var("TM_BENCH_COOKIE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let agent = env!("CARGO_BIN_EXE_tracemesh-agent");
 
     println!(
@@ -107,7 +112,7 @@ fn main() -> ExitCode {
                     dst,
                     "udp",
                     confidence,
-                    None,
+                    cookie,
                     &["--allow", "10.0.0.0/8", "--allow", "fc00::/7"],
                 ) {
                     Ok(f) => f,
