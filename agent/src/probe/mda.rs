@@ -21,7 +21,11 @@
 //!    with two successors means a meshed diamond, and node control from then on.
 //!
 //! The trace ends when every answer at a hop came from the destination (or refused), after
-//! `gap_limit` silent hops, at `max_ttl`, or when the probe budget is spent.
+//! `gap_limit` silent hops, at `max_ttl`, or when the probe budget is spent. That last hop
+//! gets one flow through each interface of the hop before it, or `n_k` flows when fewer
+//! (a branch one hop longer puts a router there; tracelb's stop at the first answer from
+//! the destination misses it), and the hop's single address, if single, is linked to
+//! every one of them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -468,18 +472,19 @@ impl Mda {
 
         // 1. Hop-level discovery.
         let tried = self.at(h).map_or(0, BTreeMap::len);
-        let kinds: Vec<AnswerKind> = self
+        let answers: Vec<&Answer> = self
             .at(h)
             .into_iter()
             .flatten()
             .filter_map(|(_, r)| match r {
-                Reach::Answered { answer, .. } => Some(answer.kind),
+                Reach::Answered { answer, .. } => Some(answer),
                 _ => None,
             })
             .collect();
         // Flows that answered from the end of the path (the destination, or a refusal)
         // end there: nothing else sits at that distance on those paths.
-        let at_end = !kinds.is_empty() && !kinds.contains(&AnswerKind::Intermediate);
+        let at_end =
+            !answers.is_empty() && answers.iter().all(|a| a.kind != AnswerKind::Intermediate);
         let prev_width = if first {
             1
         } else {
@@ -493,7 +498,14 @@ impl Mda {
             // to learn whether this is the end of the path before spending `n_k`.
             prev_width.min(stopping_point(0, conf))
         } else if at_end {
-            0
+            // The end of the path: one flow through each interface of the previous
+            // hop, or `n_k` flows when that is fewer (the hop-level rule itself). Not
+            // one flow and done, as tracelb does once the destination answers: branches
+            // of unequal length put a router at this distance on the other branches
+            // (the lab has them), which only a flow through them shows. Linux over IPv6
+            // also answers for an address it only routes from the interface the probe
+            // came in on: one address per way in, which these flows find.
+            prev_width.min(stopping_point(self.vertices(h).len(), conf))
         } else {
             stopping_point(self.vertices(h).len(), conf)
         };
@@ -501,12 +513,22 @@ impl Mda {
             let mut want = need - tried;
             let mut batch = Vec::new();
             if !first {
-                // Previous hop's flows, round-robin over its interfaces, silent ones last.
+                // Previous hop's flows, round-robin over its interfaces (those with the
+                // fewest flows tried here first, so batches keep them even), silent
+                // ones last.
                 let prev = self.forwarding(h - 1);
-                let mut groups: Vec<VecDeque<u16>> = prev
+                let mut groups: Vec<(usize, VecDeque<u16>)> = prev
                     .values()
-                    .map(|fs| fs.iter().copied().filter(|&f| !self.probed(h, f)).collect())
+                    .map(|fs| {
+                        let done = fs.iter().filter(|&&f| self.probed(h, f)).count();
+                        (
+                            done,
+                            fs.iter().copied().filter(|&f| !self.probed(h, f)).collect(),
+                        )
+                    })
                     .collect();
+                groups.sort_by_key(|g| g.0);
+                let mut groups: Vec<VecDeque<u16>> = groups.into_iter().map(|g| g.1).collect();
                 let stars: VecDeque<u16> = self
                     .continuing(h - 1)
                     .into_iter()
@@ -531,6 +553,22 @@ impl Mda {
             }
         }
         if first {
+            return Vec::new();
+        }
+        // One address at the end after that, and either every interface of the
+        // previous hop sent an answered flow to it or `n_k` flows ruled out a second
+        // address at this distance: every path through the previous hop ends there,
+        // and `result` links them without more probes (link completion would spend one
+        // per interface, which is what `n_k` spared).
+        let ends = self.vertices(h);
+        if at_end
+            && ends.len() == 1
+            && (tried >= stopping_point(1, conf)
+                || self
+                    .forwarding(h - 1)
+                    .values()
+                    .all(|fs| fs.iter().any(|&f| self.addr_at(h, f).is_some())))
+        {
             return Vec::new();
         }
 
@@ -721,6 +759,24 @@ impl Mda {
                     ttl: a.ttl,
                     from: only.addr,
                     to: i.addr,
+                });
+            }
+        }
+        // A last hop with one address, where every answer ended the path (the
+        // destination, or a refusal): every forwarding interface of the hop before
+        // ends there, whether or not a flow showed it (`wanted` ends such a hop once a
+        // flow through each of them answered, or `n_k` flows ruled out a second
+        // address there).
+        if matches!(self.stop, Some(MdaStop::Completed | MdaStop::Unreachable))
+            && let [.., before, last] = hops.as_slice()
+            && before.ttl + 1 == last.ttl
+            && let [end] = last.interfaces.as_slice()
+        {
+            for &from in self.forwarding(before.ttl).keys() {
+                links.insert(MdaLink {
+                    ttl: before.ttl,
+                    from,
+                    to: end.addr,
                 });
             }
         }

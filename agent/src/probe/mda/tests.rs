@@ -41,7 +41,11 @@ impl Net {
         for layer in 0..usize::from(ttl) {
             let (addr, succ) = self.layers.get(layer)?.get(node)?.clone();
             if layer + 1 == usize::from(ttl) {
-                return Some((addr, layer + 1 == self.layers.len()));
+                return Some((addr, layer + 1 == self.layers.len() || addr == DST));
+            }
+            if addr == DST {
+                // Reached early: a larger TTL still ends there.
+                return Some((addr, true));
             }
             if succ.is_empty() {
                 return None;
@@ -304,4 +308,90 @@ fn late_and_unknown_answers_do_not_break_the_trace() {
     let r = m.result(0.0);
     assert_eq!(r.hops[0].interfaces.len(), 1);
     assert_eq!(r.hops[0].interfaces[0].rtt_ms, 1500.0);
+}
+
+#[test]
+fn branches_ending_at_the_destination_cost_one_flow_each_there_and_keep_their_links() {
+    // 1 → {b0..b3} → dst: one flow through each branch settles the destination's hop.
+    let net = Net::from_layers(vec![
+        vec![(ip(1, 1), vec![0, 1, 2, 3])],
+        (0..4).map(|i| (ip(2, i), vec![0])).collect(),
+        vec![(DST, vec![])],
+    ]);
+    let r = run(&net, params(95));
+    assert_eq!(r.stop_reason, MdaStop::Completed);
+    let (i, l) = found(&r);
+    assert_eq!(i, net.interfaces());
+    assert_eq!(l, net.links());
+    assert_eq!(r.hops.last().unwrap().probes, 4);
+    assert_eq!(r.probes_sent, 1 + stopping_point(4, 95) as u32 + 4);
+}
+
+#[test]
+fn a_branch_one_hop_longer_than_the_other_is_found_past_the_destinations_hop() {
+    // 1 → {b0, b1}; one branch reaches the destination at TTL 3, the other crosses one
+    // more router. Both ways round, so a rule that ends the hop at the first answer from
+    // the destination (tracelb's) fails one of them.
+    for early in 0..2usize {
+        let late = 1 - early;
+        let mut branches = vec![(ip(2, 0), vec![0]), (ip(2, 1), vec![0])];
+        branches[late].1 = vec![1];
+        let net = Net::from_layers(vec![
+            vec![(ip(1, 1), vec![0, 1])],
+            branches,
+            vec![(DST, vec![]), (ip(3, 1), vec![0])],
+            vec![(DST, vec![])],
+        ]);
+        let r = run(&net, params(95));
+        assert_eq!(r.stop_reason, MdaStop::Completed, "early branch {early}");
+        let (i, l) = found(&r);
+        assert_eq!(i, net.interfaces(), "early branch {early}");
+        assert_eq!(l, net.links(), "early branch {early}");
+    }
+}
+
+#[test]
+fn an_end_answering_from_each_way_in_gets_a_flow_per_branch() {
+    // The last hop answers as the end of the path but not as the destination's own
+    // address (Linux over IPv6 for an address it only routes): one address per way
+    // in, so one flow through each branch finds them all.
+    let net = Net::from_layers(vec![
+        vec![(ip(1, 1), vec![0, 1])],
+        vec![(ip(2, 0), vec![0]), (ip(2, 1), vec![1])],
+        vec![(ip(9, 0), vec![]), (ip(9, 1), vec![])],
+    ]);
+    let r = run(&net, params(95));
+    assert_eq!(r.stop_reason, MdaStop::Completed);
+    let (i, l) = found(&r);
+    assert_eq!(i, net.interfaces());
+    assert_eq!(l, net.links());
+    assert_eq!(r.hops.last().unwrap().probes, 2);
+}
+
+#[test]
+fn a_diamond_costs_n_k_at_each_of_its_hops_and_one_flow_per_way_into_the_end() {
+    let r = run(&diamond(2), params(95));
+    let n2 = stopping_point(2, 95) as u32;
+    let n1 = stopping_point(1, 95) as u32;
+    // TTL 1, the fan-out router (n_1), both branches (n_2), the fan-in router (one
+    // address here: n_1, flows reused), the destination (one).
+    let per_ttl: Vec<u32> = r.hops.iter().map(|h| h.probes).collect();
+    assert_eq!(per_ttl, [1, n1, n2, n1, 1], "{per_ttl:?}");
+}
+
+#[test]
+fn a_wide_end_with_one_other_address_costs_n_1_and_keeps_its_links() {
+    // Eight branches ending at one address that is not the destination's: n_1 flows
+    // (fewer than one per branch) rule out a second address; every branch links to it.
+    let net = Net::from_layers(vec![
+        vec![(ip(1, 1), (0..8).collect())],
+        (0..8).map(|i| (ip(2, i), vec![0])).collect(),
+        vec![(ip(9, 0), vec![])],
+    ]);
+    let r = run(&net, params(95));
+    assert_eq!(r.stop_reason, MdaStop::Completed);
+    let (i, l) = found(&r);
+    assert_eq!(i, net.interfaces());
+    assert_eq!(l, net.links());
+    assert_eq!(r.hops.last().unwrap().probes, stopping_point(1, 95) as u32);
 }
