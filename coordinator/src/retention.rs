@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::archive::{Archive, ArchiveError};
-use crate::store::{ExpireCounts, Store, StoreError};
+use crate::store::{ChunkArchive, ExpireCounts, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -63,32 +63,15 @@ pub fn sweep(
     progress: &mut dyn FnMut(&ExpireCounts),
 ) -> Result<SweepReport, RetentionError> {
     let started = std::time::Instant::now();
-    let below_group = limit(store, require_checkpoint)?;
-    let mut archive = Archive::new(archive_dir, crate::server::now_ns())?;
-    let mut done = ExpireCounts::default();
-    let mut archive_error = None;
-    let counts = store.expire_traces(before_ns, below_group, CHUNK, &mut |chunk| match archive
-        .write(chunk)
-    {
-        Ok(_) => {
-            done.archived += chunk.len() as u64;
-            progress(&done);
-            Ok(())
-        }
-        Err(e) => {
-            let detail = e.to_string();
-            archive_error = Some(e);
-            Err(StoreError::Invalid {
-                what: "archive",
-                detail,
-            })
-        }
-    });
-    if let Some(e) = archive_error {
-        return Err(e.into());
-    }
-    let counts = counts?;
-    store.flush()?;
+    let mut archive = Archive::new(archive_dir)?;
+    let (below_group, counts) = sweep_into(
+        store,
+        &mut archive,
+        CHUNK,
+        before_ns,
+        require_checkpoint,
+        progress,
+    )?;
     Ok(SweepReport {
         before_ns,
         below_group,
@@ -97,6 +80,22 @@ pub fn sweep(
         archive_dir: archive.dir().to_path_buf(),
         secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `sweep` into any [`ChunkArchive`], `chunk` traces at a time: the checkpoint's limit
+/// it kept to and what it did.
+pub fn sweep_into(
+    store: &dyn Store,
+    archive: &mut dyn ChunkArchive,
+    chunk: usize,
+    before_ns: i64,
+    require_checkpoint: bool,
+    progress: &mut dyn FnMut(&ExpireCounts),
+) -> Result<(u64, ExpireCounts), RetentionError> {
+    let below_group = limit(store, require_checkpoint)?;
+    let counts = store.expire_traces(before_ns, below_group, chunk, archive, progress)?;
+    store.flush()?;
+    Ok((below_group, counts))
 }
 
 /// Bytes in the files under `dir`.
@@ -193,6 +192,7 @@ pub fn spawn(
                 Ok(Ok(r)) => tracing::info!(
                     archived = r.counts.archived,
                     deleted = r.counts.deleted,
+                    resumed = r.counts.resumed,
                     postings = r.counts.postings_deleted,
                     files = r.archive_files,
                     kept_from_group = r.below_group,

@@ -103,6 +103,27 @@ pub struct ExpireCounts {
     pub deleted: u64,
     /// Index postings removed (time, vantage and destination indexes).
     pub postings_deleted: u64,
+    /// Traces deleted finishing chunks an interrupted sweep had archived already (its
+    /// journal entries): archived then, not again now.
+    pub resumed: u64,
+}
+
+/// Where a retention sweep puts each chunk before the store deletes it, in two steps
+/// around the store's journal entry for the chunk (`sled_store/retention.rs`): a crash
+/// before the entry leaves only staged files, which nothing reads and the next sweep
+/// writes again; a crash after it leaves the entry, which the next sweep finishes
+/// (publish, delete) instead of archiving the chunk a second time.
+pub trait ChunkArchive {
+    /// Writes `traces` durably (fsynced) under temporary names no reader looks at;
+    /// returns the files `publish` will put in place. `name` is the chunk's, the same
+    /// on every sweep that meets that chunk.
+    fn stage(&mut self, name: &str, traces: &[v1::TraceRecord]) -> Result<Vec<String>, StoreError>;
+    /// Puts staged files in place (renamed, directories fsynced); a file already in
+    /// place is done. An error if a file is neither staged nor in place.
+    fn publish(&mut self, files: &[String]) -> Result<(), StoreError>;
+    /// The journal entries an interrupted sweep left are finished: staged files left
+    /// now belong to no chunk.
+    fn resumed(&mut self) -> Result<(), StoreError>;
 }
 
 /// Whether an ingest stored something new.
@@ -260,14 +281,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError>;
     /// Retention (`sled_store/retention.rs`): deletes the traces that started before
     /// `before_ns` (rounded down to the index's 10 s buckets) and were stored by an
-    /// ingest group below `below_group`, about `chunk` at a time, each chunk handed to
-    /// `archive` first: an error from it stops the sweep with that chunk still stored.
+    /// ingest group below `below_group`, about `chunk` at a time, each chunk archived
+    /// first (staged, journalled, published): an error stops the sweep with that chunk
+    /// still stored. Journal entries an interrupted sweep left are finished first.
+    /// `between` runs after each chunk (the caller's pacing).
     fn expire_traces(
         &self,
         before_ns: i64,
         below_group: u64,
         chunk: usize,
-        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+        archive: &mut dyn ChunkArchive,
+        between: &mut dyn FnMut(&ExpireCounts),
     ) -> Result<ExpireCounts, StoreError>;
     /// Calls `f` with each stored diversion record (key, JSON), in key order.
     fn for_each_diversion_record(

@@ -501,9 +501,10 @@ impl Store for SledStore {
         before_ns: i64,
         below_group: u64,
         chunk: usize,
-        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+        archive: &mut dyn super::ChunkArchive,
+        between: &mut dyn FnMut(&super::ExpireCounts),
     ) -> Result<super::ExpireCounts, StoreError> {
-        self.expire_traces_impl(before_ns, below_group, chunk, archive)
+        self.expire_traces_impl(before_ns, below_group, chunk, archive, between)
     }
     fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
         self.db

@@ -7,12 +7,19 @@
 //!
 //! No lock is held against ingest: the sweep reads and removes keys ingest never
 //! writes again (old buckets of finished groups), one chunk at a time.
+//!
+//! Exactly once: each chunk's archive is staged, then a journal entry (its postings'
+//! key range and files) is made durable, then the archive is published and the chunk
+//! deleted, then the entry removed. A sweep after a crash finishes every entry left
+//! (publish, delete) before it archives anything.
 
 use rustc_hash::FxHashSet;
 use tracemesh_proto::v1;
 
 use super::{SledStore, StoreError, corrupt, keys, start_ns};
-use crate::store::ExpireCounts;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ChunkArchive, ExpireCounts};
 
 /// The bucket and group of a posting key whose component part is `skip` bytes long.
 fn bucket_and_group(k: &[u8], skip: usize) -> Option<(i64, u64)> {
@@ -27,71 +34,156 @@ fn component_len(k: &[u8]) -> Option<usize> {
     Some(2 + n)
 }
 
+/// The tree of chunks archived but maybe not yet deleted: chunk name → [`Journal`].
+pub(super) const JOURNAL_TREE: &str = "retention_journal";
+
+/// One chunk between its archive and its deletion: the time-index postings it covers
+/// (`lo..=hi`, groups below `below_group`: the same postings on every reading, as
+/// those groups are finished) and its archive files.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    below_group: u64,
+    files: Vec<String>,
+}
+
+/// A chunk's name, from its first posting (bucket, group, chunk): the same on every
+/// sweep that meets the chunk, so its files never pile up under different names.
+fn chunk_name(first: &[u8]) -> Option<String> {
+    let (bucket, group) = bucket_and_group(first, 0)?;
+    let c = u32::from_be_bytes(first.get(16..20)?.try_into().ok()?);
+    Some(format!("part-{bucket}-{group}-{c}"))
+}
+
 impl SledStore {
     pub(super) fn expire_traces_impl(
         &self,
         before_ns: i64,
         below_group: u64,
         chunk: usize,
-        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+        archive: &mut dyn ChunkArchive,
+        between: &mut dyn FnMut(&ExpireCounts),
     ) -> Result<ExpireCounts, StoreError> {
         let cut = keys::bucket(before_ns);
         let chunk = chunk.max(1);
         let mut counts = ExpireCounts::default();
+        let journal = self.db.open_tree(JOURNAL_TREE)?;
+        // What an interrupted sweep archived and did not finish deleting: finished
+        // here, never archived again.
+        for entry in journal.iter() {
+            let (name, v) = entry?;
+            let j: Journal =
+                serde_json::from_slice(&v).map_err(|e| corrupt("retention journal", &name, e))?;
+            archive.publish(&j.files)?;
+            let (traces, postings) = self.delete_postings(&j.lo, &j.hi, j.below_group)?;
+            counts.resumed += traces;
+            counts.postings_deleted += postings;
+            self.db.flush()?;
+            journal.remove(&name)?;
+        }
+        archive.resumed()?;
         let (lo, _) = keys::posting_bounds(None, None, None);
         let hi = keys::posting_key(None, cut, 0, 0);
-        // (posting key, its traces) waiting for the next archive call.
+        // The postings and their traces waiting for the next chunk.
         let mut postings: Vec<sled::IVec> = Vec::new();
         let mut records: Vec<(Vec<u8>, v1::TraceRecord)> = Vec::new();
         let mut seen: FxHashSet<Vec<u8>> = FxHashSet::default();
-        for entry in self.by_time.range(lo..hi) {
-            let (k, v) = entry?;
-            let (_, group) =
-                bucket_and_group(&k, 0).ok_or_else(|| corrupt("index", &k, "short key"))?;
-            if group >= below_group {
-                continue;
-            }
-            let pairs =
-                keys::parse_postings(&v).ok_or_else(|| corrupt("index", &k, "bad postings"))?;
-            for (start, pk) in pairs {
-                if seen.contains(pk) {
+        let mut next = lo;
+        // Re-opened after each chunk: no iterator lives across the pause `between` takes.
+        'scan: loop {
+            for entry in self.by_time.range(next.clone()..hi.clone()) {
+                let (k, v) = entry?;
+                let (_, group) =
+                    bucket_and_group(&k, 0).ok_or_else(|| corrupt("index", &k, "short key"))?;
+                if group >= below_group {
                     continue;
                 }
-                let Some(bytes) = self.traces.get(pk)? else {
-                    continue;
-                };
-                let rec = Self::decode_trace(pk, &bytes)?;
-                if start_ns(&rec) != start {
-                    continue;
+                let pairs =
+                    keys::parse_postings(&v).ok_or_else(|| corrupt("index", &k, "bad postings"))?;
+                for (start, pk) in pairs {
+                    if seen.contains(pk) {
+                        continue;
+                    }
+                    let Some(bytes) = self.traces.get(pk)? else {
+                        continue;
+                    };
+                    let rec = Self::decode_trace(pk, &bytes)?;
+                    if start_ns(&rec) != start {
+                        continue;
+                    }
+                    seen.insert(pk.to_vec());
+                    records.push((pk.to_vec(), rec));
                 }
-                seen.insert(pk.to_vec());
-                records.push((pk.to_vec(), rec));
+                postings.push(k);
+                if records.len() >= chunk {
+                    let last = postings.last().map(|k| k.to_vec()).unwrap_or_default();
+                    self.expire_chunk(
+                        &journal,
+                        below_group,
+                        &mut postings,
+                        &mut records,
+                        archive,
+                        &mut counts,
+                    )?;
+                    seen.clear();
+                    between(&counts);
+                    next = last;
+                    next.push(0);
+                    continue 'scan;
+                }
             }
-            postings.push(k);
-            if records.len() >= chunk {
-                self.expire_chunk(&mut postings, &mut records, archive, &mut counts)?;
-                seen.clear();
-            }
+            break;
         }
-        self.expire_chunk(&mut postings, &mut records, archive, &mut counts)?;
+        self.expire_chunk(
+            &journal,
+            below_group,
+            &mut postings,
+            &mut records,
+            archive,
+            &mut counts,
+        )?;
+        between(&counts);
         for tree in [&self.by_vantage, &self.by_dst] {
             counts.postings_deleted += prune_component_index(tree, cut, below_group)?;
         }
         Ok(counts)
     }
 
-    /// Archives `records`, then deletes them and the time postings that named them.
+    /// Archives `records` (staged, journalled, published), then deletes them and the
+    /// time postings that named them, then the journal entry.
     fn expire_chunk(
         &self,
+        journal: &sled::Tree,
+        below_group: u64,
         postings: &mut Vec<sled::IVec>,
         records: &mut Vec<(Vec<u8>, v1::TraceRecord)>,
-        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+        archive: &mut dyn ChunkArchive,
         counts: &mut ExpireCounts,
     ) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (postings.first(), postings.last()) else {
+            return Ok(());
+        };
+        let name = chunk_name(first).ok_or_else(|| corrupt("index", first, "short key"))?;
+        let mut entry = None;
         if !records.is_empty() {
             let recs: Vec<v1::TraceRecord> = records.iter().map(|(_, r)| r.clone()).collect();
-            archive(&recs)?;
+            let files = archive.stage(&name, &recs)?;
+            let j = Journal {
+                lo: first.to_vec(),
+                hi: last.to_vec(),
+                below_group,
+                files,
+            };
+            let bytes = serde_json::to_vec(&j).map_err(|e| StoreError::Invalid {
+                what: "retention journal",
+                detail: e.to_string(),
+            })?;
+            journal.insert(name.as_bytes(), bytes)?;
+            self.db.flush()?;
+            archive.publish(&j.files)?;
             counts.archived += recs.len() as u64;
+            entry = Some(name);
         }
         for (pk, rec) in records.drain(..) {
             if self.traces.remove(&pk)?.is_some() {
@@ -105,7 +197,50 @@ impl SledStore {
             self.by_time.remove(k)?;
             counts.postings_deleted += 1;
         }
+        if let Some(name) = entry {
+            // The deletions durable before the entry goes: never an entry-less chunk
+            // still in the store after its archive was published.
+            self.db.flush()?;
+            journal.remove(name.as_bytes())?;
+        }
         Ok(())
+    }
+
+    /// Deletes the traces the time postings `lo..=hi` of groups below `below_group`
+    /// still name, and those postings: (traces, postings) deleted.
+    fn delete_postings(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+        below_group: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut traces, mut postings) = (0, 0);
+        for entry in self.by_time.range(lo..=hi) {
+            let (k, v) = entry?;
+            let (_, group) =
+                bucket_and_group(&k, 0).ok_or_else(|| corrupt("index", &k, "short key"))?;
+            if group >= below_group {
+                continue;
+            }
+            let pairs =
+                keys::parse_postings(&v).ok_or_else(|| corrupt("index", &k, "bad postings"))?;
+            for (start, pk) in pairs {
+                let Some(bytes) = self.traces.get(pk)? else {
+                    continue;
+                };
+                let rec = Self::decode_trace(pk, &bytes)?;
+                if start_ns(&rec) != start {
+                    continue;
+                }
+                self.traces.remove(pk)?;
+                self.by_result
+                    .remove(keys::result_key(&rec.vantage, &rec.result_id))?;
+                traces += 1;
+            }
+            self.by_time.remove(&k)?;
+            postings += 1;
+        }
+        Ok((traces, postings))
     }
 }
 
