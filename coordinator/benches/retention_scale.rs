@@ -4,7 +4,9 @@
 //! `TM_BENCH_RATE` traces/s (default 25,000; rounded down to whole records per tick:
 //! 24,800) by 8 paced submitters, first alone for
 //! `TM_BENCH_BASELINE_S` seconds (default 20), then beside a 30-day retention sweep
-//! (`retention::sweep`, what `serve --retain` runs) that archives every old trace as
+//! (`retention::sweep_paced`, what `serve --retain` runs, at `retention::Pace::
+//! BESIDE_INGEST` unless `TM_BENCH_DUTY` (share of the time working, 1 = unpaced) or
+//! `TM_BENCH_CHUNK` (traces per chunk) say otherwise) that archives every old trace as
 //! Parquet and deletes it. Prints the ingest rate without and during the sweep, the
 //! store's size on disk before, after the sweep and after `retention::compact`, and the
 //! counts: archived == deleted == read back from the archive, and every fresh trace
@@ -202,14 +204,35 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let cut = tracemesh::server::now_ns() - 30 * 86_400 * 1_000_000_000;
     let sweep_store = store.clone();
     let sweep_dir = archive.clone();
+    let pace = retention::Pace {
+        chunk: env_u64(
+            "TM_BENCH_CHUNK",
+            retention::Pace::BESIDE_INGEST.chunk as u64,
+        ) as usize,
+        duty: std::env::var("TM_BENCH_DUTY")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(retention::Pace::BESIDE_INGEST.duty),
+    };
+    println!(
+        "sweep pace:    {} traces a chunk, duty {}",
+        pace.chunk, pace.duty
+    );
     let sweeper = std::thread::spawn(move || {
         let mut last = Instant::now();
-        retention::sweep(sweep_store.as_ref(), &sweep_dir, cut, false, &mut |c| {
-            if last.elapsed() >= Duration::from_secs(5) {
-                last = Instant::now();
-                eprintln!("sweep: {} archived", c.archived);
-            }
-        })
+        retention::sweep_paced(
+            sweep_store.as_ref(),
+            &sweep_dir,
+            cut,
+            false,
+            pace,
+            &mut |c| {
+                if last.elapsed() >= Duration::from_secs(5) {
+                    last = Instant::now();
+                    eprintln!("sweep: {} archived", c.archived);
+                }
+            },
+        )
     });
     let report = sweeper.join().map_err(|_| "sweep thread panicked")??;
     let during_s = tb.elapsed().as_secs_f64();
@@ -229,12 +252,13 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         during_wait as f64 / 1e3
     );
     println!(
-        "sweep:         {} archived, {} deleted, {} postings removed, {} Parquet files, {:.1} s ({:.0} traces/s)",
+        "sweep:         {} archived, {} deleted, {} postings removed, {} Parquet files, {:.1} s ({:.1} s of it paused; {:.0} traces/s)",
         report.counts.archived,
         report.counts.deleted,
         report.counts.postings_deleted,
         report.archive_files,
         report.secs,
+        report.paused_secs,
         report.counts.deleted as f64 / report.secs.max(1e-9)
     );
     let bytes_swept = retention::dir_bytes(&db);
