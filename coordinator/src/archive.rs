@@ -85,6 +85,47 @@ impl Archive {
         Ok(out)
     }
 
+    /// Writes records of another kind (`kind-NAME`: (UTC date, protobuf bytes)) as
+    /// `DIR/date=D/.NAME.pb.gz.tmp`, gzip of length-delimited messages, fsynced; the
+    /// paths they will have once published.
+    pub fn stage_encoded(
+        &mut self,
+        name: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<PathBuf>, ArchiveError> {
+        use std::io::Write as _;
+        let final_name = format!("{name}.pb.gz");
+        let mut by_date: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
+        for (date, bytes) in records {
+            by_date.entry(date).or_default().push(bytes);
+        }
+        let mut out = Vec::with_capacity(by_date.len());
+        for (date, msgs) in by_date {
+            let part = self.dir.join(format!("date={date}"));
+            std::fs::create_dir_all(&part).map_err(io(&part))?;
+            let f = part.join(&final_name);
+            let tmp = staged_name(&f);
+            let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            let mut gz = flate2::write::GzEncoder::new(
+                std::io::BufWriter::new(file),
+                flate2::Compression::default(),
+            );
+            for m in msgs {
+                let mut len = Vec::with_capacity(5);
+                prost::encoding::encode_varint(m.len() as u64, &mut len);
+                gz.write_all(&len).map_err(io(&tmp))?;
+                gz.write_all(m).map_err(io(&tmp))?;
+            }
+            let file = gz
+                .finish()
+                .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+                .map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+            out.push(f);
+        }
+        Ok(out)
+    }
+
     /// Renames staged files into place and fsyncs their directories; a file already in
     /// place (an earlier, interrupted publish) is done.
     pub fn publish(&mut self, files: &[PathBuf]) -> Result<(), ArchiveError> {
@@ -120,6 +161,15 @@ impl crate::store::ChunkArchive for Archive {
     fn publish(&mut self, files: &[String]) -> Result<(), crate::store::StoreError> {
         let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
         Archive::publish(self, &files).map_err(store_err)
+    }
+
+    fn stage_encoded(
+        &mut self,
+        name: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        let files = Archive::stage_encoded(self, name, records).map_err(store_err)?;
+        Ok(files.iter().map(|p| p.display().to_string()).collect())
     }
 
     fn resumed(&mut self) -> Result<(), crate::store::StoreError> {
@@ -164,7 +214,47 @@ fn remove_staged(dir: &Path) -> Result<(), ArchiveError> {
 fn is_staged(p: &Path) -> bool {
     p.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"))
+        .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+}
+
+/// Calls `f` with every record of `kind` archived under `dir` (`*/KIND-*.pb.gz`), in
+/// file order; how many.
+pub fn read_results<M: prost::Message + Default>(
+    dir: &Path,
+    kind: crate::store::ResultKind,
+    f: &mut dyn FnMut(M),
+) -> Result<u64, ArchiveError> {
+    use std::io::Read as _;
+    let prefix = format!("{}-", kind.name());
+    let mut paths = Vec::new();
+    for d in std::fs::read_dir(dir).map_err(io(dir))? {
+        let d = d.map_err(io(dir))?.path();
+        if !d.is_dir() {
+            continue;
+        }
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let p = e.map_err(io(&d))?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with(&prefix) && name.ends_with(".pb.gz") {
+                paths.push(p);
+            }
+        }
+    }
+    paths.sort();
+    let mut n = 0;
+    for p in paths {
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&p).map_err(io(&p))?)
+            .read_to_end(&mut bytes)
+            .map_err(io(&p))?;
+        let mut buf = bytes.as_slice();
+        while !buf.is_empty() {
+            let m = M::decode_length_delimited(&mut buf).map_err(|e| read_err(&p, e))?;
+            f(m);
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::archive::{Archive, ArchiveError};
-use crate::store::{ChunkArchive, ExpireCounts, Store, StoreError};
+use crate::store::{ChunkArchive, ExpireCounts, ResultKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -161,7 +161,26 @@ pub fn sweep_into(
     progress: &mut dyn FnMut(&ExpireCounts),
 ) -> Result<(u64, ExpireCounts), RetentionError> {
     let below_group = limit(store, require_checkpoint)?;
-    let counts = store.expire_traces(before_ns, below_group, chunk, archive, progress)?;
+    let mut counts = store.expire_traces(before_ns, below_group, chunk, archive, progress)?;
+    // The other kinds are not in ingest groups: what was stored before the checkpoint
+    // was written is in it.
+    let received_before = match store.get_checkpoint()? {
+        Some(cp) => cp.written_at_ns,
+        None if require_checkpoint => 0,
+        None => i64::MAX,
+    };
+    for kind in ResultKind::ALL {
+        store.expire_results(
+            kind,
+            before_ns,
+            received_before,
+            chunk,
+            archive,
+            &mut counts,
+            progress,
+        )?;
+    }
+    store.set_retention_horizon(before_ns)?;
     store.flush()?;
     Ok((below_group, counts))
 }

@@ -87,6 +87,13 @@ impl ChunkArchive for Stopping {
         self.chunks += 1;
         Ok(())
     }
+    fn stage_encoded(
+        &mut self,
+        name: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<String>, StoreError> {
+        ChunkArchive::stage_encoded(&mut self.inner, name, records)
+    }
     fn resumed(&mut self) -> Result<(), StoreError> {
         ChunkArchive::resumed(&mut self.inner)
     }

@@ -19,7 +19,9 @@ use tracemesh_proto::v1;
 use super::{SledStore, StoreError, corrupt, keys, start_ns};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ChunkArchive, ExpireCounts};
+use std::hash::BuildHasher as _;
+
+use crate::store::{ChunkArchive, ExpireCounts, ResultKind};
 
 /// The bucket and group of a posting key whose component part is `skip` bytes long.
 fn bucket_and_group(k: &[u8], skip: usize) -> Option<(i64, u64)> {
@@ -34,18 +36,37 @@ fn component_len(k: &[u8]) -> Option<usize> {
     Some(2 + n)
 }
 
+/// In the default tree: the latest cut of a finished sweep (i64, big-endian).
+const HORIZON_KEY: &[u8] = b"retention_horizon";
+
 /// The tree of chunks archived but maybe not yet deleted: chunk name → [`Journal`].
 pub(super) const JOURNAL_TREE: &str = "retention_journal";
 
-/// One chunk between its archive and its deletion: the time-index postings it covers
-/// (`lo..=hi`, groups below `below_group`: the same postings on every reading, as
-/// those groups are finished) and its archive files.
-#[derive(Debug, Serialize, Deserialize)]
+/// One chunk between its archive and its deletion: for traces, the time-index
+/// postings it covers (`lo..=hi`, groups below `below_group`: the same postings on
+/// every reading, as those groups are finished); for another kind, its tree and keys;
+/// and its archive files.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Journal {
+    #[serde(default)]
     lo: Vec<u8>,
+    #[serde(default)]
     hi: Vec<u8>,
+    #[serde(default)]
     below_group: u64,
+    /// Another kind's tree (`ResultKind::name`); absent for traces.
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    keys: Vec<Vec<u8>>,
     files: Vec<String>,
+}
+
+fn journal_bytes(j: &Journal) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(j).map_err(|e| StoreError::Invalid {
+        what: "retention journal",
+        detail: e.to_string(),
+    })
 }
 
 /// A chunk's name, from its first posting (bucket, group, chunk): the same on every
@@ -76,9 +97,23 @@ impl SledStore {
             let j: Journal =
                 serde_json::from_slice(&v).map_err(|e| corrupt("retention journal", &name, e))?;
             archive.publish(&j.files)?;
-            let (traces, postings) = self.delete_postings(&j.lo, &j.hi, j.below_group)?;
-            counts.resumed += traces;
-            counts.postings_deleted += postings;
+            match j.kind.as_deref() {
+                None => {
+                    let (traces, postings) = self.delete_postings(&j.lo, &j.hi, j.below_group)?;
+                    counts.resumed += traces;
+                    counts.postings_deleted += postings;
+                }
+                Some(kind) => {
+                    let tree = self.result_tree(kind).ok_or_else(|| {
+                        corrupt("retention journal", &name, format!("unknown kind {kind}"))
+                    })?;
+                    for k in &j.keys {
+                        if tree.remove(k)?.is_some() {
+                            counts.resumed += 1;
+                        }
+                    }
+                }
+            }
             self.db.flush()?;
             journal.remove(&name)?;
         }
@@ -174,12 +209,9 @@ impl SledStore {
                 hi: last.to_vec(),
                 below_group,
                 files,
+                ..Journal::default()
             };
-            let bytes = serde_json::to_vec(&j).map_err(|e| StoreError::Invalid {
-                what: "retention journal",
-                detail: e.to_string(),
-            })?;
-            journal.insert(name.as_bytes(), bytes)?;
+            journal.insert(name.as_bytes(), journal_bytes(&j)?)?;
             self.db.flush()?;
             archive.publish(&j.files)?;
             counts.archived += recs.len() as u64;
@@ -204,6 +236,104 @@ impl SledStore {
             journal.remove(name.as_bytes())?;
         }
         Ok(())
+    }
+
+    pub(super) fn retention_horizon_impl(&self) -> Result<Option<i64>, StoreError> {
+        Ok(match self.db.get(HORIZON_KEY)? {
+            Some(v) => Some(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                corrupt("retention horizon", HORIZON_KEY, "not 8 bytes")
+            })?)),
+            None => None,
+        })
+    }
+
+    pub(super) fn set_retention_horizon_impl(&self, before_ns: i64) -> Result<(), StoreError> {
+        let at = self
+            .retention_horizon_impl()?
+            .map_or(before_ns, |h| h.max(before_ns));
+        self.db.insert(HORIZON_KEY, &at.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn result_tree(&self, kind: &str) -> Option<&sled::Tree> {
+        match kind {
+            "mesh" => Some(&self.mesh),
+            "alias" => Some(&self.aliases),
+            "mda" => Some(&self.mda),
+            _ => None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn expire_results_impl(
+        &self,
+        kind: ResultKind,
+        before_ns: i64,
+        received_before_ns: i64,
+        chunk: usize,
+        archive: &mut dyn ChunkArchive,
+        counts: &mut ExpireCounts,
+        between: &mut dyn FnMut(&ExpireCounts),
+    ) -> Result<(), StoreError> {
+        let Some(tree) = self.result_tree(kind.name()) else {
+            return Ok(());
+        };
+        let journal = self.db.open_tree(JOURNAL_TREE)?;
+        let chunk = chunk.max(1);
+        let mut next: Vec<u8> = Vec::new();
+        loop {
+            // The chunk's keys and (date, bytes); the iterator is dropped before the
+            // chunk is archived and the pause taken.
+            let mut keys: Vec<Vec<u8>> = Vec::new();
+            let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut end = true;
+            for entry in tree.range(next.clone()..) {
+                let (k, v) = entry?;
+                let (at, received) = kind.times(&v).map_err(|e| corrupt(kind.name(), &k, e))?;
+                if at < before_ns && received < received_before_ns {
+                    let date = tracemesh_proto::time::date_of(at as f64 / 1e9);
+                    keys.push(k.to_vec());
+                    records.push((date, v.to_vec()));
+                    if keys.len() >= chunk {
+                        end = false;
+                        break;
+                    }
+                }
+            }
+            let Some(first) = keys.first() else {
+                return Ok(());
+            };
+            let name = format!(
+                "{}-{:016x}",
+                kind.name(),
+                rustc_hash::FxBuildHasher.hash_one(first.as_slice())
+            );
+            let files = archive.stage_encoded(&name, &records)?;
+            next = keys.last().cloned().unwrap_or_default();
+            next.push(0);
+            let j = Journal {
+                kind: Some(kind.name().to_owned()),
+                keys,
+                files,
+                ..Journal::default()
+            };
+            journal.insert(name.as_bytes(), journal_bytes(&j)?)?;
+            self.db.flush()?;
+            archive.publish(&j.files)?;
+            let mut n = 0;
+            for k in &j.keys {
+                if tree.remove(k)?.is_some() {
+                    n += 1;
+                }
+            }
+            kind.count(counts, n);
+            self.db.flush()?;
+            journal.remove(name.as_bytes())?;
+            between(counts);
+            if end {
+                return Ok(());
+            }
+        }
     }
 
     /// Deletes the traces the time postings `lo..=hi` of groups below `below_group`
