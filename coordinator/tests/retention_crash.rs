@@ -1,6 +1,7 @@
 //! A retention sweep killed with SIGKILL (a real child process) at each point of a
-//! chunk's way out — staged, journalled, published — and then a sweep again: every
-//! trace that was due is in the archive exactly once and in the store no more.
+//! chunk's way out — staged, journalled, published; and once after publishing a chunk
+//! of mesh samples — and then a sweep again: every trace and sample that was due is in
+//! the archive exactly once and in the store no more.
 
 // Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -10,7 +11,7 @@ use std::io::BufRead as _;
 use std::path::Path;
 
 use tracemesh::archive::Archive;
-use tracemesh::store::{ChunkArchive, SledStore, Store, StoreError, TraceQuery};
+use tracemesh::store::{ChunkArchive, ResultKind, SledStore, Store, StoreError, TraceQuery};
 use tracemesh_proto::v1;
 
 const GROUPS: u32 = 20;
@@ -55,12 +56,31 @@ fn group(g: u32) -> Vec<v1::TraceRecord> {
         .collect()
 }
 
+/// A mesh sample of round `g`, measured when that round's traces started.
+fn mesh(g: u32) -> v1::MeshSample {
+    let start = group(g)[0].start;
+    v1::MeshSample {
+        result_id: format!("c1/{g}/mesh/a"),
+        campaign_id: "c1".into(),
+        round: g,
+        src: "a".into(),
+        dst: "b".into(),
+        sent: 10,
+        received: 10,
+        at_ns: (start * 1e9) as i64,
+        received_at_ns: (start * 1e9) as i64,
+        ..Default::default()
+    }
+}
+
 /// Archives through the real `Archive`, and stops dead (waiting for its SIGKILL) at
 /// `at` of the third chunk.
 struct Stopping {
     inner: Archive,
     at: String,
     chunks: u32,
+    /// The chunk being published is another kind's (mesh samples here).
+    encoded: bool,
 }
 
 impl Stopping {
@@ -83,6 +103,12 @@ impl ChunkArchive for Stopping {
     fn publish(&mut self, files: &[String]) -> Result<(), StoreError> {
         self.stop_if("journalled");
         ChunkArchive::publish(&mut self.inner, files)?;
+        if self.encoded && self.at == "results" {
+            println!("stopped results");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
         self.stop_if("published");
         self.chunks += 1;
         Ok(())
@@ -92,6 +118,7 @@ impl ChunkArchive for Stopping {
         name: &str,
         records: &[(String, Vec<u8>)],
     ) -> Result<Vec<String>, StoreError> {
+        self.encoded = true;
         ChunkArchive::stage_encoded(&mut self.inner, name, records)
     }
     fn resumed(&mut self) -> Result<(), StoreError> {
@@ -115,6 +142,7 @@ fn crash_child_sweeper() {
         inner: Archive::new(&dir.join("archive")).unwrap(),
         at,
         chunks: 0,
+        encoded: false,
     };
     tracemesh::retention::sweep_into(&store, &mut a, CHUNK, cut_ns(), false, &mut |_| {}).unwrap();
     println!("finished");
@@ -146,7 +174,7 @@ fn staged_left(dir: &Path) -> usize {
 
 #[test]
 fn a_sweep_killed_at_any_point_archives_each_trace_once() {
-    for at in ["staged", "journalled", "published"] {
+    for at in ["staged", "journalled", "published", "results"] {
         let dir = tempfile::tempdir().unwrap();
         let (db, archive) = (dir.path().join("db"), dir.path().join("archive"));
         let all: Vec<v1::TraceRecord> = (0..GROUPS).flat_map(group).collect();
@@ -159,6 +187,7 @@ fn a_sweep_killed_at_any_point_archives_each_trace_once() {
                 for o in store.ingest_many(&group(g)).unwrap() {
                     o.unwrap();
                 }
+                store.put_mesh_sample(&mesh(g)).unwrap();
             }
             store.flush().unwrap();
         }
@@ -197,6 +226,13 @@ fn a_sweep_killed_at_any_point_archives_each_trace_once() {
         // archived again (its staged files were never published).
         if at == "staged" {
             assert_eq!(c.resumed, 0, "{at}: {c:?}");
+        } else if at == "results" {
+            // The traces were all done; the samples' chunk is finished, not rewritten.
+            assert_eq!(
+                (c.resumed, c.archived, c.mesh_samples),
+                (15, 0, 0),
+                "{at}: {c:?}"
+            );
         } else {
             assert!(c.resumed > 0, "{at}: {c:?}");
         }
@@ -204,6 +240,21 @@ fn a_sweep_killed_at_any_point_archives_each_trace_once() {
         // Killed after publishing, the chunk was in the archive already; journalled
         // only, its files came in by this sweep finishing it.
         let finished_now = if at == "journalled" { c.resumed } else { 0 };
+        let mut samples = BTreeMap::new();
+        tracemesh::archive::read_results(&archive, ResultKind::Mesh, &mut |m: v1::MeshSample| {
+            *samples.entry(m.round).or_insert(0) += 1;
+        })
+        .unwrap();
+        assert_eq!(samples, (0..15).map(|g| (g, 1)).collect(), "{at}");
+        let mut left = 0;
+        store
+            .for_each_mesh_sample(None, &mut |m| {
+                assert!(m.round >= 15, "{at}");
+                left += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(left, 5, "{at}");
         assert_eq!(
             before.len() as u64 + c.archived + finished_now,
             due.len() as u64,

@@ -180,7 +180,7 @@ impl SledStore {
         )?;
         between(&counts);
         for tree in [&self.by_vantage, &self.by_dst] {
-            counts.postings_deleted += prune_component_index(tree, cut, below_group)?;
+            prune_component_index(tree, cut, below_group, chunk, &mut counts, between)?;
         }
         Ok(counts)
     }
@@ -375,28 +375,59 @@ impl SledStore {
 }
 
 /// Removes a vantage or destination index's postings of buckets before `cut` from
-/// groups below `below_group`; how many.
-fn prune_component_index(tree: &sled::Tree, cut: i64, below_group: u64) -> Result<u64, StoreError> {
-    let mut n = 0;
-    let mut doomed = Vec::new();
-    for entry in tree.iter().keys() {
-        let k = entry?;
-        let skip = component_len(&k).ok_or_else(|| corrupt("index", &k, "short key"))?;
-        let (bucket, group) =
-            bucket_and_group(&k, skip).ok_or_else(|| corrupt("index", &k, "short key"))?;
-        if bucket < cut && group < below_group {
-            doomed.push(k);
-        }
-        if doomed.len() >= 4096 {
-            for k in doomed.drain(..) {
-                tree.remove(k)?;
-                n += 1;
+/// groups below `below_group` (into `counts`). Keys are component first, then bucket:
+/// each component's old postings are a range at its start, and the scan seeks past the
+/// component's newer ones instead of reading them (they are most of the index). A page
+/// at a time, with `between` after each, so it yields to ingest like the chunks do.
+fn prune_component_index(
+    tree: &sled::Tree,
+    cut: i64,
+    below_group: u64,
+    chunk: usize,
+    counts: &mut ExpireCounts,
+    between: &mut dyn FnMut(&ExpireCounts),
+) -> Result<(), StoreError> {
+    let page = chunk.max(1) * 4;
+    let mut next: Vec<u8> = Vec::new();
+    loop {
+        let mut doomed = Vec::new();
+        let mut seen = 0;
+        let mut resume = None;
+        for entry in tree.range(next.clone()..).keys() {
+            let k = entry?;
+            let skip = component_len(&k).ok_or_else(|| corrupt("index", &k, "short key"))?;
+            let (bucket, group) =
+                bucket_and_group(&k, skip).ok_or_else(|| corrupt("index", &k, "short key"))?;
+            if bucket >= cut {
+                // The rest of this component is newer: on to the next component (past
+                // every key of this one: bucket, group and chunk are 20 bytes).
+                let mut after = k[..skip].to_vec();
+                after.extend_from_slice(&[0xff; 21]);
+                resume = Some(after);
+                break;
+            }
+            if group < below_group {
+                doomed.push(k.clone());
+            }
+            seen += 1;
+            if seen >= page {
+                let mut after = k.to_vec();
+                after.push(0);
+                resume = Some(after);
+                break;
             }
         }
+        let worked = !doomed.is_empty();
+        for k in doomed {
+            tree.remove(k)?;
+            counts.postings_deleted += 1;
+        }
+        let Some(after) = resume else {
+            return Ok(());
+        };
+        if worked {
+            between(counts);
+        }
+        next = after;
     }
-    for k in doomed {
-        tree.remove(k)?;
-        n += 1;
-    }
-    Ok(n)
 }
