@@ -31,63 +31,230 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
     }
 }
 
-/// One sweep's writer into an archive directory.
+/// A sweep's writer into an archive directory: each chunk's files staged as hidden
+/// temporary files (`DIR/date=D/.NAME.parquet.tmp`, skipped by `files`, DuckDB and
+/// Spark), then renamed into place once the store has journalled the chunk.
 #[derive(Debug)]
 pub struct Archive {
     dir: PathBuf,
-    /// Distinguishes this sweep's files from earlier ones in the same partitions.
-    sweep: String,
-    chunks: u32,
     files: u64,
 }
 
 impl Archive {
-    /// `sweep_ns`: when the sweep began (names its files).
-    pub fn new(dir: &Path, sweep_ns: i64) -> Result<Self, ArchiveError> {
+    pub fn new(dir: &Path) -> Result<Self, ArchiveError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        Ok(Archive {
-            dir: dir.to_path_buf(),
-            sweep: format!("{sweep_ns}"),
-            chunks: 0,
-            files: 0,
-        })
+        // Absolute: the journal keeps these paths for a later process.
+        let dir = std::path::absolute(dir).map_err(io(dir))?;
+        Ok(Archive { dir, files: 0 })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Files written so far.
+    /// Files published so far.
     pub fn files(&self) -> u64 {
         self.files
     }
 
-    /// Writes one chunk and makes it durable (files and their directories fsynced):
-    /// after this returns the traces may leave the store.
-    pub fn write(&mut self, traces: &[v1::TraceRecord]) -> Result<Vec<PathBuf>, ArchiveError> {
+    /// Writes one chunk under temporary names and makes it durable (files fsynced);
+    /// the paths it will have once published.
+    pub fn stage(
+        &mut self,
+        name: &str,
+        traces: &[v1::TraceRecord],
+    ) -> Result<Vec<PathBuf>, ArchiveError> {
         if traces.is_empty() {
             return Ok(Vec::new());
         }
         let no_asn = |_: &str| None;
-        let part = format!("part-{}-{:05}", self.sweep, self.chunks);
-        self.chunks += 1;
-        let mut w = crate::formats::parquet::Writer::new(&self.dir, &no_asn)?.with_part(&part);
+        let final_name = format!("{name}.parquet");
+        let mut w = crate::formats::parquet::Writer::new(&self.dir, &no_asn)?
+            .with_file_name(&format!(".{final_name}.tmp"));
         for t in traces {
             w.write(t.clone())?;
         }
-        let files = w.finish()?;
-        for f in &files {
+        let staged = w.finish()?;
+        let mut out = Vec::with_capacity(staged.len());
+        for f in &staged {
             std::fs::File::open(f)
                 .and_then(|h| h.sync_all())
                 .map_err(io(f))?;
+            out.push(f.with_file_name(&final_name));
+        }
+        Ok(out)
+    }
+
+    /// Writes records of another kind (`kind-NAME`: (UTC date, protobuf bytes)) as
+    /// `DIR/date=D/.NAME.pb.gz.tmp`, gzip of length-delimited messages, fsynced; the
+    /// paths they will have once published.
+    pub fn stage_encoded(
+        &mut self,
+        name: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<PathBuf>, ArchiveError> {
+        use std::io::Write as _;
+        let final_name = format!("{name}.pb.gz");
+        let mut by_date: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
+        for (date, bytes) in records {
+            by_date.entry(date).or_default().push(bytes);
+        }
+        let mut out = Vec::with_capacity(by_date.len());
+        for (date, msgs) in by_date {
+            let part = self.dir.join(format!("date={date}"));
+            std::fs::create_dir_all(&part).map_err(io(&part))?;
+            let f = part.join(&final_name);
+            let tmp = staged_name(&f);
+            let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            let mut gz = flate2::write::GzEncoder::new(
+                std::io::BufWriter::new(file),
+                flate2::Compression::default(),
+            );
+            for m in msgs {
+                let mut len = Vec::with_capacity(5);
+                prost::encoding::encode_varint(m.len() as u64, &mut len);
+                gz.write_all(&len).map_err(io(&tmp))?;
+                gz.write_all(m).map_err(io(&tmp))?;
+            }
+            let file = gz
+                .finish()
+                .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+                .map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// Renames staged files into place and fsyncs their directories; a file already in
+    /// place (an earlier, interrupted publish) is done.
+    pub fn publish(&mut self, files: &[PathBuf]) -> Result<(), ArchiveError> {
+        for f in files {
+            let tmp = staged_name(f);
+            if tmp.exists() {
+                std::fs::rename(&tmp, f).map_err(io(f))?;
+            } else if !f.exists() {
+                return Err(ArchiveError::Read {
+                    path: f.display().to_string(),
+                    detail: "journalled archive file neither staged nor in place: its traces stay in the store".into(),
+                });
+            }
             if let Some(parent) = f.parent() {
                 sync_dir(parent)?;
             }
+            self.files += 1;
         }
-        sync_dir(&self.dir)?;
-        self.files += files.len() as u64;
-        Ok(files)
+        sync_dir(&self.dir)
     }
+}
+
+impl crate::store::ChunkArchive for Archive {
+    fn stage(
+        &mut self,
+        name: &str,
+        traces: &[v1::TraceRecord],
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        let files = Archive::stage(self, name, traces).map_err(store_err)?;
+        Ok(files.iter().map(|p| p.display().to_string()).collect())
+    }
+
+    fn publish(&mut self, files: &[String]) -> Result<(), crate::store::StoreError> {
+        let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        Archive::publish(self, &files).map_err(store_err)
+    }
+
+    fn stage_encoded(
+        &mut self,
+        name: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        let files = Archive::stage_encoded(self, name, records).map_err(store_err)?;
+        Ok(files.iter().map(|p| p.display().to_string()).collect())
+    }
+
+    fn resumed(&mut self) -> Result<(), crate::store::StoreError> {
+        remove_staged(&self.dir).map_err(store_err)
+    }
+}
+
+fn store_err(e: ArchiveError) -> crate::store::StoreError {
+    crate::store::StoreError::Invalid {
+        what: "archive",
+        detail: e.to_string(),
+    }
+}
+
+/// Where `f` is staged before it is published.
+fn staged_name(f: &Path) -> PathBuf {
+    let name = f
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    f.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Staged files no journal entry names (a sweep stopped before journalling them; the
+/// next chunk that covers their traces writes them again): removed once the journal
+/// entries left are finished.
+fn remove_staged(dir: &Path) -> Result<(), ArchiveError> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_staged(&p)?;
+        } else if is_staged(&p) {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_staged(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+}
+
+/// Calls `f` with every record of `kind` archived under `dir` (`*/KIND-*.pb.gz`), in
+/// file order; how many.
+pub fn read_results<M: prost::Message + Default>(
+    dir: &Path,
+    kind: crate::store::ResultKind,
+    f: &mut dyn FnMut(M),
+) -> Result<u64, ArchiveError> {
+    use std::io::Read as _;
+    let prefix = format!("{}-", kind.name());
+    let mut paths = Vec::new();
+    for d in std::fs::read_dir(dir).map_err(io(dir))? {
+        let d = d.map_err(io(dir))?.path();
+        if !d.is_dir() {
+            continue;
+        }
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let p = e.map_err(io(&d))?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with(&prefix) && name.ends_with(".pb.gz") {
+                paths.push(p);
+            }
+        }
+    }
+    paths.sort();
+    let mut n = 0;
+    for p in paths {
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&p).map_err(io(&p))?)
+            .read_to_end(&mut bytes)
+            .map_err(io(&p))?;
+        let mut buf = bytes.as_slice();
+        while !buf.is_empty() {
+            let m = M::decode_length_delimited(&mut buf).map_err(|e| read_err(&p, e))?;
+            f(m);
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {

@@ -30,3 +30,4 @@ pub mod report;
 pub mod retention;
 pub mod server;
 pub mod store;
+pub mod stored_records;

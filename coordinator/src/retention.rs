@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::archive::{Archive, ArchiveError};
-use crate::store::{ExpireCounts, Store, StoreError};
+use crate::store::{ChunkArchive, ExpireCounts, ResultKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -38,10 +38,47 @@ pub struct SweepReport {
     pub archive_files: u64,
     pub archive_dir: PathBuf,
     pub secs: f64,
+    /// Of `secs`, paused between chunks for ingest ([`Pace`]).
+    pub paused_secs: f64,
 }
 
 /// Traces per archive chunk: one set of Parquet files each (a few MB).
 pub const CHUNK: usize = 50_000;
+
+/// How a sweep shares the machine with ingest: after each chunk it pauses in
+/// proportion to what the chunk cost, so it takes at most `duty` of the time (of a
+/// core, and of sled's log) and ingest keeps the rest. Chunks are small beside ingest
+/// so that no single one holds the disk for long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Traces per chunk (one set of archive files each).
+    pub chunk: usize,
+    /// Share of the sweep's wall time spent working, in (0, 1]; 1: no pauses.
+    pub duty: f64,
+}
+
+impl Pace {
+    /// `tracemesh retain`: the coordinator is stopped, nothing to yield to.
+    pub const OFFLINE: Pace = Pace {
+        chunk: CHUNK,
+        duty: 1.0,
+    };
+    /// `serve --retain`: half the time, 10,000 traces a chunk.
+    pub const BESIDE_INGEST: Pace = Pace {
+        chunk: 10_000,
+        duty: 0.5,
+    };
+
+    /// The pause after a chunk that took `worked`.
+    pub fn pause(&self, worked: Duration) -> Duration {
+        if self.duty.is_nan() || self.duty >= 1.0 {
+            return Duration::ZERO;
+        }
+        // A duty of 0 or below would never finish: a hundredth at least.
+        let duty = self.duty.max(0.01);
+        worked.mul_f64((1.0 - duty) / duty)
+    }
+}
 
 /// Where the sweep must stop: the checkpoint's position; with `require_checkpoint`
 /// (live detection runs) and none saved yet, nothing goes.
@@ -54,7 +91,8 @@ pub fn limit(store: &dyn Store, require_checkpoint: bool) -> Result<u64, StoreEr
 }
 
 /// Archives into `archive_dir`, then deletes, the traces started before `before_ns`
-/// (as far as the checkpoint allows); `progress` hears the counts after each chunk.
+/// (as far as the checkpoint allows), at full speed; `progress` hears the counts after
+/// each chunk.
 pub fn sweep(
     store: &dyn Store,
     archive_dir: &Path,
@@ -62,33 +100,45 @@ pub fn sweep(
     require_checkpoint: bool,
     progress: &mut dyn FnMut(&ExpireCounts),
 ) -> Result<SweepReport, RetentionError> {
+    sweep_paced(
+        store,
+        archive_dir,
+        before_ns,
+        require_checkpoint,
+        Pace::OFFLINE,
+        progress,
+    )
+}
+
+/// [`sweep`] at `pace`.
+pub fn sweep_paced(
+    store: &dyn Store,
+    archive_dir: &Path,
+    before_ns: i64,
+    require_checkpoint: bool,
+    pace: Pace,
+    progress: &mut dyn FnMut(&ExpireCounts),
+) -> Result<SweepReport, RetentionError> {
     let started = std::time::Instant::now();
-    let below_group = limit(store, require_checkpoint)?;
-    let mut archive = Archive::new(archive_dir, crate::server::now_ns())?;
-    let mut done = ExpireCounts::default();
-    let mut archive_error = None;
-    let counts = store.expire_traces(before_ns, below_group, CHUNK, &mut |chunk| match archive
-        .write(chunk)
-    {
-        Ok(_) => {
-            done.archived += chunk.len() as u64;
-            progress(&done);
-            Ok(())
-        }
-        Err(e) => {
-            let detail = e.to_string();
-            archive_error = Some(e);
-            Err(StoreError::Invalid {
-                what: "archive",
-                detail,
-            })
-        }
-    });
-    if let Some(e) = archive_error {
-        return Err(e.into());
-    }
-    let counts = counts?;
-    store.flush()?;
+    let mut archive = Archive::new(archive_dir)?;
+    let mut paused = Duration::ZERO;
+    let mut mark = std::time::Instant::now();
+    let (below_group, counts) = sweep_into(
+        store,
+        &mut archive,
+        pace.chunk,
+        before_ns,
+        require_checkpoint,
+        &mut |c| {
+            progress(c);
+            let p = pace.pause(mark.elapsed());
+            if !p.is_zero() {
+                std::thread::sleep(p);
+                paused += p;
+            }
+            mark = std::time::Instant::now();
+        },
+    )?;
     Ok(SweepReport {
         before_ns,
         below_group,
@@ -96,7 +146,43 @@ pub fn sweep(
         archive_files: archive.files(),
         archive_dir: archive.dir().to_path_buf(),
         secs: started.elapsed().as_secs_f64(),
+        paused_secs: paused.as_secs_f64(),
     })
+}
+
+/// `sweep` into any [`ChunkArchive`], `chunk` traces at a time: the checkpoint's limit
+/// it kept to and what it did.
+pub fn sweep_into(
+    store: &dyn Store,
+    archive: &mut dyn ChunkArchive,
+    chunk: usize,
+    before_ns: i64,
+    require_checkpoint: bool,
+    progress: &mut dyn FnMut(&ExpireCounts),
+) -> Result<(u64, ExpireCounts), RetentionError> {
+    let below_group = limit(store, require_checkpoint)?;
+    let mut counts = store.expire_traces(before_ns, below_group, chunk, archive, progress)?;
+    // The other kinds are not in ingest groups: what was stored before the checkpoint
+    // was written is in it.
+    let received_before = match store.get_checkpoint()? {
+        Some(cp) => cp.written_at_ns,
+        None if require_checkpoint => 0,
+        None => i64::MAX,
+    };
+    for kind in ResultKind::ALL {
+        store.expire_results(
+            kind,
+            before_ns,
+            received_before,
+            chunk,
+            archive,
+            &mut counts,
+            progress,
+        )?;
+    }
+    store.set_retention_horizon(before_ns)?;
+    store.flush()?;
+    Ok((below_group, counts))
 }
 
 /// Bytes in the files under `dir`.
@@ -181,11 +267,12 @@ pub fn spawn(
             let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
             let before_ns = crate::server::now_ns().saturating_sub(window_ns);
             let run = tokio::task::spawn_blocking(move || {
-                sweep(
+                sweep_paced(
                     store.as_ref(),
                     &dir,
                     before_ns,
                     require_checkpoint,
+                    Pace::BESIDE_INGEST,
                     &mut |_| {},
                 )
             });
@@ -193,10 +280,12 @@ pub fn spawn(
                 Ok(Ok(r)) => tracing::info!(
                     archived = r.counts.archived,
                     deleted = r.counts.deleted,
+                    resumed = r.counts.resumed,
                     postings = r.counts.postings_deleted,
                     files = r.archive_files,
                     kept_from_group = r.below_group,
                     secs = r.secs,
+                    paused_secs = r.paused_secs,
                     "retention sweep"
                 ),
                 Ok(Err(e)) => {
@@ -206,4 +295,26 @@ pub fn spawn(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_sweep_pauses_in_proportion_to_its_work() {
+        let ms = Duration::from_millis;
+        assert_eq!(Pace::OFFLINE.pause(ms(300)), Duration::ZERO);
+        assert_eq!(Pace::BESIDE_INGEST.pause(ms(300)), ms(300));
+        let quarter = Pace {
+            chunk: 1,
+            duty: 0.25,
+        };
+        assert_eq!(quarter.pause(ms(100)), ms(300));
+        let never = Pace {
+            chunk: 1,
+            duty: 0.0,
+        };
+        assert_eq!(never.pause(ms(1)), ms(99));
+    }
 }

@@ -2,6 +2,7 @@
 //! the detector (`tracemesh::detect`), reported as scenarios/FORMAT.md prescribes.
 
 use anyhow::{anyhow, bail};
+use serde_json::Value;
 use tonic::transport::Channel;
 use tracemesh::detect::{self, Adversary, Detector, MdaTrace, Tables, Trace, VantageInfo};
 use tracemesh::geo::GeoPoint;
@@ -171,10 +172,27 @@ pub async fn run(
     let mesh = mesh_points(c, a.campaign.clone()).await?;
     let mut doc = serde_json::to_value(&report)?;
     tracemesh::mesh::annotate_json(&mut doc, &mesh);
+    let kept = stored_records(c, &a, &doc).await?;
+    if let Some(list) = doc.get_mut("diversions").and_then(Value::as_array_mut) {
+        list.extend(kept.iter().cloned());
+    }
+    doc["stored_records"] = kept.len().into();
     if a.json {
         println!("{}", serde_json::to_string(&doc)?);
     } else {
-        print!("{}", detect::render_text(&report, annot, n));
+        if report.diversions.is_empty() && !kept.is_empty() {
+            println!("no diversions detected in {n} traces");
+        } else {
+            print!("{}", detect::render_text(&report, annot, n));
+        }
+        if !kept.is_empty() {
+            println!(
+                "\nClosed episodes the coordinator kept (their traces since retired by retention):"
+            );
+            for r in &kept {
+                println!("    {}", tracemesh::stored_records::text_line(r));
+            }
+        }
         let lines = tracemesh::mesh::text_lines(&doc);
         if !lines.is_empty() {
             println!("\nAgents measuring each other (one-way delays, QUIC):");
@@ -184,6 +202,42 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The diversion records the coordinator stored as live detection published them that
+/// no record detected now overlaps (`stored_records::to_add`): episodes whose traces
+/// retention removed. None with `--campaign` (stored records name no campaign), and
+/// none from a coordinator that predates them.
+async fn stored_records(
+    c: &mut ConsumerServiceClient<Channel>,
+    a: &DiversionsArgs,
+    doc: &Value,
+) -> anyhow::Result<Vec<Value>> {
+    if a.campaign.is_some() {
+        return Ok(Vec::new());
+    }
+    let mut s = match c
+        .query_diversion_records(v1::QueryDiversionRecordsRequest::default())
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(Vec::new()),
+        Err(s) => return Err(status("diversions", s)),
+    };
+    let mut stored = Vec::new();
+    while let Some(r) = s.message().await.map_err(|s| status("diversions", s))? {
+        stored.push(r.json);
+    }
+    let detected = doc
+        .get("diversions")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let (kept, bad) =
+        tracemesh::stored_records::to_add(detected, stored.iter().map(String::as_str));
+    if bad > 0 {
+        tracing::warn!(bad, "stored diversion records unreadable; skipped");
+    }
+    Ok(kept)
 }
 
 /// Every mesh sample (of the campaign, if one is given); none from a coordinator that

@@ -59,6 +59,19 @@ pub fn run(data: &std::path::Path, a: RetainArgs) -> anyhow::Result<()> {
             report.archive_dir.display(),
             report.counts.deleted,
         );
+        let c = &report.counts;
+        if c.mesh_samples + c.alias_results + c.mda_results > 0 {
+            println!(
+                "archived and deleted {} mesh samples, {} alias results, {} multipath traces",
+                c.mesh_samples, c.alias_results, c.mda_results
+            );
+        }
+        if report.counts.resumed > 0 {
+            println!(
+                "finished an interrupted sweep: deleted {} traces it had archived",
+                report.counts.resumed
+            );
+        }
         println!(
             "store: {:.1} MiB before, {:.1} MiB after the sweep{}",
             bytes_before as f64 / 1048576.0,

@@ -271,6 +271,13 @@ impl<'a> Writer<'a> {
         self
     }
 
+    /// Names each date's file exactly `name` (archives stage theirs under temporary
+    /// names before renaming them into place).
+    pub fn with_file_name(mut self, name: &str) -> Self {
+        self.part = name.to_owned();
+        self
+    }
+
     pub fn write(&mut self, t: v1::TraceRecord) -> Result<(), FormatError> {
         let date = date_of(t.start);
         if !self.open.contains_key(&date) {

@@ -3,8 +3,8 @@
 //! certificates never get here: `revoke::interceptor` refuses them on every service.
 //!
 //! Which role each RPC needs: `Session` agent; `QueryTraces`, `SubscribeTraces`,
-//! `SubscribeDiversions`, `QueryAliases`, `ListAgents`, `ListCampaigns`, `GetCampaign`
-//! reader; `CreateToken`, `CreateCampaign`, `CancelCampaign` operator; `AdminService`
+//! `SubscribeDiversions`, `QueryDiversionRecords`, `QueryAliases`, `ListAgents`,
+//! `ListCampaigns`, `GetCampaign` reader; `CreateToken`, `CreateCampaign`, `CancelCampaign` operator; `AdminService`
 //! (identities, revocation) admin. A higher consumer role includes the lower ones.
 
 use rustls::pki_types::CertificateDer;

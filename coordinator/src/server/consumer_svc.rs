@@ -537,6 +537,50 @@ impl v1::consumer_service_server::ConsumerService for ConsumerSvc {
         }))
     }
 
+    type QueryDiversionRecordsStream = BoxStream<v1::StoredDiversion>;
+
+    async fn query_diversion_records(
+        &self,
+        req: Request<v1::QueryDiversionRecordsRequest>,
+    ) -> Result<Response<Self::QueryDiversionRecordsStream>, Status> {
+        authorize(&req, Role::Reader)?;
+        let q = req.into_inner();
+        let prefix = q.vantage.map(|v| format!("{v}|"));
+        let all = q.all;
+        let records = self
+            .c
+            .collect(
+                move |s, f| {
+                    // Retired: the episode ended before the latest sweep's cut, so its
+                    // traces are gone and detection over the store cannot find it.
+                    let horizon_s = match s.retention_horizon()? {
+                        Some(ns) => ns as f64 / 1e9,
+                        None if all => f64::INFINITY,
+                        None => return Ok(()),
+                    };
+                    s.for_each_diversion_record(&mut |k, v| {
+                        let retired = all
+                            || serde_json::from_slice::<serde_json::Value>(v)
+                                .ok()
+                                .and_then(|r| r.get("last_seen")?.as_f64())
+                                .is_some_and(|last| last < horizon_s);
+                        if !retired {
+                            return true;
+                        }
+                        f(v1::StoredDiversion {
+                            key: k.to_owned(),
+                            json: String::from_utf8_lossy(v).into_owned(),
+                        })
+                    })
+                },
+                move |d: &v1::StoredDiversion| prefix.as_ref().is_none_or(|p| d.key.starts_with(p)),
+            )
+            .await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            records.into_iter().map(Ok),
+        ))))
+    }
+
     type QueryMeshStream = BoxStream<v1::MeshSample>;
 
     async fn query_mesh(

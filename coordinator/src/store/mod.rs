@@ -103,6 +103,94 @@ pub struct ExpireCounts {
     pub deleted: u64,
     /// Index postings removed (time, vantage and destination indexes).
     pub postings_deleted: u64,
+    /// Records (traces or other kinds) deleted finishing chunks an interrupted sweep
+    /// had archived already (its journal entries): archived then, not again now.
+    pub resumed: u64,
+    /// Mesh samples, alias results and multipath traces archived, then deleted.
+    pub mesh_samples: u64,
+    pub alias_results: u64,
+    pub mda_results: u64,
+}
+
+/// The raw results besides traces that retention archives and deletes too
+/// ([`Store::expire_results`]), each in its own tree keyed by campaign first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultKind {
+    Mesh,
+    Alias,
+    Mda,
+}
+
+impl ResultKind {
+    pub const ALL: [ResultKind; 3] = [ResultKind::Mesh, ResultKind::Alias, ResultKind::Mda];
+
+    /// Its archive files' prefix (`DIR/date=D/KIND-....pb.gz`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResultKind::Mesh => "mesh",
+            ResultKind::Alias => "alias",
+            ResultKind::Mda => "mda",
+        }
+    }
+
+    /// (when it was measured, when the coordinator stored it), Unix ns, of a stored
+    /// record of this kind.
+    pub fn times(self, bytes: &[u8]) -> Result<(i64, i64), prost::DecodeError> {
+        use prost::Message as _;
+        let s_to_ns = |s: f64| (s * 1e9) as i64;
+        Ok(match self {
+            ResultKind::Mesh => {
+                let m = v1::MeshSample::decode(bytes)?;
+                (m.at_ns, m.received_at_ns)
+            }
+            ResultKind::Alias => {
+                let r = v1::AliasResult::decode(bytes)?;
+                (s_to_ns(r.start), r.received_at_ns)
+            }
+            ResultKind::Mda => {
+                let r = v1::MdaResult::decode(bytes)?;
+                (s_to_ns(r.start), r.received_at_ns)
+            }
+        })
+    }
+
+    fn counter(self, c: &mut ExpireCounts) -> &mut u64 {
+        match self {
+            ResultKind::Mesh => &mut c.mesh_samples,
+            ResultKind::Alias => &mut c.alias_results,
+            ResultKind::Mda => &mut c.mda_results,
+        }
+    }
+
+    /// Adds `n` archived-and-deleted records of this kind to `c`.
+    pub fn count(self, c: &mut ExpireCounts, n: u64) {
+        *self.counter(c) += n;
+    }
+}
+
+/// Where a retention sweep puts each chunk before the store deletes it, in two steps
+/// around the store's journal entry for the chunk (`sled_store/retention.rs`): a crash
+/// before the entry leaves only staged files, which nothing reads and the next sweep
+/// writes again; a crash after it leaves the entry, which the next sweep finishes
+/// (publish, delete) instead of archiving the chunk a second time.
+pub trait ChunkArchive {
+    /// Writes `traces` durably (fsynced) under temporary names no reader looks at;
+    /// returns the files `publish` will put in place. `name` is the chunk's, the same
+    /// on every sweep that meets that chunk.
+    fn stage(&mut self, name: &str, traces: &[v1::TraceRecord]) -> Result<Vec<String>, StoreError>;
+    /// Puts staged files in place (renamed, directories fsynced); a file already in
+    /// place is done. An error if a file is neither staged nor in place.
+    fn publish(&mut self, files: &[String]) -> Result<(), StoreError>;
+    /// As `stage`, for records of another kind: (UTC date of the record, its bytes as
+    /// stored, a protobuf message), in one file per date.
+    fn stage_encoded(
+        &mut self,
+        name: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<String>, StoreError>;
+    /// The journal entries an interrupted sweep left are finished: staged files left
+    /// now belong to no chunk.
+    fn resumed(&mut self) -> Result<(), StoreError>;
 }
 
 /// Whether an ingest stored something new.
@@ -260,15 +348,37 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError>;
     /// Retention (`sled_store/retention.rs`): deletes the traces that started before
     /// `before_ns` (rounded down to the index's 10 s buckets) and were stored by an
-    /// ingest group below `below_group`, about `chunk` at a time, each chunk handed to
-    /// `archive` first: an error from it stops the sweep with that chunk still stored.
+    /// ingest group below `below_group`, about `chunk` at a time, each chunk archived
+    /// first (staged, journalled, published): an error stops the sweep with that chunk
+    /// still stored. Journal entries an interrupted sweep left are finished first.
+    /// `between` runs after each chunk (the caller's pacing).
     fn expire_traces(
         &self,
         before_ns: i64,
         below_group: u64,
         chunk: usize,
-        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+        archive: &mut dyn ChunkArchive,
+        between: &mut dyn FnMut(&ExpireCounts),
     ) -> Result<ExpireCounts, StoreError>;
+    /// Retention of another kind of result: as `expire_traces`, for the records
+    /// measured before `before_ns` and stored before `received_before_ns` (what the
+    /// detector checkpoint covers); their counts go into `counts`.
+    #[allow(clippy::too_many_arguments)]
+    fn expire_results(
+        &self,
+        kind: ResultKind,
+        before_ns: i64,
+        received_before_ns: i64,
+        chunk: usize,
+        archive: &mut dyn ChunkArchive,
+        counts: &mut ExpireCounts,
+        between: &mut dyn FnMut(&ExpireCounts),
+    ) -> Result<(), StoreError>;
+    /// The latest cut (Unix ns) a finished retention sweep applied: traces started
+    /// before it have left the store (but those the checkpoint did not cover yet).
+    fn retention_horizon(&self) -> Result<Option<i64>, StoreError>;
+    /// Records a finished sweep's cut (the horizon never moves back).
+    fn set_retention_horizon(&self, before_ns: i64) -> Result<(), StoreError>;
     /// Calls `f` with each stored diversion record (key, JSON), in key order.
     fn for_each_diversion_record(
         &self,

@@ -501,9 +501,37 @@ impl Store for SledStore {
         before_ns: i64,
         below_group: u64,
         chunk: usize,
-        archive: &mut dyn FnMut(&[v1::TraceRecord]) -> Result<(), StoreError>,
+        archive: &mut dyn super::ChunkArchive,
+        between: &mut dyn FnMut(&super::ExpireCounts),
     ) -> Result<super::ExpireCounts, StoreError> {
-        self.expire_traces_impl(before_ns, below_group, chunk, archive)
+        self.expire_traces_impl(before_ns, below_group, chunk, archive, between)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn expire_results(
+        &self,
+        kind: super::ResultKind,
+        before_ns: i64,
+        received_before_ns: i64,
+        chunk: usize,
+        archive: &mut dyn super::ChunkArchive,
+        counts: &mut super::ExpireCounts,
+        between: &mut dyn FnMut(&super::ExpireCounts),
+    ) -> Result<(), StoreError> {
+        self.expire_results_impl(
+            kind,
+            before_ns,
+            received_before_ns,
+            chunk,
+            archive,
+            counts,
+            between,
+        )
+    }
+    fn retention_horizon(&self) -> Result<Option<i64>, StoreError> {
+        self.retention_horizon_impl()
+    }
+    fn set_retention_horizon(&self, before_ns: i64) -> Result<(), StoreError> {
+        self.set_retention_horizon_impl(before_ns)
     }
     fn put_diversion_record(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
         self.db
