@@ -186,32 +186,43 @@ def main():
     # The coordinator's RSS: one sample a minute, each process's spread, and whether it
     # grows: the median of the last third of the run against the first third's (samples
     # swing with each round's burst of uploads, and every restart starts afresh, so single
-    # samples say little). The store's size on disk is listed beside it.
-    rss = [x if len(x) == 4 else [*x, 0] for x in lab.get("coordinator_rss_kib", [])]
-    by_pid = collections.OrderedDict()
-    for t, pid, kib, _ in rss:
-        by_pid.setdefault(pid, []).append((t, kib))
-    print("coordinator RSS (t s, pid, MiB, store MiB):")
-    last_min = -1
-    for t, pid, kib, store in rss:
-        if int(t // 60) != last_min:
-            last_min = int(t // 60)
-            print(f"  {t:7.0f} {pid:>8} {kib / 1024:7.1f} {store / 1024:7.1f}")
-    for pid, s in by_pid.items():
-        ks = sorted(k for _, k in s)
-        print(f"  process {pid}: {s[0][0]:5.0f}-{s[-1][0]:5.0f} s: first {s[0][1] / 1024:.1f}, "
-              f"median {ks[len(ks) // 2] / 1024:.1f}, max {ks[-1] / 1024:.1f} MiB")
-    def median(xs):
-        xs = sorted(xs)
-        return xs[len(xs) // 2] / 1024 if xs else 0.0
-    span = max((t for t, *_ in rss), default=0.0)
-    first = median([k for t, _, k, _ in rss if t < span / 3])
-    last = median([k for t, _, k, _ in rss if t >= 2 * span / 3])
-    growth = last / first if first else 0.0
-    print(f"  median RSS: first third {first:.1f} MiB, last third {last:.1f} MiB (x{growth:.2f}); "
-          f"store {rss[0][3] / 1024 if rss else 0:.1f} -> {rss[-1][3] / 1024 if rss else 0:.1f} MiB")
-    if rss and growth > RSS_GROWTH_MAX:
-        failures.append(f"coordinator RSS grew: median {first:.1f} MiB in the first third, {last:.1f} MiB in the last (x{growth:.2f} > x{RSS_GROWTH_MAX})")
+    # samples say little). The store's size on disk is listed beside it. Both runs when
+    # both sampled: the undisturbed run's coordinator lives the whole run.
+    def rss_of(run_dir, name):
+        lab_run = json.load(open(f"{run_dir}/lab.json"))
+        rss = [x if len(x) == 4 else [*x, 0] for x in lab_run.get("coordinator_rss_kib", [])]
+        if not rss:
+            return None
+        by_pid = collections.OrderedDict()
+        for t, pid, kib, _ in rss:
+            by_pid.setdefault(pid, []).append((t, kib))
+        print(f"coordinator RSS, {name} run (t s, pid, MiB, store MiB):")
+        last_min = -1
+        for t, pid, kib, store in rss:
+            if int(t // 60) != last_min:
+                last_min = int(t // 60)
+                print(f"  {t:7.0f} {pid:>8} {kib / 1024:7.1f} {store / 1024:7.1f}")
+        for pid, s in by_pid.items():
+            ks = sorted(k for _, k in s)
+            print(f"  process {pid}: {s[0][0]:5.0f}-{s[-1][0]:5.0f} s: first {s[0][1] / 1024:.1f}, "
+                  f"median {ks[len(ks) // 2] / 1024:.1f}, max {ks[-1] / 1024:.1f} MiB")
+        def median(xs):
+            xs = sorted(xs)
+            return xs[len(xs) // 2] / 1024 if xs else 0.0
+        span = max(t for t, *_ in rss)
+        first = median([k for t, _, k, _ in rss if t < span / 3])
+        last = median([k for t, _, k, _ in rss if t >= 2 * span / 3])
+        growth = last / first if first else 0.0
+        print(f"  median RSS: first third {first:.1f} MiB, last third {last:.1f} MiB (x{growth:.2f}); "
+              f"store {rss[0][3] / 1024:.1f} -> {rss[-1][3] / 1024:.1f} MiB")
+        if growth > RSS_GROWTH_MAX:
+            failures.append(f"coordinator RSS grew in the {name} run: median {first:.1f} MiB in the first third, "
+                            f"{last:.1f} MiB in the last (x{growth:.2f} > x{RSS_GROWTH_MAX})")
+        return {"max_mib": round(max(k for _, _, k, _ in rss) / 1024, 1),
+                "median_first_third_mib": round(first, 1), "median_last_third_mib": round(last, 1),
+                "growth": round(growth, 3), "store_mib_end": round(rss[-1][3] / 1024, 1)}
+    rss_faults = rss_of(a.faults, "faulted")
+    rss_base = rss_of(a.base, "undisturbed")
     figures = {
         "vantages": len(vantages),
         "rounds": rounds,
@@ -231,11 +242,8 @@ def main():
         "victim_record_rounds_lost": victim_rounds_lost,
         "records_moved_a_round_at_an_event_edge": [[list(x) for x in m] for m in edge_moves],
         "incidents": len(faulted.get("incidents", [])),
-        "rss_mib_max": round(max((k for _, _, k, _ in rss), default=0) / 1024, 1),
-        "rss_mib_median_first_third": round(first, 1),
-        "rss_mib_median_last_third": round(last, 1),
-        "rss_growth": round(growth, 3),
-        "store_mib_end": round(rss[-1][3] / 1024, 1) if rss else None,
+        "rss_faulted": rss_faults,
+        "rss_undisturbed": rss_base,
         "ok": not failures,
         "failures": failures,
     }

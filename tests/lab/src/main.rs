@@ -106,9 +106,10 @@ enum Cmd {
         /// the binaries) runs with the real ones.
         #[arg(long)]
         garbage_agent: bool,
-        /// With any fault: sample the coordinator's RSS every S seconds (lab.json).
-        #[arg(long, value_name = "S", default_value_t = 5.0)]
-        rss_every: f64,
+        /// Sample the coordinator's RSS and store size every S seconds (lab.json); with
+        /// any fault every 5 s unless given.
+        #[arg(long, value_name = "S")]
+        rss_every: Option<f64>,
     },
     /// Check a mesh run's one-way delays (OUT/mesh.jsonl) against FORMAT.md's one-way
     /// rule; exits non-zero when fewer than --min-share are within --tolerance-ms.
@@ -359,19 +360,20 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 || kill_agent.is_some()
                 || !flap_control.is_empty()
                 || !flap_probe.is_empty()
-                || garbage_agent)
-                .then_some(tracemesh_lab::faults::FaultPlan {
-                    restart_every_s: restart_coordinator_every,
-                    victim: kill_agent,
-                    kill_every_s: kill_every,
-                    restart_after_s: 3.0,
-                    flap: flap_control,
-                    flap_probe,
-                    flap_every_s: flap_every,
-                    flap_down_s: flap_down,
-                    garbage: garbage_agent,
-                    rss_every_s: rss_every,
-                });
+                || garbage_agent
+                || rss_every.is_some())
+            .then_some(tracemesh_lab::faults::FaultPlan {
+                restart_every_s: restart_coordinator_every,
+                victim: kill_agent,
+                kill_every_s: kill_every,
+                restart_after_s: 3.0,
+                flap: flap_control,
+                flap_probe,
+                flap_every_s: flap_every,
+                flap_down_s: flap_down,
+                garbage: garbage_agent,
+                rss_every_s: rss_every.unwrap_or(5.0),
+            });
             let rate = match rate {
                 Some(r) => r,
                 None => run::default_rate(World::load(&scenario)?.s.vantages.len()),
