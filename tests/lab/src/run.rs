@@ -195,7 +195,6 @@ fn garbage_traces(lines: &str) -> usize {
         .count()
 }
 
-/// The coordinator's resident set, KiB (0 when it cannot be read).
 /// Bytes of the files under `dir` (the coordinator's store): what the RSS is set against.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -210,6 +209,7 @@ fn dir_bytes(dir: &Path) -> u64 {
     })
 }
 
+/// The coordinator's resident set, KiB (0 when it cannot be read).
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
