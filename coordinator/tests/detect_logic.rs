@@ -653,6 +653,19 @@ fn a_round_with_its_adversary_hops_silent_stays_in_the_episode() {
     assert_eq!(rep.diversions[0].rounds, 5);
 }
 
+/// Clean rounds 0-2, diverted rounds 3-5, round 6 straddling the diversion's end
+/// (`last`), then rounds 7-11 on the route `after` draws: the one record's rounds.
+fn episode_around(last: &[(Option<&str>, f64)], after: &[(Option<&str>, f64)]) -> (u64, u64, u32) {
+    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
+    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
+    ts.push(trace(6, "ottawa", DST, last));
+    ts.extend((7..12).map(|r| trace(r, "ottawa", DST, after)));
+    let rep = run(&ts);
+    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
+    let d = &rep.diversions[0];
+    (d.first_round, d.last_round, d.rounds)
+}
+
 #[test]
 fn a_shorter_route_after_the_diversion_does_not_pass_for_its_silent_adversary_hops() {
     // Seen in the lab soak: the last diverted round had its third hop silent; once the
@@ -660,12 +673,7 @@ fn a_shorter_route_after_the_diversion_does_not_pass_for_its_silent_adversary_ho
     // third is a router the diverted round had silent there, and whose destination
     // answered at TTL 4, where the diverted round showed China Telecom. The
     // destination's TTL is no silence: the episode ends with the diversion.
-    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
-    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
-    ts.push(trace(
-        6,
-        "ottawa",
-        DST,
+    let rounds = episode_around(
         &[
             (Some("24.114.255.1"), 0.4),
             (Some("24.114.255.2"), 5.7),
@@ -673,25 +681,14 @@ fn a_shorter_route_after_the_diversion_does_not_pass_for_its_silent_adversary_ho
             (Some("202.97.10.5"), 66.0),
             (Some(DST), 200.4),
         ],
-    ));
-    let shorter = |r| {
-        trace(
-            r,
-            "ottawa",
-            DST,
-            &[
-                (Some("24.114.255.1"), 0.4),
-                (None, 0.0),
-                (Some("62.115.20.1"), 13.0),
-                (Some(DST), 150.4),
-            ],
-        )
-    };
-    ts.extend((7..12).map(shorter));
-    let rep = run(&ts);
-    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
-    let d = &rep.diversions[0];
-    assert_eq!((d.first_round, d.last_round, d.rounds), (3, 6, 4), "{d:#?}");
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (None, 0.0),
+            (Some("62.115.20.1"), 13.0),
+            (Some(DST), 150.4),
+        ],
+    );
+    assert_eq!(rounds, (3, 6, 4));
 }
 
 #[test]
@@ -701,12 +698,7 @@ fn the_normal_route_back_with_a_rate_limiting_hop_ends_the_episode() {
     // route's second router rate-limits: silent at TTL 2, where the diverted round had
     // its only adversary hop. Its TTL 3 answers as the normal route did before the
     // episode, where the diverted round was silent: the pair is back on it.
-    let mut ts: Vec<Trace> = (0..3).map(|r| normal(r, "ottawa")).collect();
-    ts.extend((3..6).map(|r| diverted(r, "ottawa", false)));
-    ts.push(trace(
-        6,
-        "ottawa",
-        DST,
+    let rounds = episode_around(
         &[
             (Some("24.114.255.1"), 0.4),
             (Some("202.97.10.1"), 5.8),
@@ -714,26 +706,15 @@ fn the_normal_route_back_with_a_rate_limiting_hop_ends_the_episode() {
             (Some("211.192.255.1"), 150.0),
             (Some(DST), 150.4),
         ],
-    ));
-    let back = |r| {
-        trace(
-            r,
-            "ottawa",
-            DST,
-            &[
-                (Some("24.114.255.1"), 0.4),
-                (None, 0.0),
-                (Some("62.115.10.1"), 13.0),
-                (Some("211.192.255.1"), 150.0),
-                (Some(DST), 150.4),
-            ],
-        )
-    };
-    ts.extend((7..12).map(back));
-    let rep = run(&ts);
-    assert_eq!(rep.diversions.len(), 1, "{:#?}", rep.diversions);
-    let d = &rep.diversions[0];
-    assert_eq!((d.first_round, d.last_round, d.rounds), (3, 6, 4), "{d:#?}");
+        &[
+            (Some("24.114.255.1"), 0.4),
+            (None, 0.0),
+            (Some("62.115.10.1"), 13.0),
+            (Some("211.192.255.1"), 150.0),
+            (Some(DST), 150.4),
+        ],
+    );
+    assert_eq!(rounds, (3, 6, 4));
 }
 
 #[test]

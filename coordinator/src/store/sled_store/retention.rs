@@ -30,6 +30,22 @@ fn bucket_and_group(k: &[u8], skip: usize) -> Option<(i64, u64)> {
     Some((b as i64, g))
 }
 
+/// A time-index entry's postings, or `None` when its ingest group is `below_group` or
+/// later (not yet covered by the checkpoint, so not the sweep's to touch).
+fn postings_below<'v>(
+    k: &[u8],
+    v: &'v [u8],
+    below_group: u64,
+) -> Result<Option<Vec<(i64, &'v [u8])>>, StoreError> {
+    let (_, group) = bucket_and_group(k, 0).ok_or_else(|| corrupt("index", k, "short key"))?;
+    if group >= below_group {
+        return Ok(None);
+    }
+    keys::parse_postings(v)
+        .map(Some)
+        .ok_or_else(|| corrupt("index", k, "bad postings"))
+}
+
 /// Length of a component-first posting key's component (u16 length + bytes).
 fn component_len(k: &[u8]) -> Option<usize> {
     let n = u16::from_be_bytes(k.get(..2)?.try_into().ok()?) as usize;
@@ -129,13 +145,9 @@ impl SledStore {
         'scan: loop {
             for entry in self.by_time.range(next.clone()..hi.clone()) {
                 let (k, v) = entry?;
-                let (_, group) =
-                    bucket_and_group(&k, 0).ok_or_else(|| corrupt("index", &k, "short key"))?;
-                if group >= below_group {
+                let Some(pairs) = postings_below(&k, &v, below_group)? else {
                     continue;
-                }
-                let pairs =
-                    keys::parse_postings(&v).ok_or_else(|| corrupt("index", &k, "bad postings"))?;
+                };
                 for (start, pk) in pairs {
                     if seen.contains(pk) {
                         continue;
@@ -347,13 +359,9 @@ impl SledStore {
         let (mut traces, mut postings) = (0, 0);
         for entry in self.by_time.range(lo..=hi) {
             let (k, v) = entry?;
-            let (_, group) =
-                bucket_and_group(&k, 0).ok_or_else(|| corrupt("index", &k, "short key"))?;
-            if group >= below_group {
+            let Some(pairs) = postings_below(&k, &v, below_group)? else {
                 continue;
-            }
-            let pairs =
-                keys::parse_postings(&v).ok_or_else(|| corrupt("index", &k, "bad postings"))?;
+            };
             for (start, pk) in pairs {
                 let Some(bytes) = self.traces.get(pk)? else {
                     continue;
