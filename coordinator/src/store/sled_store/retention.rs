@@ -30,13 +30,16 @@ fn bucket_and_group(k: &[u8], skip: usize) -> Option<(i64, u64)> {
     Some((b as i64, g))
 }
 
+/// A time-index entry's postings: (start ns, primary key) each.
+type Postings<'v> = Vec<(i64, &'v [u8])>;
+
 /// A time-index entry's postings, or `None` when its ingest group is `below_group` or
 /// later (not yet covered by the checkpoint, so not the sweep's to touch).
 fn postings_below<'v>(
     k: &[u8],
     v: &'v [u8],
     below_group: u64,
-) -> Result<Option<Vec<(i64, &'v [u8])>>, StoreError> {
+) -> Result<Option<Postings<'v>>, StoreError> {
     let (_, group) = bucket_and_group(k, 0).ok_or_else(|| corrupt("index", k, "short key"))?;
     if group >= below_group {
         return Ok(None);
