@@ -32,6 +32,10 @@ type Received = (Reply, Option<u16>, Instant);
 pub trait Prober {
     /// The next probe to send at `now`, written into `buf`; its destination.
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<IpAddr>;
+    /// The probe last handed out left at `at`, taken just before the send that took it
+    /// (later than the `now` it was built at when the send waited): RTTs count from here.
+    /// Alias probing times nothing but its waits, so it keeps the default.
+    fn on_sent(&mut self, _at: Instant) {}
     /// When to call back even if no reply arrives.
     fn poll_timeout(&self, now: Instant) -> Option<Instant>;
     fn handle_timeout(&mut self, now: Instant);
@@ -44,6 +48,9 @@ pub trait Prober {
 impl Prober for Engine {
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<IpAddr> {
         Engine::poll_transmit(self, now, buf).map(|t| t.dst)
+    }
+    fn on_sent(&mut self, at: Instant) {
+        Engine::on_sent(self, at);
     }
     fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         Engine::poll_timeout(self, now)
@@ -282,7 +289,8 @@ async fn main_loop<P: Prober>(
                     source: io::Error::other("no socket opened for this family"),
                 });
             };
-            if send(sock, &buf, dst).await? {
+            if let Some(at) = send(sock, &buf, dst).await? {
+                engine.on_sent(at);
                 crate::metrics::PROBES_SENT.inc();
                 window_sent += 1;
             }
@@ -321,17 +329,28 @@ async fn main_loop<P: Prober>(
     }
 }
 
-/// Whether the probe went out: a probe that cannot (no route, a queue that stays full)
+/// When the probe went out: the instant just before the send(2) that took it, so that
+/// waits for room in a full queue (EAGAIN/ENOBUFS) or for the socket's readiness do not
+/// count in its RTT. None when it could not go (no route, a queue that stays full): it
 /// is lost like an unanswered one, counted in the drops.
-async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<bool, DriverError> {
+async fn send(
+    sock: &AsyncFd<Socket>,
+    packet: &[u8],
+    dst: IpAddr,
+) -> Result<Option<Instant>, DriverError> {
     // A full queue (EAGAIN/ENOBUFS) waits for room; any other error is fatal, since it
     // would hit every probe alike (no permission, no route for the family).
     for _ in 0..100 {
+        let mut at = Instant::now();
+        // The closure runs when the socket is deemed writable, once per try.
         match sock
-            .async_io(Interest::WRITABLE, |s| sys::send_to(s, packet, dst))
+            .async_io(Interest::WRITABLE, |s| {
+                at = Instant::now();
+                sys::send_to(s, packet, dst)
+            })
             .await
         {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(Some(at)),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
@@ -345,14 +364,14 @@ async fn send(sock: &AsyncFd<Socket>, packet: &[u8], dst: IpAddr) -> Result<bool
             {
                 tracing::debug!(%dst, error = %e, "probe not sent");
                 crate::metrics::DROPS.inc("unreachable");
-                return Ok(false);
+                return Ok(None);
             }
             Err(source) => return Err(DriverError::Send { dst, source }),
         }
     }
     tracing::warn!(%dst, "send queue stayed full; probe dropped");
     crate::metrics::DROPS.inc("send_queue_full");
-    Ok(false)
+    Ok(None)
 }
 
 async fn receive(fd: AsyncFd<Socket>, v6: bool, proto: u8, tx: mpsc::Sender<Received>) {
@@ -397,14 +416,76 @@ async fn receive(fd: AsyncFd<Socket>, v6: bool, proto: u8, tx: mpsc::Sender<Rece
 /// Converts a kernel receive timestamp (realtime) to the monotonic clock the engine uses,
 /// so an RTT does not include the time a reply sat in the socket queue.
 fn rx_instant(ts: Option<SystemTime>) -> Instant {
-    let now = Instant::now();
-    match ts.and_then(|ts| SystemTime::now().duration_since(ts).ok()) {
-        Some(age) if age < Duration::from_secs(10) => now.checked_sub(age).unwrap_or(now),
-        _ => now,
+    let Some(ts) = ts else {
+        return Instant::now();
+    };
+    // The two clocks are read as a pair between two realtime reads; a pair the thread was
+    // preempted in the middle of (the reads far apart) is read again, since the gap
+    // would count as the reply's age and shorten the RTT, even to nothing.
+    let mut fallback = None;
+    for _ in 0..3 {
+        let before = SystemTime::now();
+        let mono = Instant::now();
+        let after = SystemTime::now();
+        match rx_from(ts, before, mono, after) {
+            Some(at) => return at,
+            None => fallback = Some(mono),
+        }
     }
+    fallback.unwrap_or_else(Instant::now)
 }
+
+/// The monotonic instant of realtime `ts`, given `mono` read between realtime `before`
+/// and `after`: None when those are too far apart (more than [`CLOCK_PAIR_SLACK`]) to
+/// pin `mono` down, or `ts` is in the future or over 10 s old.
+fn rx_from(
+    ts: SystemTime,
+    before: SystemTime,
+    mono: Instant,
+    after: SystemTime,
+) -> Option<Instant> {
+    let span = after.duration_since(before).ok()?;
+    if span > CLOCK_PAIR_SLACK {
+        return None;
+    }
+    let mid = before + span / 2;
+    let age = mid.duration_since(ts).ok()?;
+    if age >= Duration::from_secs(10) {
+        return None;
+    }
+    mono.checked_sub(age)
+}
+
+/// How far apart the two realtime reads around a monotonic one may be (reads take tens of
+/// nanoseconds; more means the thread lost its CPU between them).
+const CLOCK_PAIR_SLACK: Duration = Duration::from_micros(20);
 
 /// The source address the kernel picks toward `dst` (nothing is sent).
 pub fn source_for(dst: IpAddr) -> io::Result<IpAddr> {
     sys::source_for(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receive_stamp_maps_to_the_monotonic_clock_only_from_a_tight_clock_pair() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mono = Instant::now();
+        // The reply was stamped 3 ms before the pair: 3 ms before `mono`.
+        let ts = base - ms(3);
+        let at = rx_from(ts, base - us(1), mono, base + us(1)).unwrap();
+        assert_eq!(mono.duration_since(at), ms(3));
+        // Preempted between the reads: the 2 ms gap would count as age. Refused.
+        assert_eq!(rx_from(ts, base, mono, base + ms(2)), None);
+        // A stamp from the future or from long ago is not this reply's.
+        assert_eq!(rx_from(base + ms(1), base, mono, base + us(1)), None);
+        assert_eq!(
+            rx_from(base - Duration::from_secs(11), base, mono, base + us(1)),
+            None
+        );
+    }
 }

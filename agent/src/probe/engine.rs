@@ -122,6 +122,8 @@ pub struct Engine {
     pacer: Pacer,
     results: VecDeque<TraceResult>,
     stats: EngineStats,
+    /// The probe last handed out (trace, probe id), for [`Engine::on_sent`].
+    last_probe: Option<(u64, u16)>,
 }
 
 impl Engine {
@@ -137,6 +139,17 @@ impl Engine {
             next_id: 0,
             results: VecDeque::new(),
             stats: EngineStats::default(),
+            last_probe: None,
+        }
+    }
+
+    /// The probe [`Engine::poll_transmit`] last handed out left at `at` (just before the
+    /// send that took it): its RTT counts from there, not from when it was built.
+    pub fn on_sent(&mut self, at: Instant) {
+        if let Some((id, probe_id)) = self.last_probe.take()
+            && let Some(trace) = self.traces.get_mut(&id)
+        {
+            trace.restamp(probe_id, at);
         }
     }
 
@@ -239,6 +252,7 @@ impl Engine {
                 self.pacer.arm(deadline, id, probe_id);
             }
             self.stats.probes_sent += 1;
+            self.last_probe = Some((id, probe_id));
             return Some(Transmit {
                 dst: spec.dst,
                 proto: spec.proto,

@@ -289,6 +289,20 @@ impl Mda {
         Some((ttl, flow, self.sent.len() as u16))
     }
 
+    /// The instant probe `probe_id` really left, when later than the one
+    /// [`Mda::next_probe`] was given: its RTT counts from here. Ignored once the probe
+    /// is answered or expired.
+    pub fn restamp(&mut self, probe_id: u16, at: Instant) {
+        if let Some(s) = usize::from(probe_id)
+            .checked_sub(1)
+            .and_then(|i| self.sent.get_mut(i))
+            && s.live
+            && at > s.at
+        {
+            s.at = at;
+        }
+    }
+
     /// The flow a probe id was sent on, to check a reply's flow against.
     pub fn flow_of(&self, probe_id: u16) -> Option<u16> {
         self.sent_of(probe_id).map(|s| s.flow)

@@ -47,6 +47,8 @@ pub struct MdaEngine {
     pacer: Pacer,
     results: VecDeque<MdaResult>,
     stats: MdaStats,
+    /// The probe last handed out (trace, probe id), for [`MdaEngine::on_sent`].
+    last_probe: Option<(u64, u16)>,
 }
 
 impl MdaEngine {
@@ -62,6 +64,7 @@ impl MdaEngine {
             next_id: 0,
             results: VecDeque::new(),
             stats: MdaStats::default(),
+            last_probe: None,
         }
     }
 
@@ -155,7 +158,18 @@ impl MdaEngine {
                 continue;
             }
             self.stats.probes_sent += 1;
+            self.last_probe = Some((id, probe_id));
             return Some(spec.dst);
+        }
+    }
+
+    /// The probe [`MdaEngine::poll_transmit`] last handed out left at `at`: its RTT
+    /// counts from there.
+    pub fn on_sent(&mut self, at: Instant) {
+        if let Some((id, probe_id)) = self.last_probe.take()
+            && let Some(trace) = self.traces.get_mut(&id)
+        {
+            trace.restamp(probe_id, at);
         }
     }
 
@@ -339,6 +353,9 @@ impl MdaEngine {
 impl Prober for MdaEngine {
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<IpAddr> {
         MdaEngine::poll_transmit(self, now, buf)
+    }
+    fn on_sent(&mut self, at: Instant) {
+        MdaEngine::on_sent(self, at);
     }
     fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         MdaEngine::poll_timeout(self, now)

@@ -161,6 +161,23 @@ impl Trace {
         Some((ttl, id))
     }
 
+    /// The instant probe `probe_id` really left, when it is later than the one
+    /// [`Trace::next_probe`] was given (the send waited for room in a full queue, or for
+    /// the driver's turn): its RTT counts from here. Ignored once the probe is no longer
+    /// awaited.
+    pub fn restamp(&mut self, probe_id: u16, at: Instant) {
+        if self.outstanding != Some(probe_id) {
+            return;
+        }
+        if let Some(s) = usize::from(probe_id)
+            .checked_sub(1)
+            .and_then(|i| self.sent.get_mut(i))
+            && at > s.at
+        {
+            s.at = at;
+        }
+    }
+
     /// The probe's deadline, if it is the one still awaited.
     pub fn deadline_of(&self, probe_id: u16) -> Option<Instant> {
         let s = self.sent.get(usize::from(probe_id).checked_sub(1)?)?;
@@ -309,6 +326,26 @@ mod tests {
         assert_eq!(hops.len(), 4);
         assert_eq!(hops[3].rtt_ms, Some(5.0));
         assert_eq!(hops[0].addr, Some(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn an_rtt_counts_from_when_the_probe_really_left() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut t = Trace::new(ip("8.8.8.8"), ip("192.0.2.1"), params(2, 5, 30));
+        // Built at t0, sent at t0 + 4 ms (the queue was full), answered at t0 + 5 ms.
+        let (_, id) = t.next_probe(t0).unwrap();
+        t.restamp(id, t0 + ms(4));
+        // A stamp before the one it has is not a send: ignored.
+        t.restamp(id, t0 + ms(1));
+        t.on_answer(id, answer(AnswerKind::Intermediate, "10.0.0.1"), t0 + ms(5));
+        // Once answered, a probe's stamp is history.
+        t.restamp(id, t0 + ms(5));
+        let (_, id2) = t.next_probe(t0 + ms(6)).unwrap();
+        t.on_answer(id2, answer(AnswerKind::Destination, "8.8.8.8"), t0 + ms(8));
+        let hops = t.into_hops();
+        assert_eq!(hops[0].rtt_ms, Some(1.0));
+        assert_eq!(hops[1].rtt_ms, Some(2.0));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod due;
 pub mod faults;
+pub mod late;
 pub mod mesh;
 pub mod net;
 pub mod respond;

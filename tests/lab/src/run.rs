@@ -794,6 +794,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     )?;
 
     let mut emulator = emu.stats.report(campaign_s);
+    write_late_answers(&out.join("late_answers.jsonl"), &emu.stats, &world)?;
     // This process is the emulator (the coordinator and agents run apart).
     emulator["threads"] = emu_threads.into();
     emulator["cpu_s"] = emulator_cpu_s.into();
@@ -848,6 +849,37 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     emu.stop();
     drop(topo);
     Ok(lab)
+}
+
+/// `late_answers.jsonl`: the answers the emulator sent late (more than
+/// `LATE_LOG_NS`), one JSON object each, so that the path check judges the agent's RTT
+/// against what the emulator really did rather than against what it meant to.
+fn write_late_answers(
+    path: &std::path::Path,
+    stats: &crate::net::EmuStats,
+    world: &crate::scenario::World,
+) -> std::io::Result<()> {
+    let log = stats
+        .late_answers
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    let mut text = String::new();
+    for a in &log {
+        let Some(v) = world.s.vantages.get(a.vantage) else {
+            continue;
+        };
+        let line = serde_json::json!({
+            "vantage": v.name,
+            "dst": a.dst.to_string(),
+            "ttl": a.ttl,
+            "t_s": a.t_s,
+            "late_ms": a.late_ns as f64 / 1e6,
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text)
 }
 
 #[cfg(test)]

@@ -370,3 +370,37 @@ fn replies_for_other_processes_or_unknown_targets_are_not_matched() {
     assert_eq!(r.stop_reason, StopReason::Completed);
     assert_eq!(r.start, 1_800_000_000.0);
 }
+
+#[test]
+fn a_probe_stamped_by_its_send_measures_from_the_send_not_the_build() {
+    // Built at t0; the driver's send waits 3 ms (a full queue) and reports when it
+    // went; the reply comes 1 ms after that. Without the restamp the RTT would be 4 ms.
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut e = engine(open_cfg(), t0);
+    let net = Net {
+        routers: vec![v4(10, 0, 0, 1)],
+    };
+    let dst = v4(10, 2, 0, 1);
+    e.add(TraceRequest {
+        dst,
+        src: v4(10, 255, 0, 1),
+        params: params(Proto::Icmp),
+    })
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut now = t0;
+    for _ in 0..2 {
+        let tx = e.poll_transmit(now, &mut buf).unwrap();
+        let sent = now + ms(3);
+        e.on_sent(sent);
+        // Only the probe last handed out is restamped, and only once.
+        e.on_sent(sent + ms(50));
+        let r = net.answer(&buf, tx.dst, tx.proto).unwrap();
+        now = sent + ms(1);
+        e.handle_reply(&r, now);
+    }
+    let r = e.poll_result().unwrap();
+    let rtts: Vec<_> = r.hops.iter().map(|h| h.rtt_ms).collect();
+    assert_eq!(rtts, [Some(1.0), Some(1.0)]);
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::epoll::Epoll;
+use super::tap::{Tap, open_tap_in};
 use super::tun::set_nonblocking;
 use super::{NetError, Topology, io, unix_ns};
 use crate::due::DueQueue;
@@ -50,17 +51,43 @@ pub struct EmuStats {
     pub dropped: AtomicU64,
     /// Probes dropped beyond a vantage's first hop while its probe path was cut.
     pub cut: AtomicU64,
-    /// How late each answer left against its intended instant (ns). The intended instant
-    /// counts from when the emulator read the probe, so this is the emulator's own error;
-    /// time a probe waits in its TUN's queue before being read is not in it (the lab's
-    /// path check measures the whole, agent to agent).
+    /// How late each answer left against its intended instant (ns): the probe's
+    /// transmission into its TUN, stamped by the kernel (`tap`), plus the modelled delay.
+    /// So this is the emulator's whole error, including the time a probe waited in its
+    /// TUN before an emulator thread woke up to read it (`read_wait`).
     pub late: Histogram,
+    /// How long probes waited in their TUN before being read (ns).
+    pub read_wait: Histogram,
+    /// Probes timed from their read because no tap copy was found (none opened, or
+    /// copies lost to a full socket buffer).
+    pub untapped: AtomicU64,
+    /// Answers that left more than [`LATE_LOG_NS`] late, for the path check to judge the
+    /// agent against what the emulator really did (capped at [`LATE_LOG_MAX`]).
+    pub late_answers: std::sync::Mutex<Vec<LateAnswer>>,
     /// Probes read and answers sent per 100 ms since the emulator started (peaks).
     pub packets_timeline: Timeline,
     pub answers_timeline: Timeline,
     /// Kernel thread ids of the emulator threads, for their scheduler statistics.
     tids: std::sync::Mutex<Vec<libc::pid_t>>,
 }
+
+/// An answer that left late: to which probe (the probing vantage, the probe's
+/// destination and TTL, its scenario time) and by how much.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateAnswer {
+    pub vantage: usize,
+    pub dst: std::net::IpAddr,
+    pub ttl: u8,
+    /// Scenario seconds at the probe's transmission.
+    pub t_s: f64,
+    pub late_ns: u64,
+}
+
+/// Answers later than this are logged one by one; below it the path check's tolerance
+/// covers them.
+pub const LATE_LOG_NS: u64 = 100_000;
+/// At most this many logged (about 50 MB).
+pub const LATE_LOG_MAX: usize = 1_000_000;
 
 /// Timeline bins: 100 ms, for an hour (later events count in the last bin).
 const TIMELINE_BIN_NS: u64 = 100_000_000;
@@ -74,6 +101,9 @@ impl Default for EmuStats {
             dropped: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             late: Histogram::default(),
+            read_wait: Histogram::default(),
+            untapped: AtomicU64::new(0),
+            late_answers: std::sync::Mutex::new(Vec::new()),
             packets_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
             answers_timeline: Timeline::new(TIMELINE_BIN_NS, TIMELINE_BINS),
             tids: std::sync::Mutex::new(Vec::new()),
@@ -120,7 +150,9 @@ impl EmuStats {
     /// The figures `tracemesh-lab` reports (lab.json's `emulator` object, less CPU).
     pub fn report(&self, over_s: f64) -> serde_json::Value {
         let l = self.late.summary();
+        let w = self.read_wait.summary();
         let us = |ns: u64| ns as f64 / 1e3;
+        let logged = self.late_answers.lock().map_or(0, |v| v.len());
         let answers = self.answers.load(Ordering::Relaxed);
         serde_json::json!({
             "packets_in": self.packets_in.load(Ordering::Relaxed),
@@ -133,6 +165,11 @@ impl EmuStats {
             "p99_send_late_us": us(l.p99),
             "p999_send_late_us": us(l.p999),
             "max_send_late_us": us(l.max),
+            "p50_read_wait_us": us(w.p50),
+            "p99_read_wait_us": us(w.p99),
+            "max_read_wait_us": us(w.max),
+            "untapped": self.untapped.load(Ordering::Relaxed),
+            "late_answers_logged": logged,
             "answers_per_s": answers as f64 / over_s.max(1e-9),
             "answers_per_s_peak_1s": self.answers_timeline.peak_per_s(10),
             "answers_per_s_peak_100ms": self.answers_timeline.peak_per_s(1),
@@ -140,6 +177,10 @@ impl EmuStats {
         })
     }
 }
+
+/// How far apart two realtime reads around a monotonic one may be for the three to count
+/// as one instant (reads take tens of nanoseconds).
+const CLOCK_PAIR_SLACK_NS: u64 = 20_000;
 
 /// The longest an emulator thread sleeps before it looks at its stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(20);
@@ -158,6 +199,8 @@ struct Shard {
     routers: Arc<Shared>,
     /// The (vantage, TUN) pairs this thread reads.
     tuns: Vec<(usize, File)>,
+    /// Their taps, in the same order (None where none could be opened).
+    taps: Vec<Option<Tap>>,
     /// Every vantage's TUN, by vantage: an answer may be for a vantage another thread
     /// reads (a probe from one vantage to another), and a TUN may be written from any
     /// thread.
@@ -176,8 +219,26 @@ impl Shard {
         self.origin.elapsed().as_nanos() as u64
     }
 
+    /// This thread's clock (ns since `origin`) and Unix time (ns) at one instant, the
+    /// monotonic read between two realtime reads. `false` when those stayed far apart
+    /// (the thread lost its CPU between them) over three tries: a tap stamp, which is
+    /// realtime, cannot then be placed on the monotonic clock to the microsecond.
+    fn clock_pair(&self) -> (u64, u64, bool) {
+        let mut last = (0, 0);
+        for _ in 0..3 {
+            let before = unix_ns();
+            let mono = self.now_ns();
+            let after = unix_ns();
+            if after.saturating_sub(before) <= CLOCK_PAIR_SLACK_NS {
+                return (mono, before + (after - before) / 2, true);
+            }
+            last = (mono, after);
+        }
+        (last.0, last.1, false)
+    }
+
     #[allow(unsafe_code)]
-    fn run(self) {
+    fn run(mut self) {
         precise_timers();
         realtime_priority();
         // SAFETY: gettid(2) takes no arguments and cannot fail.
@@ -190,7 +251,8 @@ impl Shard {
         }
     }
 
-    fn serve(&self) -> Result<(), NetError> {
+    fn serve(&mut self) -> Result<(), NetError> {
+        let mut taps = std::mem::take(&mut self.taps);
         let ep = Epoll::new().map_err(io("creating an epoll instance"))?;
         for (i, (_, tun)) in self.tuns.iter().enumerate() {
             set_nonblocking(tun).map_err(io("making a TUN non-blocking"))?;
@@ -198,7 +260,7 @@ impl Shard {
                 .map_err(io("watching a TUN"))?;
         }
         let responder = Responder::with_shared(&self.world, self.routers.clone());
-        let mut queue: DueQueue<(usize, Vec<u8>)> = DueQueue::default();
+        let mut queue: DueQueue<Pending> = DueQueue::default();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; self.tuns.len().max(1)];
         let mut buf = vec![0u8; 65536];
         while !self.stop.load(Ordering::Relaxed) {
@@ -226,9 +288,22 @@ impl Shard {
                             break;
                         }
                     };
-                    let at = self.now_ns();
-                    let at_unix = unix_ns();
-                    self.answer(&responder, &mut queue, *v, &buf[..len], at, at_unix);
+                    let (read, read_unix, paired) = self.clock_pair();
+                    let pkt = &buf[..len];
+                    let sent = taps.get_mut(i).and_then(Option::as_mut);
+                    // A stamp from the future or from long ago is not this packet's.
+                    let (at, at_unix) = match sent.and_then(|t| t.stamp_of(pkt)) {
+                        Some(x) if paired && x <= read_unix && read_unix - x < 1_000_000_000 => {
+                            let wait = read_unix - x;
+                            self.stats.read_wait.record(wait);
+                            (read.saturating_sub(wait), x)
+                        }
+                        _ => {
+                            self.stats.untapped.fetch_add(1, Ordering::Relaxed);
+                            (read, read_unix)
+                        }
+                    };
+                    self.answer(&responder, &mut queue, *v, pkt, at, at_unix);
                     // Answers fall due while a burst is being read.
                     self.send_due(&mut queue);
                 }
@@ -237,12 +312,12 @@ impl Shard {
         Ok(())
     }
 
-    /// Queues the answers to one probe that vantage `v` sent, read at `at` (ns since
-    /// `origin`) = `at_unix` (Unix ns).
+    /// Queues the answers to one probe that vantage `v` sent at `at` (ns since `origin`)
+    /// = `at_unix` (Unix ns).
     fn answer(
         &self,
         responder: &Responder<'_>,
-        queue: &mut DueQueue<(usize, Vec<u8>)>,
+        queue: &mut DueQueue<Pending>,
         v: usize,
         pkt: &[u8],
         at: u64,
@@ -260,9 +335,21 @@ impl Shard {
         let t_s = (at_unix as f64 - self.t0_unix_ns.load(Ordering::Relaxed) as f64) / 1e9;
         match responder.handle(v, pkt, t_s) {
             Ok(emits) => {
+                let (dst, ttl) =
+                    ip_dst_ttl(pkt).unwrap_or((std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
                 for e in emits {
                     let due = at + (e.delay_ms * 1e6) as u64;
-                    queue.insert(due, (e.vantage, e.packet));
+                    queue.insert(
+                        due,
+                        Pending {
+                            to: e.vantage,
+                            packet: e.packet,
+                            from: v,
+                            dst,
+                            ttl,
+                            t_s,
+                        },
+                    );
                 }
             }
             Err(
@@ -278,18 +365,31 @@ impl Shard {
     }
 
     /// Sends everything due by now.
-    fn send_due(&self, queue: &mut DueQueue<(usize, Vec<u8>)>) {
+    fn send_due(&self, queue: &mut DueQueue<Pending>) {
         let s = &self.stats;
         loop {
             let now = self.now_ns();
-            let Some((due, (v, pkt))) = queue.pop_due(now) else {
+            let Some((due, p)) = queue.pop_due(now) else {
                 return;
             };
-            s.late.record(now.saturating_sub(due));
-            let Some(w) = self.writers.get(v) else {
+            let late = now.saturating_sub(due);
+            s.late.record(late);
+            if late > LATE_LOG_NS
+                && let Ok(mut log) = s.late_answers.lock()
+                && log.len() < LATE_LOG_MAX
+            {
+                log.push(LateAnswer {
+                    vantage: p.from,
+                    dst: p.dst,
+                    ttl: p.ttl,
+                    t_s: p.t_s,
+                    late_ns: late,
+                });
+            }
+            let Some(w) = self.writers.get(p.to) else {
                 continue;
             };
-            if (&*w).write_all(&pkt).is_ok() {
+            if (&*w).write_all(&p.packet).is_ok() {
                 s.answers.fetch_add(1, Ordering::Relaxed);
                 s.answers_timeline.record(now);
             }
@@ -306,6 +406,34 @@ pub struct Emulator {
     t0_unix_ns: Arc<AtomicU64>,
     cut: Arc<Vec<AtomicBool>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// An answer waiting for its instant, and the probe it answers.
+#[derive(Debug)]
+struct Pending {
+    /// The vantage whose TUN it goes into.
+    to: usize,
+    packet: Vec<u8>,
+    /// The probing vantage, the probe's destination and TTL, its scenario time.
+    from: usize,
+    dst: std::net::IpAddr,
+    ttl: u8,
+    t_s: f64,
+}
+
+/// A packet's destination and TTL (IPv4) or hop limit (IPv6).
+fn ip_dst_ttl(pkt: &[u8]) -> Option<(std::net::IpAddr, u8)> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let a: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
+            Some((a.into(), *pkt.get(8)?))
+        }
+        6 => {
+            let a: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+            Some((a.into(), *pkt.get(7)?))
+        }
+        _ => None,
+    }
 }
 
 /// A packet's TTL (IPv4) or hop limit (IPv6).
@@ -351,17 +479,26 @@ impl Emulator {
             .collect::<Result<Vec<File>, NetError>>()?;
         let writers = Arc::new(writers);
         let mut shares: Vec<Vec<(usize, File)>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut tap_shares: Vec<Vec<Option<Tap>>> = (0..threads).map(|_| Vec::new()).collect();
         for (v, tun) in topo.tuns.iter().enumerate() {
             let reader = tun.try_clone().map_err(io("cloning a TUN descriptor"))?;
             shares[v % threads].push((v, reader));
+            // Without a tap (no packet sockets here) probes are timed from their read.
+            let tap = topo.vantages.get(v).and_then(|ns| {
+                open_tap_in(ns, "tun0")
+                    .map_err(|e| tracing::warn!(error = %e, "probes timed from their read"))
+                    .ok()
+            });
+            tap_shares[v % threads].push(tap);
         }
         let origin = Instant::now();
         let mut handles = Vec::new();
-        for (i, tuns) in shares.into_iter().enumerate() {
+        for (i, (tuns, taps)) in shares.into_iter().zip(tap_shares).enumerate() {
             let shard = Shard {
                 world: world.clone(),
                 routers: routers.clone(),
                 tuns,
+                taps,
                 writers: writers.clone(),
                 stop: stop.clone(),
                 stats: stats.clone(),

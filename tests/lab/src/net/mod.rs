@@ -8,6 +8,7 @@
 //!
 //! - [`tun`]: TUN devices created inside a namespace (ioctls, non-blocking reads).
 //! - [`topology`]: the namespaces, veths, bridge and routes of a lab.
+//! - [`tap`]: packet sockets on the TUNs: the kernel's stamp of each probe's transmission.
 //! - [`epoll`]: the readiness wait of the emulator threads.
 //! - [`emulator`]: the threads that answer probes on time, and their counters.
 
@@ -17,10 +18,14 @@ use thiserror::Error;
 
 mod emulator;
 mod epoll;
+mod tap;
 mod topology;
 mod tun;
 
-pub use emulator::{EmuStats, Emulator, SchedTimes, default_threads, parse_schedstat};
+pub use emulator::{
+    EmuStats, Emulator, LATE_LOG_NS, LateAnswer, SchedTimes, default_threads, parse_schedstat,
+};
+pub use tap::{Tap, open_tap_in};
 pub use topology::Topology;
 pub use tun::open_tun_in;
 

@@ -35,9 +35,9 @@ pub fn open_tun_in(ns: &str, ifname: &str) -> Result<File, NetError> {
 }
 
 #[allow(unsafe_code)]
-fn setns_net(f: &File) -> std::io::Result<()> {
-    // SAFETY: setns(2) on a descriptor we own, for this thread only; the thread ends
-    // right after it has created the TUN device.
+pub(super) fn setns_net(f: &File) -> std::io::Result<()> {
+    // SAFETY: setns(2) on a descriptor we own, for this thread only; the callers' threads
+    // end right after they have opened their device or socket there.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc == 0 {
         Ok(())
