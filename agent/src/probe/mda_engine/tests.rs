@@ -151,6 +151,54 @@ fn every_method_and_family_finds_both_branches() {
 }
 
 #[test]
+fn rtts_count_from_each_probes_send_when_the_driver_reports_it() {
+    // Every probe leaves 1.5 ms after it was built (a wait for the queue) and is
+    // answered 2 ms after it was built: 0.5 ms from its send.
+    let t0 = Instant::now();
+    let mut e = MdaEngine::new(cfg(100_000), t0, 0.0);
+    e.add(MdaRequest {
+        dst: "198.51.100.7".parse().unwrap(),
+        src: "192.0.2.1".parse().unwrap(),
+        params: MdaParams {
+            proto: Proto::Udp,
+            wait: Duration::from_millis(50),
+            ..MdaParams::default()
+        },
+    })
+    .unwrap();
+    let (mut buf, mut now) = (Vec::new(), t0);
+    for _ in 0..100_000 {
+        e.handle_timeout(now);
+        while let Some(dst) = e.poll_transmit(now, &mut buf) {
+            e.on_sent(now + Duration::from_micros(1500));
+            if let Some(r) = answer(&buf, dst, Proto::Udp) {
+                assert!(e.handle_reply(&r, now + Duration::from_millis(2)));
+            }
+        }
+        if e.is_idle() {
+            break;
+        }
+        now = e
+            .poll_timeout(now)
+            .unwrap_or(now + Duration::from_millis(1))
+            .max(now + Duration::from_micros(100));
+    }
+    let r = e.poll_result().unwrap();
+    assert_eq!(r.stop_reason, MdaStop::Completed);
+    for h in &r.hops {
+        for i in &h.interfaces {
+            assert!(
+                (i.rtt_ms - 0.5).abs() < 1e-9,
+                "hop {} {}: {} ms",
+                h.ttl,
+                i.addr,
+                i.rtt_ms
+            );
+        }
+    }
+}
+
+#[test]
 fn many_destinations_share_the_rate_cap_and_the_deny_list_holds() {
     let t0 = Instant::now();
     let mut c = cfg(100);
