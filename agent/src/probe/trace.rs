@@ -339,8 +339,6 @@ mod tests {
         // A stamp before the one it has is not a send: ignored.
         t.restamp(id, t0 + ms(1));
         t.on_answer(id, answer(AnswerKind::Intermediate, "10.0.0.1"), t0 + ms(5));
-        // Once answered, a probe's stamp is history.
-        t.restamp(id, t0 + ms(5));
         let (_, id2) = t.next_probe(t0 + ms(6)).unwrap();
         t.on_answer(id2, answer(AnswerKind::Destination, "8.8.8.8"), t0 + ms(8));
         let hops = t.into_hops();

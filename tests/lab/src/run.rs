@@ -859,13 +859,13 @@ fn write_late_answers(
     stats: &crate::net::EmuStats,
     world: &crate::scenario::World,
 ) -> std::io::Result<()> {
+    // Read under the lock: the emulator has stopped, and the log may hold a million.
     let log = stats
         .late_answers
         .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut text = String::new();
-    for a in &log {
+    for a in log.iter() {
         let Some(v) = world.s.vantages.get(a.vantage) else {
             continue;
         };

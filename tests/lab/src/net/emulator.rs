@@ -326,17 +326,15 @@ impl Shard {
         let s = &self.stats;
         s.packets_in.fetch_add(1, Ordering::Relaxed);
         s.packets_timeline.record(at);
-        if self.cut.get(v).is_some_and(|c| c.load(Ordering::Relaxed))
-            && ip_ttl(pkt).is_some_and(|ttl| ttl > 1)
-        {
+        // Read once: the cut needs the TTL, the late log the destination and TTL.
+        let (dst, ttl) = ip_dst_ttl(pkt).unwrap_or((std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
+        if self.cut.get(v).is_some_and(|c| c.load(Ordering::Relaxed)) && ttl > 1 {
             s.cut.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let t_s = (at_unix as f64 - self.t0_unix_ns.load(Ordering::Relaxed) as f64) / 1e9;
         match responder.handle(v, pkt, t_s) {
             Ok(emits) => {
-                let (dst, ttl) =
-                    ip_dst_ttl(pkt).unwrap_or((std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
                 for e in emits {
                     let due = at + (e.delay_ms * 1e6) as u64;
                     queue.insert(
@@ -432,15 +430,6 @@ fn ip_dst_ttl(pkt: &[u8]) -> Option<(std::net::IpAddr, u8)> {
             let a: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
             Some((a.into(), *pkt.get(7)?))
         }
-        _ => None,
-    }
-}
-
-/// A packet's TTL (IPv4) or hop limit (IPv6).
-fn ip_ttl(pkt: &[u8]) -> Option<u8> {
-    match pkt.first()? >> 4 {
-        4 => pkt.get(8).copied(),
-        6 => pkt.get(7).copied(),
         _ => None,
     }
 }
@@ -557,6 +546,7 @@ mod tests {
 
     #[test]
     fn ttl_is_read_from_either_family() {
+        let ip_ttl = |p: &[u8]| ip_dst_ttl(p).map(|(_, ttl)| ttl);
         let mut v4 = [0u8; 20];
         v4[0] = 0x45;
         v4[8] = 7;
