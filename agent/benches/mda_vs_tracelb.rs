@@ -1,21 +1,30 @@
 //! tracemesh-agent's MDA-Lite against scamper's tracelb (the full MDA) on Linux multipath
-//! routes in network namespaces: diamonds of width 2, 4 and 8 and a nested one, IPv4
-//! and IPv6, both at confidence 95 %, UDP with varying source ports. Prints interfaces,
-//! links, probes and wall time of each, what one found that the other did not, and the
-//! probe ratio tracelb/ours (above 1: we sent fewer). scamper paces tracelb at one probe
-//! per 250 ms (its default `-W`), so the times compare defaults, not engines. Run: `cargo bench -p tracemesh-agent --bench mda_vs_tracelb` (as root;
-//! scamper from Debian's packages).
+//! routes in network namespaces, IPv4 and IPv6, both at confidence 95 %, UDP with varying
+//! source ports: diamonds of width 2, 4 and 8, a nested one, branches of unequal length
+//! (`uneven`: the destination answers at TTL 3 on one branch, a router on the other) and
+//! of unequal width (`asymmetric`: one branch splits three ways, the other not). Prints
+//! interfaces, links, for how many destinations each tool found the whole network, probes
+//! and wall time of each, what one found that the other did not, and the probe ratio
+//! tracelb/ours (above 1: we sent fewer). scamper paces tracelb at one probe per 250 ms
+//! (its default `-W`), so the times compare defaults, not engines. Run: `cargo bench -p
+//! tracemesh-agent --bench mda_vs_tracelb` (as root; scamper from Debian's packages).
 //!
-//! Environment: TM_BENCH_CONFIDENCE (95), TM_BENCH_TOPOLOGIES (2,4,8,nested),
-//! TM_BENCH_FAMILIES (4,6), TM_BENCH_DESTS (1: destinations per network; the hash, hence
-//! the flows' branches, differs per destination), TM_BENCH_COOKIE (unset: a random engine
-//! cookie per run, so our source ports, hence branches and meshing-test probes, vary from
-//! run to run as tracelb's do; a number pins ours).
+//! Both tools stop at 95 % per hop, so either misses a branch now and then. tracelb's
+//! flow ids are fixed and the kernel's hash seed is pinned, so one destination gives it
+//! the same flows every run; TM_BENCH_DESTS > 1 shows how often each is complete.
+//!
+//! Environment: TM_BENCH_CONFIDENCE (95), TM_BENCH_TOPOLOGIES
+//! (2,4,8,nested,uneven,asymmetric), TM_BENCH_FAMILIES (4,6), TM_BENCH_DESTS (1:
+//! destinations per network; the hash, hence the flows' branches, differs per
+//! destination), TM_BENCH_COOKIE (unset: a random engine cookie per run, so our source
+//! ports, hence branches and meshing-test probes, vary from run to run; a number pins
+//! ours).
 //!
 //! Without its prerequisites it skips, except under CI (`CI` set), where it fails.
-//! It fails when ours misses an interface or link that tracelb found and the network has
-//! (tracelb now and then reports a link that is not there, joined across an interface it
-//! missed: printed, not counted).
+//! With our flows pinned it fails when ours misses an interface or link that tracelb
+//! found and the network has (tracelb now and then reports a link that is not there,
+//! joined across an interface it missed: printed, not counted); with random flows such a
+//! miss is printed and counted.
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -50,7 +59,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let confidence: u8 = env_or("TM_BENCH_CONFIDENCE", 95);
-    let topologies: String = env_or("TM_BENCH_TOPOLOGIES", "2,4,8,nested".to_string());
+    let topologies: String = env_or(
+        "TM_BENCH_TOPOLOGIES",
+        "2,4,8,nested,uneven,asymmetric".to_string(),
+    );
     let families: String = env_or("TM_BENCH_FAMILIES", "4,6".to_string());
     let dests: usize = env_or("TM_BENCH_DESTS", 1).clamp(1, 100);
     let cookie: Option<u16> = std::env::var("TM_BENCH_COOKIE")
@@ -62,11 +74,12 @@ fn main() -> ExitCode {
         "MDA-Lite (tracemesh-agent trace --mda) vs scamper tracelb, confidence {confidence} %, UDP (source ports vary), {dests} destinations per network"
     );
     println!(
-        "{:<9} {:>3} {:>14} {:>14} {:>12} {:>12} {:>9} {:>9} {:>7}",
+        "{:<10} {:>3} {:>14} {:>14} {:>14} {:>12} {:>12} {:>9} {:>9} {:>7}",
         "network",
         "ip",
         "ifaces s/ours",
         "links s/ours",
+        "complete s/ours",
         "probes s",
         "probes ours",
         "s secs",
@@ -74,10 +87,14 @@ fn main() -> ExitCode {
         "tl/ours"
     );
     let mut misses = 0usize;
+    // Destinations where each tool found every interface and link of the network.
+    let mut complete_all = (0usize, 0usize, 0usize);
     let mut total = (0u64, 0u64, Duration::ZERO, Duration::ZERO);
     for topo_name in topologies.split(',') {
         let topo = match topo_name {
             "nested" => Topology::nested(),
+            "uneven" => Topology::uneven(),
+            "asymmetric" => Topology::asymmetric(),
             w => match w.parse::<usize>() {
                 Ok(w) if (1..=64).contains(&w) => Topology::diamond(w),
                 _ => {
@@ -99,6 +116,7 @@ fn main() -> ExitCode {
             let mut ours = Found::default();
             let mut truth_ifaces = 0;
             let mut truth_links = 0;
+            let mut complete = (0usize, 0usize);
             for i in 0..dests {
                 let dst: IpAddr = Multipath::destination(i, v6);
                 let t = match mda_compare::tracelb(&net.source, dst, "udp-sport", confidence) {
@@ -126,6 +144,11 @@ fn main() -> ExitCode {
                 let truth = net.truth(dst);
                 truth_ifaces += truth.interfaces.len();
                 truth_links += truth.links.len();
+                let whole = |f: &Found| {
+                    truth.interfaces.is_subset(&f.interfaces) && truth.links.is_subset(&f.links)
+                };
+                complete.0 += usize::from(whole(&t));
+                complete.1 += usize::from(whole(&o));
                 // What tracelb reports beyond the network (a link joined across an
                 // interface it missed) is not something ours should have found.
                 let (mi, ml) = o.missing_from(&t);
@@ -165,13 +188,15 @@ fn main() -> ExitCode {
                 ours.links.extend(o.links.iter().copied());
             }
             println!(
-                "{:<9} {:>3} {:>6}/{:<7} {:>6}/{:<7} {:>12} {:>12} {:>9.2} {:>9.2} {:>6.2}x",
+                "{:<10} {:>3} {:>6}/{:<7} {:>6}/{:<7} {:>6}/{:<7} {:>12} {:>12} {:>9.2} {:>9.2} {:>6.2}x",
                 topo_name,
                 fam,
                 theirs.interfaces.len(),
                 ours.interfaces.len(),
                 theirs.links.len(),
                 ours.links.len(),
+                complete.0,
+                complete.1,
                 theirs.probes,
                 ours.probes,
                 theirs.wall.as_secs_f64(),
@@ -181,6 +206,9 @@ fn main() -> ExitCode {
             println!(
                 "          (truth over {dests} destinations: {truth_ifaces} interfaces, {truth_links} links; distinct addresses above)"
             );
+            complete_all.0 += complete.0;
+            complete_all.1 += complete.1;
+            complete_all.2 += dests;
             total.0 += theirs.probes;
             total.1 += ours.probes;
             total.2 += theirs.wall;
@@ -196,9 +224,23 @@ fn main() -> ExitCode {
         total.0 as f64 / total.1.max(1) as f64,
         total.2.as_secs_f64() / total.3.as_secs_f64().max(1e-9)
     );
+    println!(
+        "complete (every interface and link of the network): tracelb {}/{}, ours {}/{}",
+        complete_all.0, complete_all.2, complete_all.1, complete_all.2
+    );
+    // Both tools stop at 95 % (or 99 %) per hop, so either misses a branch now and then,
+    // tracelb on its fixed flows, ours on the cookie's: with our flows pinned
+    // (TM_BENCH_COOKIE) a run repeats exactly and any miss of what tracelb found fails
+    // it; with random flows a miss is printed and counted above, not a failure (the
+    // `mda_netns` test gates on pinned flows).
     if misses > 0 {
-        eprintln!("error: ours missed {misses} interfaces or links tracelb found");
-        return ExitCode::FAILURE;
+        if cookie.is_some() {
+            eprintln!("error: ours missed {misses} interfaces or links tracelb found");
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "ours missed {misses} interfaces or links tracelb found (random flows: a 95 % stopping rule's misses)"
+        );
     }
     ExitCode::SUCCESS
 }

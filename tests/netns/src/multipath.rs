@@ -70,6 +70,48 @@ impl Topology {
         }
     }
 
+    /// Load balancing of unequal width: `a` splits to `b1` and `b2`; `b1` splits again
+    /// three ways (`c1`..`c3`), `b2` goes on to `c4` alone; all four join at `d`. At TTL 3
+    /// `c4` takes half the flows and `c1`..`c3` a sixth each: the full MDA's node control
+    /// makes new flows at TTL 2 until enough cross `b1`, which MDA-Lite's hop-level rule
+    /// spares.
+    pub fn asymmetric() -> Topology {
+        // 0 src, 1 a, 2 b1, 3 b2, 4 c1, 5 c2, 6 c3, 7 c4, 8 d, 9 sink
+        let edges = vec![
+            (0, 1),
+            (1, 2),
+            (1, 3),
+            (2, 4),
+            (2, 5),
+            (2, 6),
+            (3, 7),
+            (4, 8),
+            (5, 8),
+            (6, 8),
+            (7, 8),
+            (8, 9),
+        ];
+        Topology {
+            name: "asymmetric".into(),
+            nodes: 10,
+            edges,
+        }
+    }
+
+    /// Branches of unequal length: `a` splits to `p` and `q`; `p` reaches the sink
+    /// directly, `q` through `q1`. At TTL 3 some flows reach the destination and others
+    /// a router: a tracer that stops at the destination's first answer there misses
+    /// `q1` and the longer branch whenever its first flow takes `p`.
+    pub fn uneven() -> Topology {
+        // 0 src, 1 a, 2 p, 3 q, 4 q1, 5 sink
+        let edges = vec![(0, 1), (1, 2), (1, 3), (2, 5), (3, 4), (4, 5)];
+        Topology {
+            name: "uneven".into(),
+            nodes: 6,
+            edges,
+        }
+    }
+
     /// Every interface (by TTL) and link a complete multipath trace to `dst` finds.
     /// Routers answer from the interface a probe came in on. The destination answers
     /// from its own address over IPv4; Linux sources ICMPv6 errors for an address it only
@@ -354,5 +396,26 @@ mod tests {
         // c answers from its inbound interfaces from pj and q2; pj from p1's and p2's.
         assert_eq!(per_ttl, [1, 2, 3, 3, 2, 1]);
         assert_eq!(t.links.len(), 2 + 3 + 3 + 3 + 2);
+    }
+
+    #[test]
+    fn the_truth_of_branches_of_unequal_length() {
+        let dst: IpAddr = "10.201.0.1".parse().unwrap();
+        let t = Topology::uneven().truth(dst);
+        // a; p and q; the destination (through p) and q1; the destination again.
+        let at = |ttl: u8| -> Vec<IpAddr> {
+            t.interfaces
+                .iter()
+                .filter(|i| i.0 == ttl)
+                .map(|i| i.1)
+                .collect()
+        };
+        assert_eq!(at(3), vec![dst, "10.210.4.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(at(4), vec![dst]);
+        assert!(t.links.contains(&("10.210.4.2".parse().unwrap(), dst)));
+        assert_eq!(t.links.len(), 2 + 2 + 1);
+        // Over IPv6 the destination answers from each way in: two addresses.
+        let t6 = Topology::uneven().truth("fd00:201::1".parse().unwrap());
+        assert_eq!(t6.interfaces.len(), 6);
     }
 }

@@ -1,4 +1,5 @@
-//! Builds a load-balanced test network (a diamond of width N, or the nested one), prints
+//! Builds a load-balanced test network (a diamond of width N, the nested one, branches of
+//! unequal length or of unequal width), prints
 //! its source namespace, holds it for N seconds, tears it down: for poking at it by hand
 //! (`ip netns exec NAME tracemesh-agent trace --mda ...`, `scamper -I "tracelb ..."`).
 
@@ -9,10 +10,12 @@ use tracemesh_testnet::multipath::{Multipath, Topology};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: testnet-multipath [WIDTH|nested (default 4)] [HOLD_SECONDS (default 60)]";
+    let usage = "usage: testnet-multipath [WIDTH|nested|uneven|asymmetric (default 4)] [HOLD_SECONDS (default 60)]";
     let topo = match args.first().map(String::as_str) {
         None => Topology::diamond(4),
         Some("nested") => Topology::nested(),
+        Some("uneven") => Topology::uneven(),
+        Some("asymmetric") => Topology::asymmetric(),
         Some(w) => match w.parse::<usize>() {
             Ok(w) if (1..=64).contains(&w) => Topology::diamond(w),
             _ => {
