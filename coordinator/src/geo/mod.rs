@@ -265,8 +265,12 @@ pub struct City {
 }
 
 impl City {
-    fn hub_score(&self) -> f64 {
-        f64::from(self.weight + 3 * self.exchanges + 3 * self.facilities).ln_1p()
+    /// How likely a point of presence is here, before any measurement. Airports say how
+    /// big a city is, not where networks meet (Paris counts seven, Frankfurt, the larger
+    /// interconnection hub, two), so they count only while no exchange data is loaded.
+    fn hub_score(&self, count_airports: bool) -> f64 {
+        let airports = if count_airports { self.weight } else { 0 };
+        f64::from(airports + 3 * self.exchanges + 3 * self.facilities).ln_1p()
     }
 }
 
@@ -322,6 +326,8 @@ pub struct Ring {
 #[derive(Debug, Clone, Default)]
 pub struct Gazetteer {
     cities: Vec<City>,
+    /// Exchanges were loaded (PeeringDB): the hub prior weighs interconnection alone.
+    exchange_data: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -439,11 +445,17 @@ impl Gazetteer {
                 facilities: 0,
             });
         }
-        Ok(Gazetteer { cities })
+        Ok(Gazetteer {
+            cities,
+            exchange_data: false,
+        })
     }
 
     pub fn from_cities(cities: Vec<City>) -> Gazetteer {
-        Gazetteer { cities }
+        Gazetteer {
+            cities,
+            exchange_data: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -506,6 +518,7 @@ impl Gazetteer {
             let hits = self.match_city(city, country);
             for i in hits {
                 self.cities[i].exchanges += 1;
+                self.exchange_data = true;
             }
         }
     }
@@ -528,7 +541,7 @@ impl Gazetteer {
             .filter(|c| great_circle_km(c.loc, est.loc) <= est.radius_km * 1.05 + 10.0)
             .filter(|c| !est.consistent || feasible(c.loc))
             .map(|c| {
-                let mut score = c.hub_score();
+                let mut score = c.hub_score(!self.exchange_data);
                 for r in rings {
                     // An RTT step overstates a link's length by the far end's ICMP slow
                     // path (a few ms at most, whatever the length) and by a longer way
@@ -663,7 +676,7 @@ mod tests {
     #[test]
     fn facilities_move_a_city_to_where_they_are_and_count_as_hub_weight() {
         let mut g = Gazetteer::from_cities(vec![city("Toronto", "CA", 43.6777, -79.6248, 2)]);
-        let before = g.cities[0].hub_score();
+        let before = g.cities[0].hub_score(true);
         g.add_facilities([
             ("Toronto", "CA", GeoPoint::new(43.6446, -79.3849)),
             ("Toronto, ON", "CA", GeoPoint::new(43.6480, -79.3900)),
@@ -674,7 +687,7 @@ mod tests {
         let t = &g.cities[0];
         assert!(great_circle_km(t.loc, GeoPoint::new(43.6463, -79.3875)) < 0.5);
         assert_eq!(t.facilities, 2);
-        assert!(t.hub_score() > before);
+        assert!(t.hub_score(true) > before);
         assert_eq!(g.cities.len(), 3);
         assert!(
             g.cities
@@ -750,6 +763,39 @@ mod tests {
         // A tight region needs no prior.
         let tight = multilaterate(&[Disc::from_rtt(seattle, 0.5)]).unwrap();
         assert!(g.hub_prior(&tight, &discs, &[ring]).is_none());
+    }
+
+    #[test]
+    fn airports_do_not_outweigh_exchanges_once_exchanges_are_known() {
+        // Seen 10 ms from London, 9.5 ms past a London router: Frankfurt fits the step,
+        // Paris (seven airports to Frankfurt's two) lies nearer than it suggests.
+        let london = GeoPoint::new(51.51, -0.0);
+        let discs = [Disc::from_rtt(london, 10.0)];
+        let est = multilaterate(&discs).unwrap();
+        let ring = Ring {
+            center: london,
+            expected_km: rtt_radius_km(9.5) * TYPICAL_SPEED_FRACTION,
+            sigma_km: 0.3 * rtt_radius_km(9.5) * TYPICAL_SPEED_FRACTION,
+        };
+        let cities = || {
+            vec![
+                city("Paris", "FR", 48.86, 2.38, 7),
+                city("Frankfurt am Main", "DE", 50.12, 8.74, 2),
+            ]
+        };
+        // Without exchange data, the airports are all there is to size a city by.
+        let plain = Gazetteer::from_cities(cities());
+        assert_eq!(
+            plain.hub_prior(&est, &discs, &[ring]).unwrap().name,
+            "Paris"
+        );
+        // An exchange each: the measurements decide, not the airports.
+        let mut g = Gazetteer::from_cities(cities());
+        g.add_exchange_cities([("Paris", "FR"), ("Frankfurt", "DE")]);
+        assert_eq!(
+            g.hub_prior(&est, &discs, &[ring]).unwrap().name,
+            "Frankfurt am Main"
+        );
     }
 
     #[test]
