@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 //! Real multipath traces through Linux multipath routes in network namespaces (diamonds
-//! of width 2, 4, 8, a nested one and one with branches of unequal length; IPv4 and IPv6): `trace --mda` finds every interface
+//! of width 2, 4, 8, a nested one, branches of unequal length and of unequal width; IPv4
+//! and IPv6): `trace --mda` finds every interface
 //! and link of the topology and everything scamper's tracelb finds at confidence 95 %.
 //!
 //! The kernel's hash seed and our engine cookie are pinned, so which flow takes which
@@ -42,6 +43,8 @@ fn topologies() -> Vec<Topology> {
         // A branch one hop longer than the other: the destination answers at TTL 3 on
         // one, a router on the other (tracelb stops at the destination's answer).
         Topology::uneven(),
+        // Branches of unequal width: the width-asymmetry test's node control.
+        Topology::asymmetric(),
     ]
 }
 

@@ -18,7 +18,10 @@
 //!    can show one;
 //! 4. the meshing test: with two interfaces or more at both hops, two flows through each
 //!    interface probed at the other hop; an interface with two predecessors facing one
-//!    with two successors means a meshed diamond, and node control from then on.
+//!    with two successors means a meshed diamond, and node control from then on;
+//! 5. the width-asymmetry test: interfaces of the previous hop seen with different
+//!    numbers of successors each get the full MDA's count of flows through them (new
+//!    flows at this hop, as many as their share of the traffic calls for).
 //!
 //! The trace ends when every answer at a hop came from the destination (or refused), after
 //! `gap_limit` silent hops, at `max_ttl`, or when the probe budget is spent. That last hop
@@ -44,6 +47,10 @@ const MESH_FLOWS: usize = 2;
 /// stopping point: an interface that rarely gets traffic (or a silent share of the
 /// hop) must not eat the whole budget.
 const MAX_FLOWS_PER_WIDTH: usize = 16;
+
+/// The width-asymmetry test's node control stops at this many times a hop's own count:
+/// an interface with a tiny share of the traffic must not eat the budget.
+const ASYMMETRY_MAX_FACTOR: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MdaParams {
@@ -697,7 +704,83 @@ impl Mda {
             self.meshed = true;
             return self.wanted(h);
         }
-        Vec::new()
+
+        // 5. Width asymmetry.
+        self.width_asymmetry(h)
+    }
+
+    /// MDA-Lite's width-asymmetry test: when interfaces of the previous hop are seen
+    /// with different numbers of successors, the hop-level count (`n_k` flows over the
+    /// whole hop) leaves the wider ones short (in `1 → {a, b}, a → {a1, a2, a3}`,
+    /// `b → {b1}`, half the flows reach `a`, and its three successors share them), so
+    /// each gets the full MDA's count: `n_k` flows through it, `k` its successors. Flows
+    /// known to cross it go first, then new flows at this hop, as many as its share of
+    /// the previous hop says it takes (at most [`ASYMMETRY_MAX_FACTOR`] times the hop's
+    /// own count); a new flow counts for the interface whose only successor it reached.
+    fn width_asymmetry(&mut self, h: u8) -> Vec<(u8, u16)> {
+        let conf = self.params.confidence;
+        let prev = self.forwarding(h - 1);
+        if prev.len() < 2 {
+            return Vec::new();
+        }
+        let mut succ: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut pred: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (a, b) in self.links_between(h - 1) {
+            succ.entry(a).or_default().insert(b);
+            pred.entry(b).or_default().insert(a);
+        }
+        let widths: BTreeSet<usize> = prev
+            .keys()
+            .filter_map(|v| succ.get(v).map(BTreeSet::len))
+            .collect();
+        if widths.len() < 2 {
+            return Vec::new();
+        }
+        let mut through: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for (&f, r) in self.at(h).into_iter().flatten() {
+            let Reach::Answered { answer, .. } = r else {
+                continue;
+            };
+            let via = if self.probed(h - 1, f) {
+                self.addr_at(h - 1, f)
+            } else {
+                pred.get(&answer.addr)
+                    .filter(|p| p.len() == 1)
+                    .and_then(|p| p.first().copied())
+            };
+            if let Some(v) = via {
+                *through.entry(v).or_default() += 1;
+            }
+        }
+        let answered_prev: usize = prev.values().map(Vec::len).sum();
+        let mut batch = Vec::new();
+        let mut fresh = 0usize;
+        for (v, flows) in &prev {
+            let need = stopping_point(succ.get(v).map_or(1, BTreeSet::len), conf);
+            let have = through.get(v).copied().unwrap_or(0);
+            let mut missing = need.saturating_sub(have);
+            for &f in flows.iter().filter(|&&f| !self.probed(h, f)) {
+                if missing == 0 {
+                    break;
+                }
+                batch.push((h, f));
+                missing -= 1;
+            }
+            if missing > 0 {
+                let share = flows.len() as f64 / answered_prev.max(1) as f64;
+                fresh = fresh.max((missing as f64 / share).ceil() as usize);
+            }
+        }
+        if !batch.is_empty() {
+            return batch;
+        }
+        let tried = self.at(h).map_or(0, BTreeMap::len);
+        let cap = ASYMMETRY_MAX_FACTOR * stopping_point(self.vertices(h).len(), conf);
+        let n = fresh.min(cap.saturating_sub(tried));
+        if n > 0 {
+            tracing::debug!(dst = %self.dst, ttl = h, flows = n, "width asymmetry: node control");
+        }
+        self.fresh_flows(n).into_iter().map(|f| (h, f)).collect()
     }
 
     /// Links seen between `ttl` and `ttl + 1` through a flow answered at both.
