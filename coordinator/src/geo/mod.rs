@@ -536,10 +536,20 @@ impl Gazetteer {
                 .iter()
                 .all(|d| great_circle_km(p, d.center) <= d.radius_km + 1.0)
         };
-        self.cities
+        let inside: Vec<&City> = self
+            .cities
             .iter()
             .filter(|c| great_circle_km(c.loc, est.loc) <= est.radius_km * 1.05 + 10.0)
             .filter(|c| !est.consistent || feasible(c.loc))
+            .collect();
+        // Points of presence sit where networks interconnect: when the region holds an
+        // exchange or facility city, only those are candidates. The rest of the
+        // gazetteer is airports (Metz/Frescaty, an air base, once beat Frankfurt for a
+        // router there), kept for regions that hold no hub at all.
+        let hubs = inside.iter().any(|c| c.exchanges + c.facilities > 0);
+        inside
+            .into_iter()
+            .filter(|c| !hubs || c.exchanges + c.facilities > 0)
             .map(|c| {
                 let mut score = c.hub_score(!self.exchange_data);
                 for r in rings {
@@ -763,6 +773,32 @@ mod tests {
         // A tight region needs no prior.
         let tight = multilaterate(&[Disc::from_rtt(seattle, 0.5)]).unwrap();
         assert!(g.hub_prior(&tight, &discs, &[ring]).is_none());
+    }
+
+    #[test]
+    fn a_region_with_an_interconnection_city_picks_one_not_an_airport() {
+        // The README demo's Frankfurt router: 5.1 ms from Zurich, 7.9 ms from Paris and
+        // Geneva. A town of many airfields nearer the middle of that region scores as
+        // high as Frankfurt's airports and carrier hotels together.
+        let discs = [
+            Disc::from_rtt(GeoPoint::new(47.37, 8.54), 5.1),
+            Disc::from_rtt(GeoPoint::new(48.86, 2.35), 7.9),
+            Disc::from_rtt(GeoPoint::new(46.20, 6.14), 7.9),
+        ];
+        let est = multilaterate(&discs).unwrap();
+        let mut frankfurt = city("Frankfurt am Main", "DE", 50.12, 8.74, 2);
+        let metz = city("Metz/Frescaty", "FR", 49.07, 6.13, 5);
+        let airports = Gazetteer::from_cities(vec![frankfurt.clone(), metz.clone()]);
+        assert_eq!(
+            airports.hub_prior(&est, &discs, &[]).unwrap().name,
+            "Metz/Frescaty"
+        );
+        frankfurt.facilities = 1;
+        let g = Gazetteer::from_cities(vec![frankfurt, metz]);
+        assert_eq!(
+            g.hub_prior(&est, &discs, &[]).unwrap().name,
+            "Frankfurt am Main"
+        );
     }
 
     #[test]
