@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """MDA in the lab: every ECMP branch the oracle knows, found by `trace --mda`.
 
-usage: check_mda.py SCENARIO LAB_BIN AGENT_BIN [--also SCENARIO]... [--confidence 99] [--proto udp|tcp|icmp] [--min-share 0.99] [--json]
+usage: check_mda.py SCENARIO LAB_BIN AGENT_BIN [--also SCENARIO]... [--confidence 99] [--proto udp|tcp|icmp] [--min-share 0.99] [--cookie N] [--json]
 
 Runs `LAB_BIN check --json SCENARIO` for the oracle's `ecmp_paths` (the same as
 `shared/tools/scenario.py --json`), builds the emulated internet with `LAB_BIN emulate`,
@@ -11,11 +11,15 @@ toward every probe address of every target. A (pair, address) counts as found wh
 branch's hops that cannot be silent (the oracle's may_be_silent flag: rate limits) answered
 at their TTL in the MDA's interfaces. Prints the share of pairs with ECMP branches found
 whole and exits 1 below --min-share; with --also, over every scenario's pairs together.
+--cookie pins the agent's flows (TRACEMESH_COOKIE): a stopping rule at 99 % per hop still
+misses a branch now and then on random flows, and a gate on pinned flows gives the same
+verdict on every run.
 Needs root (namespaces); probes stay inside the lab.
 """
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,7 +33,7 @@ def main():
         return 2
     scen, lab, agent = args[:3]
     scens = [scen]
-    conf, min_share, as_json, proto = "99", 0.99, False, "udp"
+    conf, min_share, as_json, proto, cookie = "99", 0.99, False, "udp", None
     rest = args[3:]
     while rest:
         flag = rest.pop(0)
@@ -41,6 +45,8 @@ def main():
             proto = rest.pop(0)
         elif flag == "--also":
             scens.append(rest.pop(0))
+        elif flag == "--cookie":
+            cookie = rest.pop(0)
         elif flag == "--json":
             as_json = True
         else:
@@ -48,7 +54,7 @@ def main():
             return 2
     summaries = []
     for sc in scens:
-        summary = run_one(sc, lab, agent, conf, proto)
+        summary = run_one(sc, lab, agent, conf, proto, cookie)
         if summary is None:
             return 1
         summaries.append(summary)
@@ -71,7 +77,7 @@ def main():
     return 0 if share >= min_share else 1
 
 
-def run_one(scen, lab, agent, conf, proto):
+def run_one(scen, lab, agent, conf, proto, cookie=None):
     with open(scen, "rb") as f:
         s = tomllib.load(f)
     oracle = json.loads(
@@ -124,6 +130,7 @@ def run_one(scen, lab, agent, conf, proto):
                  "--confidence", conf, "--rate", "500", "--wait-ms", "1500",
                  "--allow", "0.0.0.0/0", "--allow", "::/0", *dsts],
                 capture_output=True, text=True,
+                env={**os.environ, **({"TRACEMESH_COOKIE": cookie} if cookie else {})},
             )
             found = {}
             for line in out.stdout.splitlines():
