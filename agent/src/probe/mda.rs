@@ -40,6 +40,9 @@ use super::model::Proto;
 use super::packet::MDA_MAX_FLOWS;
 use super::trace::{Answer, AnswerKind};
 
+/// Interfaces at one hop and their neighbours at the next (or previous) one.
+type Adjacency = BTreeMap<IpAddr, BTreeSet<IpAddr>>;
+
 /// Flows through each interface the meshing test wants probed at the neighbouring hop.
 const MESH_FLOWS: usize = 2;
 
@@ -692,21 +695,27 @@ impl Mda {
         if !batch.is_empty() {
             return batch;
         }
-        let links = self.links_between(h - 1);
-        let mut succ: HashMap<IpAddr, usize> = HashMap::new();
-        let mut pred: HashMap<IpAddr, usize> = HashMap::new();
-        for (a, b) in &links {
-            *succ.entry(*a).or_default() += 1;
-            *pred.entry(*b).or_default() += 1;
-        }
-        if succ.values().any(|&n| n >= 2) && pred.values().any(|&n| n >= 2) {
+        let (succ, pred) = self.adjacency(h - 1);
+        if succ.values().any(|s| s.len() >= 2) && pred.values().any(|p| p.len() >= 2) {
             tracing::debug!(dst = %self.dst, ttl = h, "meshed diamond: full MDA from here");
             self.meshed = true;
             return self.wanted(h);
         }
 
         // 5. Width asymmetry.
-        self.width_asymmetry(h)
+        self.width_asymmetry(h, &prev, &succ, &pred)
+    }
+
+    /// Successors of each interface at `ttl` and predecessors of each at `ttl + 1`, from
+    /// the links flows showed.
+    fn adjacency(&self, ttl: u8) -> (Adjacency, Adjacency) {
+        let mut succ = Adjacency::new();
+        let mut pred = Adjacency::new();
+        for (a, b) in self.links_between(ttl) {
+            succ.entry(a).or_default().insert(b);
+            pred.entry(b).or_default().insert(a);
+        }
+        (succ, pred)
     }
 
     /// MDA-Lite's width-asymmetry test: when interfaces of the previous hop are seen
@@ -717,17 +726,16 @@ impl Mda {
     /// known to cross it go first, then new flows at this hop, as many as its share of
     /// the previous hop says it takes (at most [`ASYMMETRY_MAX_FACTOR`] times the hop's
     /// own count); a new flow counts for the interface whose only successor it reached.
-    fn width_asymmetry(&mut self, h: u8) -> Vec<(u8, u16)> {
+    fn width_asymmetry(
+        &mut self,
+        h: u8,
+        prev: &BTreeMap<IpAddr, Vec<u16>>,
+        succ: &Adjacency,
+        pred: &Adjacency,
+    ) -> Vec<(u8, u16)> {
         let conf = self.params.confidence;
-        let prev = self.forwarding(h - 1);
         if prev.len() < 2 {
             return Vec::new();
-        }
-        let mut succ: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
-        let mut pred: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
-        for (a, b) in self.links_between(h - 1) {
-            succ.entry(a).or_default().insert(b);
-            pred.entry(b).or_default().insert(a);
         }
         let widths: BTreeSet<usize> = prev
             .keys()
@@ -755,7 +763,7 @@ impl Mda {
         let answered_prev: usize = prev.values().map(Vec::len).sum();
         let mut batch = Vec::new();
         let mut fresh = 0usize;
-        for (v, flows) in &prev {
+        for (v, flows) in prev {
             let need = stopping_point(succ.get(v).map_or(1, BTreeSet::len), conf);
             let have = through.get(v).copied().unwrap_or(0);
             let mut missing = need.saturating_sub(have);

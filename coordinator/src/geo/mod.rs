@@ -265,6 +265,11 @@ pub struct City {
 }
 
 impl City {
+    /// Whether networks are known to interconnect here (an exchange or a facility).
+    fn is_hub(&self) -> bool {
+        self.exchanges + self.facilities > 0
+    }
+
     /// How likely a point of presence is here, before any measurement. Airports say how
     /// big a city is, not where networks meet (Paris counts seven, Frankfurt, the larger
     /// interconnection hub, two), so they count only while no exchange data is loaded.
@@ -326,8 +331,6 @@ pub struct Ring {
 #[derive(Debug, Clone, Default)]
 pub struct Gazetteer {
     cities: Vec<City>,
-    /// Exchanges were loaded (PeeringDB): the hub prior weighs interconnection alone.
-    exchange_data: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -445,17 +448,11 @@ impl Gazetteer {
                 facilities: 0,
             });
         }
-        Ok(Gazetteer {
-            cities,
-            exchange_data: false,
-        })
+        Ok(Gazetteer { cities })
     }
 
     pub fn from_cities(cities: Vec<City>) -> Gazetteer {
-        Gazetteer {
-            cities,
-            exchange_data: false,
-        }
+        Gazetteer { cities }
     }
 
     pub fn len(&self) -> usize {
@@ -518,7 +515,6 @@ impl Gazetteer {
             let hits = self.match_city(city, country);
             for i in hits {
                 self.cities[i].exchanges += 1;
-                self.exchange_data = true;
             }
         }
     }
@@ -546,12 +542,14 @@ impl Gazetteer {
         // exchange or facility city, only those are candidates. The rest of the
         // gazetteer is airports (Metz/Frescaty, an air base, once beat Frankfurt for a
         // router there), kept for regions that hold no hub at all.
-        let hubs = inside.iter().any(|c| c.exchanges + c.facilities > 0);
+        let hubs = inside.iter().any(|c| c.is_hub());
+        // Exchanges loaded (PeeringDB): the prior weighs interconnection alone.
+        let count_airports = !self.cities.iter().any(|c| c.exchanges > 0);
         inside
             .into_iter()
-            .filter(|c| !hubs || c.exchanges + c.facilities > 0)
+            .filter(|c| !hubs || c.is_hub())
             .map(|c| {
-                let mut score = c.hub_score(!self.exchange_data);
+                let mut score = c.hub_score(count_airports);
                 for r in rings {
                     // An RTT step overstates a link's length by the far end's ICMP slow
                     // path (a few ms at most, whatever the length) and by a longer way

@@ -27,6 +27,16 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// A network of the given links; the highest-numbered node is the sink.
+    fn from_edges(name: &str, edges: Vec<(usize, usize)>) -> Topology {
+        let nodes = edges.iter().map(|&(a, b)| a.max(b) + 1).max().unwrap_or(1);
+        Topology {
+            name: name.into(),
+            nodes,
+            edges,
+        }
+    }
+
     /// `source — a — {b1..bw} — c — sink`: one diamond of `width` branches.
     pub fn diamond(width: usize) -> Topology {
         assert!((1..=64).contains(&width));
@@ -37,11 +47,7 @@ impl Topology {
             edges.push((b, c));
         }
         edges.push((c, sink));
-        Topology {
-            name: format!("diamond{width}"),
-            nodes: sink + 1,
-            edges,
-        }
+        Topology::from_edges(&format!("diamond{width}"), edges)
     }
 
     /// A diamond inside one branch of another: `a` splits to `p` and `q`; `p` splits
@@ -63,18 +69,14 @@ impl Topology {
             (8, 9),
             (9, 10),
         ];
-        Topology {
-            name: "nested".into(),
-            nodes: 11,
-            edges,
-        }
+        Topology::from_edges("nested", edges)
     }
 
     /// Load balancing of unequal width: `a` splits to `b1` and `b2`; `b1` splits again
     /// three ways (`c1`..`c3`), `b2` goes on to `c4` alone; all four join at `d`. At TTL 3
-    /// `c4` takes half the flows and `c1`..`c3` a sixth each: the full MDA's node control
-    /// makes new flows at TTL 2 until enough cross `b1`, which MDA-Lite's hop-level rule
-    /// spares.
+    /// `c4` takes half the flows and `c1`..`c3` a sixth each, so the hop-level count
+    /// (`n_k` flows over the whole hop) leaves `b1`'s successors short: the width-asymmetry
+    /// test's node control is what finds them.
     pub fn asymmetric() -> Topology {
         // 0 src, 1 a, 2 b1, 3 b2, 4 c1, 5 c2, 6 c3, 7 c4, 8 d, 9 sink
         let edges = vec![
@@ -91,11 +93,7 @@ impl Topology {
             (7, 8),
             (8, 9),
         ];
-        Topology {
-            name: "asymmetric".into(),
-            nodes: 10,
-            edges,
-        }
+        Topology::from_edges("asymmetric", edges)
     }
 
     /// Branches of unequal length: `a` splits to `p` and `q`; `p` reaches the sink
@@ -105,11 +103,7 @@ impl Topology {
     pub fn uneven() -> Topology {
         // 0 src, 1 a, 2 p, 3 q, 4 q1, 5 sink
         let edges = vec![(0, 1), (1, 2), (1, 3), (2, 5), (3, 4), (4, 5)];
-        Topology {
-            name: "uneven".into(),
-            nodes: 6,
-            edges,
-        }
+        Topology::from_edges("uneven", edges)
     }
 
     /// Every interface (by TTL) and link a complete multipath trace to `dst` finds.
