@@ -5,13 +5,18 @@
 //! of unequal width (`asymmetric`: one branch splits three ways, the other not). Prints
 //! interfaces, links, for how many destinations each tool found the whole network, probes
 //! and wall time of each, what one found that the other did not, and the probe ratio
-//! tracelb/ours (above 1: we sent fewer). scamper paces tracelb at one probe per 250 ms
+//! tracelb/ours (above 1: we sent fewer). `floor` is the least any tracer at this
+//! confidence sends on the network as it is: one probe at the vantage's gateway, `n_k` at
+//! every other hop of `k` interfaces (ruling out a `k + 1`-th there is what the
+//! confidence means; a probe has one TTL, so no flow counts at two hops), and one per
+//! address at the destination's distance. Over a case's destinations it is summed like
+//! the probes. scamper paces tracelb at one probe per 250 ms
 //! (its default `-W`), so the times compare defaults, not engines. Run: `cargo bench -p
 //! tracemesh-agent --bench mda_vs_tracelb` (as root; scamper from Debian's packages).
 //!
-//! Both tools stop at 95 % per hop, so either misses a branch now and then. tracelb's
-//! flow ids are fixed and the kernel's hash seed is pinned, so one destination gives it
-//! the same flows every run; TM_BENCH_DESTS > 1 shows how often each is complete.
+//! Both tools stop at 95 % per hop, so either misses a branch now and then. scamper picks
+//! its source-port base per process, so tracelb's flows, like ours, differ from run to
+//! run; TM_BENCH_DESTS > 1 shows how often each is complete.
 //!
 //! Environment: TM_BENCH_CONFIDENCE (95), TM_BENCH_TOPOLOGIES
 //! (2,4,8,nested,uneven,asymmetric), TM_BENCH_FAMILIES (4,6), TM_BENCH_DESTS (1:
@@ -30,8 +35,9 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tracemesh_agent::probe::mda::stopping_point;
 use tracemesh_testnet::mda_compare::{self, Found};
-use tracemesh_testnet::multipath::{Multipath, Topology};
+use tracemesh_testnet::multipath::{Multipath, Topology, Truth};
 use tracemesh_testnet::{available, compare};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -39,6 +45,26 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The least probes a tracer at `confidence` sends to find `truth` and rule out one more
+/// interface at every hop (see the module's doc).
+fn floor(truth: &Truth, confidence: u8) -> u64 {
+    let mut per_ttl: std::collections::BTreeMap<u8, usize> = Default::default();
+    for (ttl, _) in &truth.interfaces {
+        *per_ttl.entry(*ttl).or_default() += 1;
+    }
+    let last = per_ttl.keys().next_back().copied();
+    per_ttl
+        .iter()
+        .map(|(&ttl, &k)| {
+            if Some(ttl) == last || (ttl == 1 && k == 1) {
+                k as u64
+            } else {
+                stopping_point(k, confidence) as u64
+            }
+        })
+        .sum()
 }
 
 fn main() -> ExitCode {
@@ -74,12 +100,13 @@ fn main() -> ExitCode {
         "MDA-Lite (tracemesh-agent trace --mda) vs scamper tracelb, confidence {confidence} %, UDP (source ports vary), {dests} destinations per network"
     );
     println!(
-        "{:<10} {:>3} {:>14} {:>14} {:>14} {:>12} {:>12} {:>9} {:>9} {:>7}",
+        "{:<10} {:>3} {:>14} {:>14} {:>14} {:>9} {:>9} {:>11} {:>9} {:>9} {:>7}",
         "network",
         "ip",
         "ifaces s/ours",
         "links s/ours",
         "complete s/ours",
+        "floor",
         "probes s",
         "probes ours",
         "s secs",
@@ -90,6 +117,7 @@ fn main() -> ExitCode {
     // Destinations where each tool found every interface and link of the network.
     let mut complete_all = (0usize, 0usize, 0usize);
     let mut total = (0u64, 0u64, Duration::ZERO, Duration::ZERO);
+    let mut total_floor = 0u64;
     for topo_name in topologies.split(',') {
         let topo = match topo_name {
             "nested" => Topology::nested(),
@@ -116,6 +144,7 @@ fn main() -> ExitCode {
             let mut ours = Found::default();
             let mut truth_ifaces = 0;
             let mut truth_links = 0;
+            let mut least = 0u64;
             let mut complete = (0usize, 0usize);
             for i in 0..dests {
                 let dst: IpAddr = Multipath::destination(i, v6);
@@ -144,6 +173,7 @@ fn main() -> ExitCode {
                 let truth = net.truth(dst);
                 truth_ifaces += truth.interfaces.len();
                 truth_links += truth.links.len();
+                least += floor(&truth, confidence);
                 let whole = |f: &Found| {
                     truth.interfaces.is_subset(&f.interfaces) && truth.links.is_subset(&f.links)
                 };
@@ -188,7 +218,7 @@ fn main() -> ExitCode {
                 ours.links.extend(o.links.iter().copied());
             }
             println!(
-                "{:<10} {:>3} {:>6}/{:<7} {:>6}/{:<7} {:>6}/{:<7} {:>12} {:>12} {:>9.2} {:>9.2} {:>6.2}x",
+                "{:<10} {:>3} {:>6}/{:<7} {:>6}/{:<7} {:>6}/{:<7} {:>9} {:>9} {:>11} {:>9.2} {:>9.2} {:>6.2}x",
                 topo_name,
                 fam,
                 theirs.interfaces.len(),
@@ -197,6 +227,7 @@ fn main() -> ExitCode {
                 ours.links.len(),
                 complete.0,
                 complete.1,
+                least,
                 theirs.probes,
                 ours.probes,
                 theirs.wall.as_secs_f64(),
@@ -209,6 +240,7 @@ fn main() -> ExitCode {
             complete_all.0 += complete.0;
             complete_all.1 += complete.1;
             complete_all.2 += dests;
+            total_floor += least;
             total.0 += theirs.probes;
             total.1 += ours.probes;
             total.2 += theirs.wall;
@@ -216,7 +248,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "total: tracelb {} probes in {:.1} s, ours {} probes in {:.1} s: probes tracelb/ours {:.2}, time tracelb/ours {:.1}",
+        "total: floor {} probes; tracelb {} probes in {:.1} s, ours {} probes in {:.1} s: probes tracelb/ours {:.2}, time tracelb/ours {:.1}",
+        total_floor,
         total.0,
         total.2.as_secs_f64(),
         total.1,

@@ -20,10 +20,14 @@ timed from the probe's kernel-stamped transmission into its TUN) is expected tha
 later. Without that log (older runs) nothing is corrected.
 
 usage: check_paths.py SCENARIO OUT_DIR [--oracle DIR] [--min-addr-share F] [--min-share F]
+                      [--max-untapped-share F]
 The oracle directory defaults to ../shared/tools beside the repository.
 Prints the share of hops whose address matches and the share matching in address and RTT;
 exits 1 if the first is below --min-addr-share (default 0.99) or the second below
---min-share (default 0.9). Addresses are deterministic; sub-millisecond RTTs carry the
+--min-share (default 0.9), or if more than --max-untapped-share (default 0.05) of the
+probes the emulator read were timed from their read rather than from the kernel's stamp
+of their transmission (an emulator that stopped using its taps would pass the RTT floors
+on a quiet machine and fail them on a busy one). Addresses are deterministic; sub-millisecond RTTs carry the
 scheduling noise of a loaded machine, hence the separate floor.
 """
 import argparse
@@ -45,6 +49,7 @@ def main():
     ap.add_argument("--oracle", default=os.path.join(HERE, "..", "..", "..", "shared", "tools"))
     ap.add_argument("--min-addr-share", type=float, default=0.99)
     ap.add_argument("--min-share", type=float, default=0.9)
+    ap.add_argument("--max-untapped-share", type=float, default=0.05)
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.oracle))
     from scenario import Scenario  # noqa: E402
@@ -149,6 +154,12 @@ def main():
                   round(e.get("thread_wait_for_cpu_ms", float("nan")), 1), round(e.get("machine_steal_s", float("nan")), 2)))
     for b in bad:
         print("  mismatch:", b)
+    if not e or "untapped" not in e or not e.get("packets_in"):
+        sys.exit("error: lab.json has no emulator figures (packets read, probes untapped)")
+    untapped_share = e["untapped"] / e["packets_in"]
+    if untapped_share > args.max_untapped_share:
+        sys.exit(f"error: {e['untapped']} of {e['packets_in']} probes ({untapped_share:.4f}) were timed "
+                 f"from their read, not their transmission (allowed {args.max_untapped_share})")
     if addr_share < args.min_addr_share:
         sys.exit(f"error: only {addr_share:.4f} of hop addresses match (need {args.min_addr_share})")
     if share < args.min_share:

@@ -15,7 +15,8 @@
 //!    `n_k` of them; once the trace found a meshed diamond, for every interface, making
 //!    new flows at the previous hop when too few are known to cross it (the full MDA);
 //! 3. link completion: every interface gets a predecessor and a successor where a flow
-//!    can show one;
+//!    can show one (behind a single interface too, unless it is the gateway at TTL 1: a
+//!    second one its `n_1` flows missed shows up as an interface only new flows reach);
 //! 4. the meshing test: with two interfaces or more at both hops, two flows through each
 //!    interface probed at the other hop; an interface with two predecessors facing one
 //!    with two successors means a meshed diamond, and node control from then on;
@@ -650,10 +651,16 @@ impl Mda {
                 .collect();
         }
 
-        // 3. Link completion.
+        // 3. Link completion. A single interface at the previous hop is every flow's
+        // way through only as far as `n_1` flows there could tell: an interface here that
+        // only new flows reached may hang off a second one those flows missed (a
+        // two-way split seen one way, 3 % at 95 %), and one of its flows there says
+        // which. Not behind TTL 1, whose one address is the vantage's own gateway.
         let here = self.vertices(h);
+        let trusted_single = single_prev && h - 1 == 1;
         for flows in here.values() {
-            let has_pred = single_prev || flows.iter().any(|&f| self.addr_at(h - 1, f).is_some());
+            let has_pred =
+                trusted_single || flows.iter().any(|&f| self.addr_at(h - 1, f).is_some());
             if !has_pred && let Some(&f) = flows.iter().find(|&&f| !self.probed(h - 1, f)) {
                 batch.push((h - 1, f));
             }

@@ -16,6 +16,9 @@ use tracemesh_lab::scenario::World;
 
 const SCAMPER: &str = "/usr/bin/scamper";
 
+/// Both tests build the same scenario's namespaces: one at a time.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// scamper's JSON objects of `type` from one run of `command` on `dsts` in `ns`.
 fn scamper(ns: &str, command: &str, dsts: &[&str], kind: &str) -> Vec<Value> {
     let out = Command::new("timeout")
@@ -45,6 +48,9 @@ fn scamper(ns: &str, command: &str, dsts: &[&str], kind: &str) -> Vec<Value> {
 #[test]
 #[ignore = "needs root, /dev/net/tun and scamper"]
 fn real_packets_follow_the_v2_rules() {
+    let _lab = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     tracemesh_lab::net::require_lab();
     assert!(
         Path::new(SCAMPER).exists(),
@@ -143,6 +149,99 @@ fn real_packets_follow_the_v2_rules() {
         .count();
     assert_eq!(all, 40, "{text}");
 
+    emu.stop();
+    drop(topo);
+}
+
+/// Time Exceeded answers to `count` pings with TTL `ttl` from `ns` to `dst`.
+fn time_exceeded(ns: &str, ttl: u8, count: u32, dst: &str) -> usize {
+    let out = Command::new("timeout")
+        .arg("20")
+        .args(["ip", "netns", "exec", ns, "ping", "-n", "-t"])
+        .arg(ttl.to_string())
+        .arg("-c")
+        .arg(count.to_string())
+        .args(["-i", "0.02", "-W", "1", dst])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let n = text
+        .lines()
+        .filter(|l| l.contains("Time to live exceeded"))
+        .count();
+    eprintln!(
+        "ping -t {ttl} {dst}: {n} of {count} answered Time Exceeded\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    n
+}
+
+/// The soak's probe-path cut (`--flap-probe`): while it is on, the vantage's access
+/// router still answers and nothing beyond it does, and every dropped probe is counted;
+/// restored, the path answers again. And the emulator times probes from the kernel's
+/// stamp of their transmission (its taps), not from its read: an emulator that stopped
+/// using its taps passes RTT checks on a quiet machine and fails them on a busy one.
+#[test]
+#[ignore = "needs root, /dev/net/tun and ping (iputils-ping)"]
+fn a_cut_probe_path_answers_the_first_hop_only_and_probes_are_timed_from_their_taps() {
+    let _lab = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tracemesh_lab::net::require_lab();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/diamond-v2.toml");
+    let w = Arc::new(World::load(&file).unwrap());
+    let topo = Topology::build(&w).unwrap();
+    let emu = Emulator::spawn(w.clone(), &topo).unwrap();
+    emu.set_t0(unix_ns() as f64 / 1e9);
+    let v = w.vantage("v").unwrap();
+    let ns = &topo.vantages[v];
+    let cut = |e: &Emulator| e.stats.cut.load(std::sync::atomic::Ordering::Relaxed);
+
+    assert_eq!(
+        time_exceeded(ns, 2, 10, "10.2.0.1"),
+        10,
+        "path up: hop 2 answers"
+    );
+    assert_eq!(cut(&emu), 0);
+
+    emu.set_probe_path(v, false);
+    assert_eq!(
+        time_exceeded(ns, 1, 10, "10.2.0.1"),
+        10,
+        "cut: the access router still answers"
+    );
+    assert_eq!(
+        time_exceeded(ns, 2, 10, "10.2.0.1"),
+        0,
+        "cut: nothing beyond the first hop answers"
+    );
+    assert_eq!(
+        cut(&emu),
+        10,
+        "every probe beyond the first hop dropped and counted"
+    );
+
+    emu.set_probe_path(v, true);
+    assert_eq!(
+        time_exceeded(ns, 2, 10, "10.2.0.1"),
+        10,
+        "restored: hop 2 answers again"
+    );
+    assert_eq!(cut(&emu), 10);
+
+    let read = emu
+        .stats
+        .packets_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let untapped = emu
+        .stats
+        .untapped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(read >= 40, "{read} probes read");
+    assert!(
+        untapped * 10 <= read,
+        "{untapped} of {read} probes timed from their read, not their tap"
+    );
     emu.stop();
     drop(topo);
 }
