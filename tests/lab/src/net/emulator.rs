@@ -59,7 +59,8 @@ pub struct EmuStats {
     /// How long probes waited in their TUN before being read (ns).
     pub read_wait: Histogram,
     /// Probes timed from their read because no tap copy was found (none opened, or
-    /// copies lost to a full socket buffer).
+    /// copies lost to a full socket buffer); the kernel's own link chatter is not
+    /// counted (see [`is_probe`]).
     pub untapped: AtomicU64,
     /// Answers that left more than [`LATE_LOG_NS`] late, for the path check to judge the
     /// agent against what the emulator really did (capped at [`LATE_LOG_MAX`]).
@@ -299,7 +300,9 @@ impl Shard {
                             (read.saturating_sub(wait), x)
                         }
                         _ => {
-                            self.stats.untapped.fetch_add(1, Ordering::Relaxed);
+                            if is_probe(pkt) {
+                                self.stats.untapped.fetch_add(1, Ordering::Relaxed);
+                            }
                             (read, read_unix)
                         }
                     };
@@ -417,6 +420,20 @@ struct Pending {
     dst: std::net::IpAddr,
     ttl: u8,
     t_s: f64,
+}
+
+/// Whether a packet read from a vantage's TUN is traffic into the emulated internet
+/// (a probe, a mesh datagram) rather than the kernel's own link chatter (router
+/// solicitations and MLD reports to multicast or link-local addresses), which an
+/// interface sends as it comes up, before its tap is open.
+fn is_probe(pkt: &[u8]) -> bool {
+    match ip_dst_ttl(pkt) {
+        Some((std::net::IpAddr::V4(a), _)) => !(a.is_multicast() || a.is_broadcast()),
+        Some((std::net::IpAddr::V6(a), _)) => {
+            !(a.is_multicast() || a.is_unicast_link_local() || a.is_unspecified())
+        }
+        None => false,
+    }
 }
 
 /// A packet's destination and TTL (IPv4) or hop limit (IPv6).
@@ -558,6 +575,30 @@ mod tests {
         assert_eq!(ip_ttl(&[0x45]), None);
         assert_eq!(ip_ttl(&[]), None);
         assert_eq!(ip_ttl(&[0x10; 40]), None);
+    }
+
+    #[test]
+    fn link_chatter_is_not_a_probe() {
+        let v6 = |dst: std::net::Ipv6Addr| {
+            let mut p = [0u8; 40];
+            p[0] = 0x60;
+            p[24..40].copy_from_slice(&dst.octets());
+            p
+        };
+        let v4 = |dst: std::net::Ipv4Addr| {
+            let mut p = [0u8; 20];
+            p[0] = 0x45;
+            p[16..20].copy_from_slice(&dst.octets());
+            p
+        };
+        assert!(is_probe(&v6("2001:db8::1".parse().unwrap())));
+        assert!(is_probe(&v4("192.0.2.1".parse().unwrap())));
+        // A router solicitation, an MLD report, a link-local neighbour.
+        assert!(!is_probe(&v6("ff02::2".parse().unwrap())));
+        assert!(!is_probe(&v6("ff02::16".parse().unwrap())));
+        assert!(!is_probe(&v6("fe80::1".parse().unwrap())));
+        assert!(!is_probe(&v4("224.0.0.22".parse().unwrap())));
+        assert!(!is_probe(&[0x45]));
     }
 
     #[test]
