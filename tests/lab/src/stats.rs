@@ -81,6 +81,17 @@ impl Histogram {
             .sum()
     }
 
+    /// The smallest value (its bucket's upper edge) with at least a share `p` (0..=1) of
+    /// the values at or below it; 0 when empty.
+    pub fn quantile(&self, p: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        quantile_of(&counts, self.max.load(Ordering::Relaxed), p)
+    }
+
     pub fn summary(&self) -> Summary {
         let counts: Vec<u64> = self
             .counts
@@ -89,21 +100,7 @@ impl Histogram {
             .collect();
         let count: u64 = counts.iter().sum();
         let max = self.max.load(Ordering::Relaxed);
-        let q = |p: f64| -> u64 {
-            if count == 0 {
-                return 0;
-            }
-            // The smallest value with at least p of the samples at or below it.
-            let rank = ((p * count as f64).ceil() as u64).clamp(1, count);
-            let mut seen = 0;
-            for (b, c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return bucket_high(b).min(max);
-                }
-            }
-            max
-        };
+        let q = |p: f64| quantile_of(&counts, max, p);
         Summary {
             count,
             mean: if count == 0 {
@@ -118,6 +115,22 @@ impl Histogram {
             max,
         }
     }
+}
+
+fn quantile_of(counts: &[u64], max: u64, p: f64) -> u64 {
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return 0;
+    }
+    let rank = ((p.clamp(0.0, 1.0) * count as f64).ceil() as u64).clamp(1, count);
+    let mut seen = 0;
+    for (b, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return bucket_high(b).min(max);
+        }
+    }
+    max
 }
 
 /// Events counted per fixed-width bin since a start instant; events past the last bin
@@ -198,6 +211,10 @@ mod tests {
         assert!((101..=213).contains(&h.count_at_least(900_000)));
         assert_eq!(h.count_at_least(0), 1000);
         assert_eq!(Histogram::default().summary().p99, 0);
+        assert!(near(h.quantile(0.95), 950_000), "{}", h.quantile(0.95));
+        assert_eq!(h.quantile(1.0), 1_000_000);
+        assert!(near(h.quantile(0.0), 1000), "{}", h.quantile(0.0));
+        assert_eq!(Histogram::default().quantile(0.5), 0);
     }
 
     #[test]
