@@ -84,20 +84,11 @@ impl Histogram {
     /// The smallest value (its bucket's upper edge) with at least a share `p` (0..=1) of
     /// the values at or below it; 0 when empty.
     pub fn quantile(&self, p: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        quantile_of(&counts, self.max.load(Ordering::Relaxed), p)
+        quantile_of(&load_all(&self.counts), self.max.load(Ordering::Relaxed), p)
     }
 
     pub fn summary(&self) -> Summary {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
+        let counts = load_all(&self.counts);
         let count: u64 = counts.iter().sum();
         let max = self.max.load(Ordering::Relaxed);
         let q = |p: f64| quantile_of(&counts, max, p);
@@ -115,6 +106,11 @@ impl Histogram {
             max,
         }
     }
+}
+
+/// A snapshot of counters that other threads may still be adding to.
+fn load_all(counters: &[AtomicU64]) -> Vec<u64> {
+    counters.iter().map(|c| c.load(Ordering::Relaxed)).collect()
 }
 
 fn quantile_of(counts: &[u64], max: u64, p: f64) -> u64 {
@@ -157,11 +153,7 @@ impl Timeline {
     /// The highest rate (events per second) over any window of `window_bins` consecutive
     /// bins.
     pub fn peak_per_s(&self, window_bins: usize) -> f64 {
-        let v: Vec<u64> = self
-            .bins
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        let v = load_all(&self.bins);
         let w = window_bins.clamp(1, v.len());
         let mut sum: u64 = v[..w].iter().sum();
         let mut best = sum;
