@@ -282,30 +282,40 @@ fn process_cpu_s() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// CPU time the hypervisor took from this machine (all CPUs), from /proc/stat.
-fn steal_s() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    // "cpu user nice system idle iowait irq softirq steal ...", in clock ticks.
-    stat.lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(8))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |t| t / 100.0)
+/// What `/proc/stat` says of the machine's CPUs: the time the hypervisor took from them
+/// (summed over all, in seconds) and how many there are (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MachineCpu {
+    steal_s: f64,
+    cpus: usize,
 }
 
-/// The CPUs `/proc/stat` sums its first line over (at least 1).
-fn cpus_in_stat() -> f64 {
-    let n = std::fs::read_to_string("/proc/stat").map_or(0, |stat| {
-        stat.lines()
+impl MachineCpu {
+    fn read() -> MachineCpu {
+        Self::parse(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+    }
+
+    fn parse(stat: &str) -> MachineCpu {
+        // "cpu user nice system idle iowait irq softirq steal ...", in clock ticks, then
+        // one "cpuN ..." line per CPU.
+        let steal_s = stat
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(8))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |t| t / 100.0);
+        let cpus = stat
+            .lines()
             .filter(|l| {
                 l.strip_prefix("cpu")
                     .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
             })
-            .count()
-    });
-    n.max(1) as f64
+            .count();
+        MachineCpu {
+            steal_s,
+            cpus: cpus.max(1),
+        }
+    }
 }
 
 /// The coordinator's inputs a user would download, generated from the scenario.
@@ -593,7 +603,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let end = t0 + rounds as f64 * round_s;
     let cpu_before = process_cpu_s();
     let sched_before = emu.stats.sched_times();
-    let steal_before = steal_s();
+    let machine_before = MachineCpu::read();
     let total_s = (end + 5.0 - t0).max(0.0);
     // Faults stop two rounds (at least 20 s) before the end, so the last results land.
     let plan = schedule(&faults, end - t0, (2.0 * round_s).max(20.0));
@@ -685,7 +695,8 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     let campaign_s = (unix_ns() as f64 / 1e9 - t0).max(1e-9);
     let emulator_cpu_s = process_cpu_s() - cpu_before;
     let sched = emu.stats.sched_times();
-    let steal = steal_s() - steal_before;
+    let machine = MachineCpu::read();
+    let steal = machine.steal_s - machine_before.steal_s;
     // Let the last uploads land: stop when the count is complete or stops growing.
     let mut lines = String::new();
     let started = Instant::now();
@@ -826,7 +837,7 @@ pub fn run(opts: &RunOptions) -> Result<serde_json::Value> {
     // 1.7-2 ms at 12 s, 5.2 ms at 19 s) while a 45 % dearer emulator moved it not at
     // all. So the tail is also judged without the share of the campaign's CPU time that
     // was stolen: the lateness at quantile 0.99 minus that share.
-    let steal_share = (steal / (cpus_in_stat() * campaign_s)).clamp(0.0, 0.5);
+    let steal_share = (steal / (machine.cpus as f64 * campaign_s)).clamp(0.0, 0.5);
     let tail_q = 0.99 - steal_share;
     emulator["steal_share"] = steal_share.into();
     emulator["tail_quantile"] = tail_q.into();
@@ -909,6 +920,26 @@ fn write_late_answers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_gives_the_steal_and_the_cpus() {
+        let stat = "cpu  10 0 5 900 1 0 2 250 0 0\ncpu0 5 0 2 450 1 0 1 125 0 0\n\
+                    cpu1 5 0 3 450 0 0 1 125 0 0\nintr 123\nctxt 456\ncpuset x\n";
+        assert_eq!(
+            MachineCpu::parse(stat),
+            MachineCpu {
+                steal_s: 2.5,
+                cpus: 2
+            }
+        );
+        assert_eq!(
+            MachineCpu::parse(""),
+            MachineCpu {
+                steal_s: 0.0,
+                cpus: 1
+            }
+        );
+    }
 
     #[test]
     fn the_mda_directive_is_a_comment_line_checked_like_flags() {

@@ -9,8 +9,34 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracemesh_lab::net::{Topology, open_tap_in, unix_ns};
+use tracemesh_lab::net::{Tap, Topology, open_tap_in, unix_ns};
 use tracemesh_lab::scenario::World;
+
+/// Both tests build the same scenario's namespaces: one at a time.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The small scenario's namespaces (kept up while the Topology lives, one test's at a
+/// time while the guard lives), and vantage v's namespace, tap and TUN.
+fn vantage_v() -> (
+    std::sync::MutexGuard<'static, ()>,
+    Topology,
+    String,
+    Tap,
+    std::fs::File,
+) {
+    let lab = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tracemesh_lab::net::require_lab();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/diamond-v2.toml");
+    let w = Arc::new(World::load(&file).unwrap());
+    let topo = Topology::build(&w).unwrap();
+    let v = w.vantage("v").unwrap();
+    let ns = topo.vantages[v].clone();
+    let tap = open_tap_in(&ns, "tun0").unwrap();
+    let tun = topo.tuns[v].try_clone().unwrap();
+    (lab, topo, ns, tap, tun)
+}
 
 /// Reads packets from the TUN until an ICMP echo request (IPv4) turns up.
 fn read_echo(tun: &mut std::fs::File) -> Vec<u8> {
@@ -31,14 +57,8 @@ fn read_echo(tun: &mut std::fs::File) -> Vec<u8> {
 #[test]
 #[ignore = "needs root, network namespaces and /dev/net/tun"]
 fn the_tap_stamps_a_probe_when_it_enters_the_tun_not_when_it_is_read() {
-    tracemesh_lab::net::require_lab();
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/diamond-v2.toml");
-    let w = Arc::new(World::load(&file).unwrap());
-    let topo = Topology::build(&w).unwrap();
-    let v = w.vantage("v").unwrap();
-    let ns = &topo.vantages[v];
-    let mut tap = open_tap_in(ns, "tun0").unwrap();
-    let mut tun = topo.tuns[v].try_clone().unwrap();
+    let (_lab, _topo, ns, mut tap, mut tun) = vantage_v();
+    let ns = ns.as_str();
 
     for round in 0..2 {
         let before = unix_ns();
@@ -84,5 +104,49 @@ fn the_tap_stamps_a_probe_when_it_enters_the_tun_not_when_it_is_read() {
             !tap.has_copy(),
             "round {round}: the tap saw a packet going in"
         );
+    }
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and /dev/net/tun"]
+fn a_burst_waiting_on_the_tap_gives_each_probe_its_own_stamp_in_order() {
+    let (_lab, _topo, ns, mut tap, mut tun) = vantage_v();
+    let ns = ns.as_str();
+
+    // Five echoes 50 ms apart, all queued on the tap before the first is read: the tap
+    // takes them in one batch, and each read must still get its own copy's stamp.
+    let before = unix_ns();
+    let st = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", "10.2.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!st.status.success(), "ping got an answer with no emulator");
+    let after = unix_ns();
+    let mut last = before;
+    for i in 0..5 {
+        let pkt = read_echo(&mut tun);
+        let stamp = tap
+            .stamp_of(&pkt)
+            .unwrap_or_else(|| panic!("echo {i}: the tap has no copy of it"));
+        assert!(
+            stamp <= after,
+            "echo {i}: stamp {stamp} after the run's end {after}"
+        );
+        if i > 0 {
+            // ping paces them 50 ms apart; a copy of another echo would be 0 or 100+ ms off.
+            let gap = stamp - last;
+            assert!(
+                (30_000_000..=90_000_000).contains(&gap),
+                "echo {i}: {gap} ns after the one before"
+            );
+        } else {
+            assert!(
+                stamp >= before,
+                "echo 0: stamp {stamp} before the run {before}"
+            );
+        }
+        last = stamp;
     }
 }

@@ -28,8 +28,8 @@ pub struct Tap {
     /// Copies already taken from the socket, oldest first, not yet matched.
     copies: Copies,
     /// Where one `recvmmsg` puts its copies and their control messages.
-    slots: Vec<[u8; SNAP]>,
-    controls: Vec<[u64; CONTROL_WORDS]>,
+    slots: Box<[[u8; SNAP]; BATCH]>,
+    controls: Box<[[u64; CONTROL_WORDS]; BATCH]>,
 }
 
 /// Copies taken from the socket per system call. A round's burst queues hundreds of
@@ -41,13 +41,13 @@ const CONTROL_WORDS: usize = 8;
 
 /// One tap copy: its first [`SNAP`] bytes and the kernel's stamp (Unix ns).
 #[derive(Debug, Clone)]
-pub(crate) struct Copy {
+pub(crate) struct TapCopy {
     bytes: [u8; SNAP],
     len: usize,
     stamp: Option<u64>,
 }
 
-impl Copy {
+impl TapCopy {
     fn bytes(&self) -> &[u8] {
         &self.bytes[..self.len.min(SNAP)]
     }
@@ -57,12 +57,12 @@ impl Copy {
 /// against them, apart from the socket (`refill` takes more from wherever they come).
 #[derive(Debug, Default)]
 pub(crate) struct Copies {
-    queue: std::collections::VecDeque<Copy>,
+    queue: std::collections::VecDeque<TapCopy>,
 }
 
 impl Copies {
     /// The oldest copy, refilling first when none is held.
-    fn front(&mut self, refill: &mut impl FnMut(&mut Self)) -> Option<&Copy> {
+    fn front(&mut self, refill: &mut impl FnMut(&mut Self)) -> Option<&TapCopy> {
         if self.queue.is_empty() {
             refill(self);
         }
@@ -111,8 +111,8 @@ pub fn open_tap_in(ns: &str, ifname: &str) -> Result<Tap, NetError> {
     .map(|fd| Tap {
         fd,
         copies: Copies::default(),
-        slots: vec![[0; SNAP]; BATCH],
-        controls: vec![[0; CONTROL_WORDS]; BATCH],
+        slots: Box::new([[0; SNAP]; BATCH]),
+        controls: Box::new([[0; CONTROL_WORDS]; BATCH]),
     })
     .map_err(io(what))
 }
@@ -280,34 +280,27 @@ impl Tap {
 #[allow(unsafe_code)]
 fn recv_batch(
     fd: &OwnedFd,
-    slots: &mut [[u8; SNAP]],
-    controls: &mut [[u64; CONTROL_WORDS]],
-    out: &mut std::collections::VecDeque<Copy>,
+    slots: &mut [[u8; SNAP]; BATCH],
+    controls: &mut [[u64; CONTROL_WORDS]; BATCH],
+    out: &mut std::collections::VecDeque<TapCopy>,
 ) {
-    let n = slots.len().min(controls.len());
-    let mut iovs: Vec<libc::iovec> = slots[..n]
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: SNAP,
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .zip(controls[..n].iter_mut())
-        .map(|(iov, ctl)| {
-            // SAFETY: an all-zero msghdr is valid; its pointers are set to live buffers.
-            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_iov = iov;
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = ctl.as_mut_ptr().cast();
-            hdr.msg_controllen = std::mem::size_of_val(ctl);
-            libc::mmsghdr {
-                msg_hdr: hdr,
-                msg_len: 0,
-            }
-        })
-        .collect();
+    // On the stack, not in the Tap: they hold raw pointers (not Send) into its buffers.
+    let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+        iov_base: slots[i].as_mut_ptr().cast(),
+        iov_len: SNAP,
+    });
+    let mut msgs: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
+        // SAFETY: an all-zero msghdr is valid; its pointers are set to live buffers.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iovs[i];
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = controls[i].as_mut_ptr().cast();
+        hdr.msg_controllen = std::mem::size_of_val(&controls[i]);
+        libc::mmsghdr {
+            msg_hdr: hdr,
+            msg_len: 0,
+        }
+    });
     // SAFETY: recvmmsg fills at most `msgs.len()` headers, each writing at most iov_len
     // bytes into its slot and msg_controllen bytes into its control buffer, all of which
     // (and `iovs`, which the headers point at) live until after the call.
@@ -339,7 +332,7 @@ fn recv_batch(
                 c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
             }
         }
-        out.push_back(Copy {
+        out.push_back(TapCopy {
             bytes: slots[i],
             len: m.msg_len as usize,
             stamp,
@@ -367,10 +360,10 @@ mod tests {
         assert!(!same_packet(&pkt[..10], &pkt[..20]));
     }
 
-    fn copy(tag: u8, stamp: u64) -> Copy {
+    fn copy(tag: u8, stamp: u64) -> TapCopy {
         let mut bytes = [0; SNAP];
         bytes[0] = tag;
-        Copy {
+        TapCopy {
             bytes,
             len: SNAP,
             stamp: Some(stamp),
@@ -379,7 +372,7 @@ mod tests {
 
     /// A socket that hands its copies over `per_call` at a time, counting the calls.
     fn socket(
-        copies: Vec<Copy>,
+        copies: Vec<TapCopy>,
         per_call: usize,
     ) -> (impl FnMut(&mut Copies), std::rc::Rc<std::cell::Cell<usize>>) {
         let calls = std::rc::Rc::new(std::cell::Cell::new(0));
@@ -425,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_taken_from_the_socket_in_few_calls() {
-        let all: Vec<Copy> = (0..64).map(|i| copy(i, u64::from(i))).collect();
+        let all: Vec<TapCopy> = (0..64).map(|i| copy(i, u64::from(i))).collect();
         let (mut refill, calls) = socket(all, BATCH);
         let mut c = Copies::default();
         for i in 0..64u8 {
